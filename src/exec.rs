@@ -1,0 +1,48 @@
+//! `scx_ballot exec -- CMD ARGS...`: put this process into SCHED_EXT and
+//! become CMD. The policy is inherited across exec and fork, so CMD and its
+//! children are scheduled by whichever sched_ext scheduler is attached (or
+//! by the fair class while none is).
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+/// The scheduling policy number of sched_ext (`SCHED_EXT` in the kernel's
+/// uapi; not yet in libc).
+pub const SCHED_EXT: libc::c_int = 7;
+
+/// Switches the calling process to SCHED_EXT.
+pub fn enter_sched_ext() -> Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0
+    // names the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, SCHED_EXT, &param) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) => bail!(
+            "the kernel refused SCHED_EXT (policy {SCHED_EXT}): it was built without sched_ext \
+             (CONFIG_SCHED_CLASS_EXT)"
+        ),
+        Some(libc::EPERM) => bail!(
+            "the kernel refused SCHED_EXT (policy {SCHED_EXT}): not permitted ({err}); \
+             run as root or with CAP_SYS_NICE"
+        ),
+        _ => bail!("the kernel refused SCHED_EXT (policy {SCHED_EXT}): {err}"),
+    }
+}
+
+/// Enters SCHED_EXT, then replaces this process with `argv`. Returns only on
+/// failure.
+pub fn exec_in_sched_ext(argv: &[OsString]) -> Result<std::convert::Infallible> {
+    let Some((program, args)) = argv.split_first() else {
+        bail!("no command given: usage is `scx_ballot exec -- CMD [ARGS...]`");
+    };
+    enter_sched_ext()?;
+    let err = Command::new(program).args(args).exec();
+    bail!("cannot run {}: {err}", program.to_string_lossy())
+}
