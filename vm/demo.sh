@@ -1,0 +1,56 @@
+#!/bin/bash
+# The demo behind `cargo xtask run`: scx_ballot plus CPU burners, with a
+# line a second saying which task got how much CPU. Runs on a sched_ext host
+# (as root) or as the guest command of the VM.
+#
+# Usage: demo.sh SCX_BALLOT_BINARY SECONDS [SCHEDULER FLAGS...]
+set -u
+
+BIN=$1
+SECS=$2
+shift 2
+SYS=/sys/kernel/sched_ext
+pids=()
+
+cleanup() {
+	[ -n "${sched:-}" ] && kill -INT "$sched" 2>/dev/null && wait "$sched"
+	[ ${#pids[@]} -gt 0 ] && kill -KILL "${pids[@]}" 2>/dev/null && wait "${pids[@]}" 2>/dev/null
+	echo "demo: state $(cat $SYS/state 2>/dev/null), everything stopped"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cpu_ns() { local f; read -r f _ < "/proc/$1/schedstat" 2>/dev/null && echo "$f" || echo 0; }
+
+echo "demo: kernel $(uname -r), $(nproc) CPUs; starting scx_ballot $*"
+timeout --foreground --preserve-status -s INT -k 10 $((SECS + 120)) "$BIN" "$@" &
+sched=$!
+for ((i = 0; i < 900; i++)); do
+	[ "$(cat $SYS/state 2>/dev/null)" = enabled ] && break
+	kill -0 "$sched" 2>/dev/null || { echo "demo: scx_ballot exited before attaching"; sched=; exit 1; }
+	sleep 0.1
+done
+echo "demo: sched_ext state $(cat $SYS/state), ops $(cat $SYS/root/ops)"
+
+names=("burner-ext-1 (SCHED_EXT)" "burner-ext-2 (SCHED_EXT)" "burner-fair (fair class)")
+"$BIN" exec -- sh -c 'while :; do :; done' & pids+=($!)
+"$BIN" exec -- sh -c 'while :; do :; done' & pids+=($!)
+sh -c 'while :; do :; done' & pids+=($!)
+
+declare -a last total
+for i in "${!pids[@]}"; do last[i]=$(cpu_ns "${pids[i]}"); total[i]=0; done
+for ((t = 1; t <= SECS; t++)); do
+	sleep 1
+	line="t=${t}s"
+	for i in "${!pids[@]}"; do
+		now=$(cpu_ns "${pids[i]}")
+		d=$((now - last[i])); last[i]=$now; total[i]=$((total[i] + d))
+		line+="  ${names[i]%% *} $((d / 10000000))%"
+	done
+	echo "$line   [state $(cat $SYS/state 2>/dev/null)]"
+done
+echo "demo: CPU time over ${SECS}s:"
+for i in "${!pids[@]}"; do
+	ext=$(awk '/^ext\.enabled/ { print $3 }' "/proc/${pids[i]}/sched" 2>/dev/null)
+	printf "  %-28s %6d ms  (pid %d, ext.enabled=%s)\n" "${names[i]}" $((total[i] / 1000000)) "${pids[i]}" "${ext:-?}"
+done
