@@ -1,0 +1,75 @@
+//! Developer tasks for scx_ballot: `cargo xtask <command>`.
+//!
+//! `main` only dispatches; each command lives in its own module. The xtask
+//! never links the BPF skeleton: it drives the `scx_ballot` binary as a
+//! process, the way a user would.
+
+mod clang;
+mod compile;
+mod deps;
+mod first_light;
+mod kernel;
+mod run;
+mod test;
+mod vm;
+mod vm_test;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use xshell::Shell;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, run and test scx_ballot")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every test: the workspace's unit tests, then the VM tests.
+    Test(test::TestCmd),
+    /// Boot a sched_ext kernel in a VM and check, in it, who got the CPU.
+    VmTest(vm_test::VmTestCmd),
+    /// Run scx_ballot with a demo workload: on this host if its kernel has
+    /// sched_ext, otherwise in the VM.
+    Run(run::RunCmd),
+    /// Obtain the VM kernel (or check one) against kernel-config/.
+    Kernel(kernel::KernelCmd),
+    /// Install the host packages and tools for building and VM tests.
+    Deps(deps::DepsCmd),
+    /// Boot the VM once with a tiny guest command (no scheduler).
+    VmCheck(vm::VmCheckCmd),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    match cli.cmd {
+        Cmd::Test(cmd) => cmd.run(&sh),
+        Cmd::VmTest(cmd) => cmd.run(&sh),
+        Cmd::Run(cmd) => cmd.run(&sh),
+        Cmd::Kernel(cmd) => cmd.run(&sh),
+        Cmd::Deps(cmd) => cmd.run(&sh),
+        Cmd::VmCheck(cmd) => cmd.run(&sh),
+    }
+}
+
+/// The workspace root (the parent of `xtask/`).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Where the xtask keeps what it downloads and installs: `target/xtask/`,
+/// or `$SCX_BALLOT_CACHE` when set.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SCX_BALLOT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target").join("xtask"))
+}

@@ -1,0 +1,196 @@
+//! `cargo xtask vm-test`: boots a sched_ext kernel once and runs the guest
+//! checks in it, then judges what the guest recorded.
+//!
+//! First light (`vm/first-light.sh`): the scheduler attaches, a SCHED_EXT
+//! burner gets CPU time while it is attached and a normal one stays in the
+//! fair class, the scheduler unloads cleanly, and the console stays clean.
+//! A negative control runs the same checks against a scheduler started with
+//! `--debug-no-dispatch` and requires them to catch its starved burner.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use xshell::Shell;
+
+use crate::deps::{self, VmTools};
+use crate::first_light::{self, CaseFacts};
+use crate::kernel::{self, Kernel, KernelChoice};
+use crate::vm::{self, Accel, VmSpec};
+use crate::{compile, project_root};
+
+/// How to get and boot the VM: shared by every command that boots one.
+#[derive(Args, Debug, Clone)]
+pub struct VmOpts {
+    /// Which kernel to boot: `default` (Debian's trixie-backports cloud
+    /// kernel, downloaded once into the cache), `host` (the running kernel,
+    /// if it has sched_ext) or a path to your own bzImage/vmlinuz.
+    #[arg(long, default_value = "default")]
+    pub kernel: KernelChoice,
+
+    /// Force `kvm` or `tcg` instead of probing (same as SCX_BALLOT_KVM=1/0).
+    /// The probe costs one short test boot per kernel and QEMU version, and
+    /// its answer is cached.
+    #[arg(long)]
+    pub accel: Option<Accel>,
+
+    /// Guest CPUs. Under TCG each vCPU is a host thread: more vCPUs than
+    /// host cores only slow the guest down.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+
+    /// Host-side limit on one whole VM run, boot included, in seconds; the
+    /// VM is killed when it expires.
+    #[arg(long, default_value_t = 900)]
+    pub vm_timeout_secs: u64,
+}
+
+impl VmOpts {
+    /// Installs the VM tools, obtains and checks the kernel, and picks the
+    /// accelerator.
+    pub fn prepare(&self, sh: &Shell) -> Result<(VmTools, Kernel, Accel)> {
+        let tools = deps::ensure_vm_tools(sh)?;
+        let kernel = kernel::obtain(sh, &self.kernel)?;
+        kernel::verify_config(&kernel, &project_root().join(kernel::FRAGMENT))?;
+        let accel = vm::choose_accel(sh, &tools, &kernel, self.accel);
+        Ok((tools, kernel, accel))
+    }
+
+    pub fn spec(&self, kernel: Kernel, accel: Accel, script: &str, out: &Path) -> VmSpec {
+        let mut spec = VmSpec::new(kernel, accel, project_root().join(script));
+        spec.cpus = self.cpus;
+        spec.rwdirs = vec![out.to_path_buf()];
+        spec.console_log = out.join("console.log");
+        spec.timeout = Duration::from_secs(self.vm_timeout_secs);
+        spec
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct VmTestCmd {
+    #[command(flatten)]
+    pub vm: VmOpts,
+
+    /// Length of each measurement window in the guest, in seconds. Longer
+    /// windows average out more noise and cost more time.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+    pub window_secs: u32,
+}
+
+/// One named check and what went wrong with it.
+struct Check {
+    name: &'static str,
+    problems: Vec<String>,
+}
+
+impl VmTestCmd {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let bin = compile::build_scheduler(sh)?;
+        let (tools, kernel, accel) = self.vm.prepare(sh)?;
+
+        let out = fresh_dir(&project_root().join("target/vm-test/first-light"))?;
+        let mut spec = self.vm.spec(kernel, accel, "vm/first-light.sh", &out);
+        spec.args = vec![path_arg(&bin)?, path_arg(&out)?, self.window_secs.to_string()];
+        println!("==> booting the VM for the first-light checks ({accel}, {} vCPUs)", spec.cpus);
+        let outcome = vm::boot(sh, &tools, &spec)?;
+
+        let mut checks = Vec::new();
+        let mut vm_problems = Vec::new();
+        if outcome.timed_out {
+            vm_problems.push(format!("the VM did not finish within {} s", self.vm.vm_timeout_secs));
+        } else if outcome.status != Some(0) {
+            vm_problems.push(format!("the guest script exited with {:?}", outcome.status));
+        }
+        checks.push(Check { name: "vm: boots and runs the guest checks", problems: vm_problems });
+
+        let working = read_case(&out, "working");
+        checks.push(Check {
+            name: "first light: attaches, SCHED_EXT burner runs, fair burner stays out, clean unload",
+            problems: first_light::failures(&working),
+        });
+
+        let broken = read_case(&out, "no-dispatch");
+        let broken_failures = first_light::failures(&broken);
+        let control = if first_light::starvation_caught(&broken_failures) {
+            Vec::new()
+        } else {
+            vec![format!(
+                "a scheduler that never dispatches was not caught (its burner got {}): {:?}",
+                share_text(&broken),
+                broken_failures
+            )]
+        };
+        checks.push(Check { name: "negative control: a scheduler that never dispatches is caught", problems: control });
+
+        let mut console = vm::read_console(&spec.console_log).unwrap_or_default();
+        console.extend(vm::read_console(&out.join("dmesg.txt")).unwrap_or_default());
+        let alarms = vm::scan_console(&console);
+        checks.push(Check { name: "console: no BUG, WARNING, stall or ejection", problems: alarms });
+
+        println!();
+        println!("first light (burner share of a {} s window: working {}, no-dispatch {})",
+            self.window_secs, share_text(&working), share_text(&broken));
+        let failed = checks.iter().filter(|c| !c.problems.is_empty()).count();
+        for check in &checks {
+            let verdict = if check.problems.is_empty() { "ok  " } else { "FAIL" };
+            println!("  {verdict} {}", check.name);
+            for problem in &check.problems {
+                println!("         {problem}");
+            }
+        }
+        if failed > 0 {
+            print_diagnostics(&outcome.console_tail, &out);
+        }
+        println!("vm-test: {} passed, {} failed", checks.len() - failed, failed);
+        if failed > 0 {
+            bail!("{failed} VM check(s) failed; the whole console is in {}", spec.console_log.display());
+        }
+        Ok(())
+    }
+}
+
+fn read_case(out: &Path, case: &str) -> CaseFacts {
+    let text = std::fs::read_to_string(out.join(case).join("result")).unwrap_or_default();
+    CaseFacts::parse(&text)
+}
+
+fn share_text(facts: &CaseFacts) -> String {
+    match facts.ext_share() {
+        Some(share) => format!("{:.1}%", share * 100.0),
+        None => "nothing recorded".into(),
+    }
+}
+
+/// On failure: the console's tail and every scheduler log.
+fn print_diagnostics(console_tail: &[String], out: &Path) {
+    println!("\n--- last lines of the console ---");
+    let start = console_tail.len().saturating_sub(60);
+    for line in &console_tail[start..] {
+        println!("  {line}");
+    }
+    for case in ["working", "no-dispatch"] {
+        let log = out.join(case).join("scheduler.log");
+        println!("--- scheduler output, case {case} ({}) ---", log.display());
+        match std::fs::read_to_string(&log) {
+            Ok(text) => text.lines().for_each(|l| println!("  {l}")),
+            Err(e) => println!("  (none: {e})"),
+        }
+    }
+}
+
+/// An empty folder at `dir` (what an earlier run left is removed).
+pub fn fresh_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+/// A path as a guest-command argument (the guest sees the host's files at
+/// the same paths).
+pub fn path_arg(path: &Path) -> Result<String> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    abs.to_str().map(str::to_string).with_context(|| format!("{} is not UTF-8", abs.display()))
+}
