@@ -443,8 +443,9 @@ pub struct VmSpec {
     /// saved.
     pub console_log: PathBuf,
     /// TCP ports forwarded from 127.0.0.1:host to the guest (host, guest).
-    /// Adds a user-mode virtio NIC with DHCP (virtio_net loads as a module;
-    /// about a second of boot); guest servers must listen on 0.0.0.0.
+    /// Adds a user-mode virtio NIC (`eth0`, 10.0.2.15 by DHCP; virtio_net
+    /// loads as a module) and hides the host's /etc/systemd/network from the
+    /// guest; guest servers must listen on 0.0.0.0 or 10.0.2.15.
     pub forward_ports: Vec<(u16, u16)>,
 }
 
@@ -499,6 +500,9 @@ pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
     for dir in &mut spec.rwdirs {
         std::fs::create_dir_all(&*dir).with_context(|| format!("creating the shared folder {}", dir.display()))?;
         *dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    }
+    if !spec.forward_ports.is_empty() {
+        write_net_link()?;
     }
     let args = vng_args(&spec, &script, &spec.args);
     println!(
@@ -576,6 +580,9 @@ pub fn vng_args(spec: &VmSpec, script: &Path, args: &[String]) -> Vec<OsString> 
             .map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
             .collect();
         out.extend(["-a".into(), "virtme.dhcp net.ifnames=0 biosdevname=0".into()]);
+        let mut rodir = OsString::from("--rodir=/etc/systemd/network=");
+        rodir.push(net_link_dir());
+        out.push(rodir);
         out.push(
             format!("--qemu-opts=-device virtio-net-pci,netdev=fwd -netdev user,id=fwd{fwds}").into(),
         );
@@ -584,6 +591,24 @@ pub fn vng_args(spec: &VmSpec, script: &Path, args: &[String]) -> Vec<OsString> 
     out.push(script.into());
     out.extend(args.iter().map(OsString::from));
     out
+}
+
+/// A folder holding one systemd `.link` file that keeps the kernel's
+/// interface names, mounted over the guest's /etc/systemd/network when ports
+/// are forwarded. virtme-ng-init configures `eth0` by name, but a guest udev
+/// that believes it runs in a container (the host's `/.dockerenv` is visible
+/// in the guest) ignores `net.ifnames=0` and renames it to `enp0sN`.
+fn net_link_dir() -> PathBuf {
+    cache_dir().join("vm").join("net-link")
+}
+
+const NET_LINK_FILE: &str = "[Match]\nOriginalName=*\n\n[Link]\nNamePolicy=kernel\n";
+
+fn write_net_link() -> Result<()> {
+    let dir = net_link_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("10-scx-ballot-kernel-names.link"), NET_LINK_FILE)
+        .context("writing the guest's network .link file")
 }
 
 fn vng_command(sh: &Shell, tools: &VmTools, args: &[OsString]) -> Command {
@@ -978,6 +1003,7 @@ mod tests {
             .collect();
         assert!(!args.contains(&"--disable-kvm".to_string()));
         assert!(args.contains(&"virtme.dhcp net.ifnames=0 biosdevname=0".to_string()));
+        assert!(args.iter().any(|a| a.starts_with("--rodir=/etc/systemd/network=")));
         assert!(args.contains(
             &"--qemu-opts=-device virtio-net-pci,netdev=fwd -netdev user,id=fwd,\
               hostfwd=tcp:127.0.0.1:18080-:8080,hostfwd=tcp:127.0.0.1:18081-:8081"
