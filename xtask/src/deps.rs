@@ -72,7 +72,10 @@ impl DepsCmd {
     pub fn run(self, sh: &Shell) -> Result<()> {
         ensure_build_deps(sh)?;
         let tools = ensure_vm_tools(sh)?;
-        println!("build and VM tools are installed; vng: {}", tools.vng.display());
+        println!(
+            "build and VM tools are installed; vng: {}",
+            tools.vng.display()
+        );
         Ok(())
     }
 }
@@ -94,7 +97,10 @@ pub fn ensure_build_deps(sh: &Shell) -> Result<()> {
     ensure_apt(
         sh,
         &[
-            pkg("clang-19", "compiles the BPF program (clang >= 18 for -mcpu=v4)"),
+            pkg(
+                "clang-19",
+                "compiles the BPF program (clang >= 18 for -mcpu=v4)",
+            ),
             pkg("llvm-19", "llvm-strip and friends for the BPF object"),
             pkg("libelf-dev", "libbpf reads ELF objects"),
             pkg("zlib1g-dev", "libbpf links zlib"),
@@ -164,7 +170,10 @@ pub fn ensure_vm_tools(sh: &Shell) -> Result<VmTools> {
             .run()
             .context("installing virtme-ng with pip")?;
         if !vng_works(sh, &vng) {
-            bail!("virtme-ng was installed but `{} --version` still fails", vng.display());
+            bail!(
+                "virtme-ng was installed but `{} --version` still fails",
+                vng.display()
+            );
         }
     }
 
@@ -179,7 +188,10 @@ pub fn ensure_vm_tools(sh: &Shell) -> Result<VmTools> {
 pub fn ensure_kernel_fetch_deps(sh: &Shell) -> Result<()> {
     ensure_apt(
         sh,
-        &[pkg("debian-archive-keyring", "verifies the kernel packages")],
+        &[pkg(
+            "debian-archive-keyring",
+            "verifies the kernel packages",
+        )],
         &[],
     )
 }
@@ -206,7 +218,10 @@ static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 fn ensure_apt(sh: &Shell, pkgs: &[Pkg], backports: &[Pkg]) -> Result<()> {
     let names: Vec<&str> = pkgs.iter().chain(backports).map(|p| p.name).collect();
     let installed = installed_packages(sh, &names)?;
-    let missing: Vec<&Pkg> = pkgs.iter().filter(|p| !installed.contains(p.name)).collect();
+    let missing: Vec<&Pkg> = pkgs
+        .iter()
+        .filter(|p| !installed.contains(p.name))
+        .collect();
     let missing_bp: Vec<&Pkg> = backports
         .iter()
         .filter(|p| !installed.contains(p.name))
@@ -219,7 +234,9 @@ fn ensure_apt(sh: &Shell, pkgs: &[Pkg], backports: &[Pkg]) -> Result<()> {
     let backports_suite = (codename.as_deref() == Some("bookworm") && !missing_bp.is_empty())
         .then(|| "bookworm-backports".to_string());
     let add_source = match &backports_suite {
-        Some(suite) if !system_has_suite(suite)? => Some(backports_source(&system_mirror()?, suite)),
+        Some(suite) if !system_has_suite(suite)? => {
+            Some(backports_source(&system_mirror()?, suite))
+        }
         _ => None,
     };
 
@@ -228,24 +245,33 @@ fn ensure_apt(sh: &Shell, pkgs: &[Pkg], backports: &[Pkg]) -> Result<()> {
     if !is_root() {
         let mut how = String::from("as root, run:\n");
         if let (Some(text), Some(suite)) = (&add_source, &backports_suite) {
-            how += &format!(
-                "  cat > /etc/apt/sources.list.d/{suite}.sources <<'EOF'\n{text}EOF\n"
-            );
+            how += &format!("  cat > /etc/apt/sources.list.d/{suite}.sources <<'EOF'\n{text}EOF\n");
         }
         how += "  apt-get update\n";
         if !plain.is_empty() {
-            how += &format!("  apt-get install -y --no-install-recommends {}\n", plain.join(" "));
+            how += &format!(
+                "  apt-get install -y --no-install-recommends {}\n",
+                plain.join(" ")
+            );
         }
         if !bp.is_empty() {
             let target = backports_suite
                 .as_ref()
                 .map(|s| format!("-t {s} "))
                 .unwrap_or_default();
-            how += &format!("  apt-get install -y --no-install-recommends {target}{}\n", bp.join(" "));
+            how += &format!(
+                "  apt-get install -y --no-install-recommends {target}{}\n",
+                bp.join(" ")
+            );
         }
         bail!(
             "missing Debian packages: {}\n{how}",
-            plain.iter().chain(&bp).copied().collect::<Vec<_>>().join(" ")
+            plain
+                .iter()
+                .chain(&bp)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
 
@@ -266,9 +292,12 @@ fn ensure_apt(sh: &Shell, pkgs: &[Pkg], backports: &[Pkg]) -> Result<()> {
         for p in &missing {
             println!("installing {} ({})", p.name, p.why);
         }
-        cmd!(sh, "apt-get install -y -q --no-install-recommends {plain...}")
-            .run()
-            .context("installing Debian packages")?;
+        cmd!(
+            sh,
+            "apt-get install -y -q --no-install-recommends {plain...}"
+        )
+        .run()
+        .context("installing Debian packages")?;
     }
     if !missing_bp.is_empty() {
         for p in &missing_bp {
@@ -279,9 +308,12 @@ fn ensure_apt(sh: &Shell, pkgs: &[Pkg], backports: &[Pkg]) -> Result<()> {
             .iter()
             .flat_map(|s| ["-t".to_string(), s.clone()])
             .collect();
-        cmd!(sh, "apt-get install -y -q --no-install-recommends {target...} {bp...}")
-            .run()
-            .context("installing Debian packages from backports")?;
+        cmd!(
+            sh,
+            "apt-get install -y -q --no-install-recommends {target...} {bp...}"
+        )
+        .run()
+        .context("installing Debian packages from backports")?;
     }
     Ok(())
 }
@@ -311,7 +343,9 @@ pub fn parse_dpkg_query(text: &str) -> HashSet<String> {
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// `VERSION_CODENAME` from /etc/os-release ("bookworm", "trixie"), if any.
@@ -381,7 +415,10 @@ pub fn parse_one_line(text: &str) -> Vec<AptSource> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
             continue;
         };
         let mut rest = rest.trim_start();
@@ -443,13 +480,20 @@ pub fn system_sources() -> Result<Vec<AptSource>> {
         Err(_) => Vec::new(),
     };
     files.sort();
-    for path in files.iter().filter(|p| p.extension().is_some_and(|e| e == "sources")) {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    for path in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sources"))
+    {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         out.extend(parse_deb822(&text));
     }
     let main_list = PathBuf::from("/etc/apt/sources.list");
-    let lists = std::iter::once(&main_list)
-        .chain(files.iter().filter(|p| p.extension().is_some_and(|e| e == "list")));
+    let lists = std::iter::once(&main_list).chain(
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "list")),
+    );
     for path in lists {
         if let Ok(text) = std::fs::read_to_string(path) {
             out.extend(parse_one_line(&text));
@@ -559,7 +603,13 @@ deb http://mirror.example/debian/ bookworm main contrib # trailing comment
 
     #[test]
     fn no_mirror_when_nothing_fits() {
-        assert_eq!(pick_mirror(&parse_one_line("deb-src http://x/debian bookworm main\n"), None), None);
+        assert_eq!(
+            pick_mirror(
+                &parse_one_line("deb-src http://x/debian bookworm main\n"),
+                None
+            ),
+            None
+        );
         assert_eq!(pick_mirror(&[], Some("bookworm")), None);
     }
 

@@ -185,7 +185,11 @@ pub struct Missing {
 
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: need {}, found {}", self.option, self.required, self.found)
+        write!(
+            f,
+            "{}: need {}, found {}",
+            self.option, self.required, self.found
+        )
     }
 }
 
@@ -402,16 +406,21 @@ fn kernel_from_tree(dir: &Path, version: &str, marker: &str, how: &str) -> Optio
 /// the unpacked tree when that version is already complete).
 fn fetch_debian_kernel(sh: &Shell) -> Result<Kernel> {
     if std::env::consts::ARCH != "x86_64" {
-        bail!("the default kernel is Debian's amd64 cloud kernel: on this machine pass --kernel PATH");
+        bail!(
+            "the default kernel is Debian's amd64 cloud kernel: on this machine pass --kernel PATH"
+        );
     }
     deps::ensure_kernel_fetch_deps(sh)?;
     let root = kernel_cache();
     let apt = PrivateApt::create(&root.join("apt"))?;
 
-    println!("kernel: updating the {SUITE} package list from {}", apt.mirror);
-    apt.cmd(sh, "apt-get", &["-qq", "update"])
-        .run()
-        .context("apt-get update for trixie-backports (on NO_PUBKEY: upgrade debian-archive-keyring)")?;
+    println!(
+        "kernel: updating the {SUITE} package list from {}",
+        apt.mirror
+    );
+    apt.cmd(sh, "apt-get", &["-qq", "update"]).run().context(
+        "apt-get update for trixie-backports (on NO_PUBKEY: upgrade debian-archive-keyring)",
+    )?;
 
     let meta_deps = apt
         .cmd(sh, "apt-cache", &["depends", META_PACKAGE])
@@ -477,20 +486,33 @@ fn fetch_debian_kernel(sh: &Shell) -> Result<Kernel> {
             .quiet()
             .read()
             .with_context(|| format!("reading the fields of {}", deb.display()))?;
-        let mut it = fields.lines().filter_map(|l| l.split_once(": ").map(|(_, v)| v));
-        marker += &format!("{} {}\n", it.next().unwrap_or("?"), it.next().unwrap_or("?"));
+        let mut it = fields
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|(_, v)| v));
+        marker += &format!(
+            "{} {}\n",
+            it.next().unwrap_or("?"),
+            it.next().unwrap_or("?")
+        );
     }
     generate_module_index(sh, &partial, &version);
-    std::fs::write(partial.join(COMPLETE_MARKER), &marker).context("writing the completion marker")?;
+    std::fs::write(partial.join(COMPLETE_MARKER), &marker)
+        .context("writing the completion marker")?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing the stale {}", dir.display()))?;
     }
-    std::fs::rename(&partial, &dir).with_context(|| format!("moving the kernel into {}", dir.display()))?;
+    std::fs::rename(&partial, &dir)
+        .with_context(|| format!("moving the kernel into {}", dir.display()))?;
     std::fs::remove_dir_all(&debs).ok();
     std::fs::write(root.join("current"), &version).context("recording the current kernel")?;
 
-    let kernel = kernel_from_tree(&dir, &version, &marker, "downloaded")
-        .with_context(|| format!("no vmlinuz for {version} in the unpacked packages under {}", dir.display()))?;
+    let kernel = kernel_from_tree(&dir, &version, &marker, "downloaded").with_context(|| {
+        format!(
+            "no vmlinuz for {version} in the unpacked packages under {}",
+            dir.display()
+        )
+    })?;
     println!("kernel: {version} unpacked into {}", dir.display());
     Ok(kernel)
 }
@@ -571,7 +593,12 @@ struct PrivateApt {
 impl PrivateApt {
     fn create(dir: &Path) -> Result<Self> {
         let mirror = deps::system_mirror()?;
-        for sub in ["lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"] {
+        for sub in [
+            "lists/partial",
+            "cache/archives/partial",
+            "sources.list.d",
+            "preferences.d",
+        ] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
@@ -641,10 +668,11 @@ fn host_kernel(sh: &Shell) -> Result<Kernel> {
     .into_iter()
     .map(PathBuf::from)
     .find(|p| p.is_file())
-    .with_context(|| format!("no image of the running kernel {release} in /boot or /usr/lib/modules"))?;
-    std::fs::File::open(&image).with_context(|| {
-        format!("{} is not readable (vng needs to read it)", image.display())
+    .with_context(|| {
+        format!("no image of the running kernel {release} in /boot or /usr/lib/modules")
     })?;
+    std::fs::File::open(&image)
+        .with_context(|| format!("{} is not readable (vng needs to read it)", image.display()))?;
 
     let mut config = [
         format!("/boot/config-{release}"),
@@ -676,7 +704,10 @@ fn own_kernel(path: &Path) -> Result<Kernel> {
         .canonicalize()
         .with_context(|| format!("kernel image {}", path.display()))?;
     if !image.is_file() {
-        bail!("{} is not a file: --kernel takes a bzImage/vmlinuz", image.display());
+        bail!(
+            "{} is not a file: --kernel takes a bzImage/vmlinuz",
+            image.display()
+        );
     }
     let version = image_version(&image)?;
     let config = config_beside(&image, &version);
@@ -712,7 +743,10 @@ CONFIG_HZ=1000
 ";
 
     fn missing(config: &str) -> Vec<String> {
-        check_config(config, FRAG).iter().map(|m| m.to_string()).collect()
+        check_config(config, FRAG)
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
     }
 
     #[test]
@@ -724,7 +758,8 @@ CONFIG_HZ=1000
 
     #[test]
     fn module_only_where_marked() {
-        let config = "CONFIG_SCHED_CLASS_EXT=m\nCONFIG_OVERLAY_FS=m\nCONFIG_VIRTIO_NET=m\nCONFIG_HZ=1000\n";
+        let config =
+            "CONFIG_SCHED_CLASS_EXT=m\nCONFIG_OVERLAY_FS=m\nCONFIG_VIRTIO_NET=m\nCONFIG_HZ=1000\n";
         assert_eq!(missing(config), ["CONFIG_SCHED_CLASS_EXT: need y, found m"]);
     }
 
@@ -770,9 +805,15 @@ CONFIG_HZ=1000
             }
         }
         let options = parse_fragment(text);
-        for must in ["CONFIG_SCHED_CLASS_EXT", "CONFIG_BPF_SYSCALL", "CONFIG_DEBUG_INFO_BTF"] {
+        for must in [
+            "CONFIG_SCHED_CLASS_EXT",
+            "CONFIG_BPF_SYSCALL",
+            "CONFIG_DEBUG_INFO_BTF",
+        ] {
             assert!(
-                options.iter().any(|(o, r)| o == must && *r == Requirement::BuiltIn),
+                options
+                    .iter()
+                    .any(|(o, r)| o == must && *r == Requirement::BuiltIn),
                 "{must} must be required built in"
             );
         }
@@ -818,7 +859,10 @@ CONFIG_HZ=1000
         img[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
         let s = b"7.3.4+deb13-cloud-amd64 (debian-kernel@example) #1 SMP\0";
         img[0x500..0x500 + s.len()].copy_from_slice(s);
-        assert_eq!(bzimage_version(&img).as_deref(), Some("7.3.4+deb13-cloud-amd64"));
+        assert_eq!(
+            bzimage_version(&img).as_deref(),
+            Some("7.3.4+deb13-cloud-amd64")
+        );
         img[0x202] = b'X';
         assert_eq!(bzimage_version(&img), None);
         assert_eq!(bzimage_version(b"short"), None);

@@ -124,19 +124,28 @@ impl VmCheckCmd {
         for alarm in &alarms {
             eprintln!("console alarm: {alarm}");
         }
-        let read = |name: &str| std::fs::read_to_string(out.join(name)).map(|s| s.trim().to_string());
+        let read =
+            |name: &str| std::fs::read_to_string(out.join(name)).map(|s| s.trim().to_string());
         let (release, state) = (read("release"), read("sched_ext_state"));
         if outcome.timed_out {
             bail!("the VM check timed out after {} s", spec.timeout.as_secs());
         }
         if outcome.status != Some(0) {
-            for line in outcome.console_tail.iter().rev().take(20).rev() {
+            // boot() already showed the tail when the guest never started.
+            let shown = if outcome.boot_time.is_some() { 20 } else { 0 };
+            for line in outcome.console_tail.iter().rev().take(shown).rev() {
                 eprintln!("  {line}");
             }
-            bail!("the VM check failed: guest command status {:?}", outcome.status);
+            bail!(
+                "the VM check failed: guest command status {:?}",
+                outcome.status
+            );
         }
         let (Ok(release), Ok(state)) = (release, state) else {
-            bail!("the guest wrote nothing into {}: the shared folder does not work", out.display());
+            bail!(
+                "the guest wrote nothing into {}: the shared folder does not work",
+                out.display()
+            );
         };
         if release != kernel.version {
             bail!("the guest runs {release}, expected {}", kernel.version);
@@ -232,9 +241,10 @@ pub fn decide_accel(override_: Option<Accel>, dev: &DevKvm, probe: Option<&Probe
     }
     match (dev, probe) {
         (DevKvm::Missing, _) => Decision::Use(Accel::Tcg, "no /dev/kvm: using TCG".into()),
-        (DevKvm::Unusable(e), _) => {
-            Decision::Use(Accel::Tcg, format!("/dev/kvm does not open ({e}): using TCG"))
-        }
+        (DevKvm::Unusable(e), _) => Decision::Use(
+            Accel::Tcg,
+            format!("/dev/kvm does not open ({e}): using TCG"),
+        ),
         (DevKvm::Openable, None) => Decision::NeedProbe,
         (DevKvm::Openable, Some(Probe::Booted)) => {
             Decision::Use(Accel::Kvm, "KVM test boot passed: using KVM".into())
@@ -272,7 +282,12 @@ static CHOSEN: Mutex<Option<(String, Accel)>> = Mutex::new(None);
 /// runs at most once per kernel version, QEMU version and host kernel: its
 /// result is kept under `cache_dir()/kvm-probe/`, and within a process the
 /// decision is reused. Prints one line saying what and why.
-pub fn choose_accel(sh: &Shell, tools: &VmTools, kernel: &Kernel, override_: Option<Accel>) -> Accel {
+pub fn choose_accel(
+    sh: &Shell,
+    tools: &VmTools,
+    kernel: &Kernel,
+    override_: Option<Accel>,
+) -> Accel {
     let override_ = override_.or_else(|| {
         match kvm_override_from_env(std::env::var("SCX_BALLOT_KVM").ok().as_deref()) {
             Ok(o) => o,
@@ -284,7 +299,10 @@ pub fn choose_accel(sh: &Shell, tools: &VmTools, kernel: &Kernel, override_: Opt
     });
     let key = probe_key(sh, kernel);
     if override_.is_none()
-        && let Some((k, accel)) = CHOSEN.lock().expect("no panics while holding CHOSEN").as_ref()
+        && let Some((k, accel)) = CHOSEN
+            .lock()
+            .expect("no panics while holding CHOSEN")
+            .as_ref()
         && *k == key
     {
         return *accel;
@@ -293,8 +311,17 @@ pub fn choose_accel(sh: &Shell, tools: &VmTools, kernel: &Kernel, override_: Opt
     let dev = dev_kvm();
     let decision = match decide_accel(override_, &dev, None) {
         Decision::NeedProbe => {
-            let probe = cached_or_run_probe(sh, tools, kernel, &key);
-            decide_accel(None, &dev, Some(&probe))
+            let (probe, remembered) = cached_or_run_probe(sh, tools, kernel, &key);
+            match decide_accel(None, &dev, Some(&probe)) {
+                Decision::Use(accel, note) if remembered => Decision::Use(
+                    accel,
+                    format!(
+                        "{note} [remembered: delete {} to probe again]",
+                        probe_dir().display()
+                    ),
+                ),
+                d => d,
+            }
         }
         d => d,
     };
@@ -338,17 +365,29 @@ fn probe_key(sh: &Shell, kernel: &Kernel) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{}_qemu-{qemu}_host-{}", kernel.version, host.trim())
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "+-._".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+-._".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
-fn cached_or_run_probe(sh: &Shell, tools: &VmTools, kernel: &Kernel, key: &str) -> Probe {
-    let dir = cache_dir().join("kvm-probe");
+fn probe_dir() -> PathBuf {
+    cache_dir().join("kvm-probe")
+}
+
+/// The probe result for `key`, and whether it was remembered from an
+/// earlier run.
+fn cached_or_run_probe(sh: &Shell, tools: &VmTools, kernel: &Kernel, key: &str) -> (Probe, bool) {
+    let dir = probe_dir();
     let file = dir.join(key);
     if let Ok(text) = std::fs::read_to_string(&file)
         && let Some(probe) = parse_probe(&text)
     {
-        return probe;
+        return (probe, true);
     }
     println!(
         "vm: /dev/kvm opens; test-booting with KVM (at most {} s, remembered in {})",
@@ -357,11 +396,14 @@ fn cached_or_run_probe(sh: &Shell, tools: &VmTools, kernel: &Kernel, key: &str) 
     );
     let started = Instant::now();
     let probe = run_probe(sh, tools, kernel, &dir.join(format!("{key}.log")));
-    println!("vm: KVM test boot took {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "vm: KVM test boot took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     if std::fs::create_dir_all(&dir).is_ok() {
         let _ = std::fs::write(&file, format_probe(&probe));
     }
-    probe
+    (probe, false)
 }
 
 fn format_probe(probe: &Probe) -> String {
@@ -377,7 +419,9 @@ fn parse_probe(text: &str) -> Option<Probe> {
     match text {
         "booted" => Some(Probe::Booted),
         "timed out" => Some(Probe::TimedOut),
-        _ => text.strip_prefix("failed: ").map(|w| Probe::Failed(w.to_string())),
+        _ => text
+            .strip_prefix("failed: ")
+            .map(|w| Probe::Failed(w.to_string())),
     }
 }
 
@@ -409,7 +453,11 @@ fn failure_reason(tail: &[String], status: Option<i32>) -> String {
     tail.iter()
         .rev()
         .find(|l| has(l, &["error"]))
-        .or_else(|| tail.iter().rev().find(|l| has(l, &["assert", "failure", "failed"])))
+        .or_else(|| {
+            tail.iter()
+                .rev()
+                .find(|l| has(l, &["assert", "failure", "failed"]))
+        })
         .or_else(|| tail.iter().rev().find(|l| !l.trim().is_empty()))
         .map(|l| l.trim().to_string())
         .unwrap_or_else(|| format!("vng exited with {status:?}"))
@@ -489,7 +537,8 @@ pub struct VmOutcome {
 /// all (or on Ctrl-C); a failing guest command is an `Ok` with its status.
 pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
     let script = absolute_script(&spec.script)?;
-    let command_len = script.as_os_str().len() + spec.args.iter().map(|a| a.len() + 3).sum::<usize>();
+    let command_len =
+        script.as_os_str().len() + spec.args.iter().map(|a| a.len() + 3).sum::<usize>();
     if command_len > MAX_COMMAND_BYTES {
         bail!(
             "the guest command is {command_len} bytes; keep it under {MAX_COMMAND_BYTES} \
@@ -498,8 +547,11 @@ pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
     }
     let mut spec = spec.clone();
     for dir in &mut spec.rwdirs {
-        std::fs::create_dir_all(&*dir).with_context(|| format!("creating the shared folder {}", dir.display()))?;
-        *dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+        std::fs::create_dir_all(&*dir)
+            .with_context(|| format!("creating the shared folder {}", dir.display()))?;
+        *dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
     }
     if !spec.forward_ports.is_empty() {
         write_net_link()?;
@@ -519,7 +571,12 @@ pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
     } else {
         Echo::AfterStart
     };
-    let run = run_bounded(vng_command(sh, tools, &args), &spec.console_log, spec.timeout, echo)?;
+    let run = run_bounded(
+        vng_command(sh, tools, &args),
+        &spec.console_log,
+        spec.timeout,
+        echo,
+    )?;
 
     if run.boot_time.is_none() {
         eprintln!("vm: the guest never reached its command; last lines of the console:");
@@ -560,7 +617,11 @@ fn absolute_script(script: &Path) -> Result<PathBuf> {
 /// accelerators. `--verbose` routes the kernel console to stderr, where it is
 /// captured.
 pub fn vng_args(spec: &VmSpec, script: &Path, args: &[String]) -> Vec<OsString> {
-    let mut out: Vec<OsString> = vec!["--verbose".into(), "--run".into(), spec.kernel.image.clone().into()];
+    let mut out: Vec<OsString> = vec![
+        "--verbose".into(),
+        "--run".into(),
+        spec.kernel.image.clone().into(),
+    ];
     if spec.accel == Accel::Tcg {
         out.push("--disable-kvm".into());
     }
@@ -579,12 +640,16 @@ pub fn vng_args(spec: &VmSpec, script: &Path, args: &[String]) -> Vec<OsString> 
             .iter()
             .map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
             .collect();
-        out.extend(["-a".into(), "virtme.dhcp net.ifnames=0 biosdevname=0".into()]);
+        out.extend([
+            "-a".into(),
+            "virtme.dhcp net.ifnames=0 biosdevname=0".into(),
+        ]);
         let mut rodir = OsString::from("--rodir=/etc/systemd/network=");
         rodir.push(net_link_dir());
         out.push(rodir);
         out.push(
-            format!("--qemu-opts=-device virtio-net-pci,netdev=fwd -netdev user,id=fwd{fwds}").into(),
+            format!("--qemu-opts=-device virtio-net-pci,netdev=fwd -netdev user,id=fwd{fwds}")
+                .into(),
         );
     }
     out.push("--".into());
@@ -613,13 +678,19 @@ fn write_net_link() -> Result<()> {
 
 fn vng_command(sh: &Shell, tools: &VmTools, args: &[OsString]) -> Command {
     let vng = &tools.vng;
-    cmd!(sh, "{vng} {args...}").env("PATH", tools.path_env()).into()
+    cmd!(sh, "{vng} {args...}")
+        .env("PATH", tools.path_env())
+        .into()
 }
 
 /// Reads a saved console log back into lines.
 pub fn read_console(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading the console log {}", path.display()))?;
-    Ok(String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect())
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("reading the console log {}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 /// The alarm lines of a console: kernel `BUG:`/`WARNING:`/Oops/panic
@@ -633,11 +704,20 @@ pub fn scan_console(lines: &[String]) -> Vec<String> {
 
 fn is_alarm(line: &str) -> bool {
     let msg = strip_printk_time(line);
-    let starts = ["BUG:", "WARNING:", "Oops", "Kernel panic", "general protection fault"];
+    let starts = [
+        "BUG:",
+        "WARNING:",
+        "Oops",
+        "Kernel panic",
+        "general protection fault",
+    ];
     if starts.iter().any(|s| msg.starts_with(s)) {
         return true;
     }
-    if msg.contains(": BUG:") || msg.contains("hard LOCKUP") || msg.contains("blocked for more than") {
+    if msg.contains(": BUG:")
+        || msg.contains("hard LOCKUP")
+        || msg.contains("blocked for more than")
+    {
         return true;
     }
     let lower = msg.to_ascii_lowercase();
@@ -653,7 +733,10 @@ fn strip_printk_time(line: &str) -> &str {
     let trimmed = line.trim_start();
     if let Some(rest) = trimmed.strip_prefix('[')
         && let Some(end) = rest.find(']')
-        && rest[..end].trim().chars().all(|c| c.is_ascii_digit() || c == '.')
+        && rest[..end]
+            .trim()
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.')
     {
         return rest[end + 1..].trim_start();
     }
@@ -707,7 +790,10 @@ fn install_interrupt_handler() {
 
 fn kill_group(pgid: i32) {
     if pgid > 0 {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -719,7 +805,8 @@ fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) 
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let log_file = File::create(log).with_context(|| format!("creating the console log {}", log.display()))?;
+    let log_file =
+        File::create(log).with_context(|| format!("creating the console log {}", log.display()))?;
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -740,7 +827,10 @@ fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) 
     let (done_tx, done_rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    for (stream, to_stderr) in [(Box::new(stdout) as Box<dyn Read + Send>, false), (Box::new(stderr), true)] {
+    for (stream, to_stderr) in [
+        (Box::new(stdout) as Box<dyn Read + Send>, false),
+        (Box::new(stderr), true),
+    ] {
         let shared = Arc::clone(&shared);
         let done = done_tx.clone();
         std::thread::spawn(move || {
@@ -804,7 +894,10 @@ fn pump(stream: Box<dyn Read + Send>, to_stderr: bool, shared: &Mutex<Shared>) {
             let boot = s.started.elapsed();
             s.boot_time = Some(boot);
             if s.echo == Echo::AfterStart {
-                println!("vm: guest command started after {:.1} s of boot", boot.as_secs_f64());
+                println!(
+                    "vm: guest command started after {:.1} s of boot",
+                    boot.as_secs_f64()
+                );
                 show = false;
             }
         }
@@ -836,7 +929,8 @@ mod tests {
             decide_accel(Some(Accel::Tcg), &DevKvm::Openable, None),
             Decision::Use(Accel::Tcg, "using tcg as asked".into())
         );
-        let Decision::Use(accel, note) = decide_accel(Some(Accel::Kvm), &DevKvm::Missing, None) else {
+        let Decision::Use(accel, note) = decide_accel(Some(Accel::Kvm), &DevKvm::Missing, None)
+        else {
             panic!("an override needs no probe");
         };
         assert_eq!(accel, Accel::Kvm);
@@ -859,7 +953,10 @@ mod tests {
 
     #[test]
     fn openable_device_needs_a_probe() {
-        assert_eq!(decide_accel(None, &DevKvm::Openable, None), Decision::NeedProbe);
+        assert_eq!(
+            decide_accel(None, &DevKvm::Openable, None),
+            Decision::NeedProbe
+        );
         assert!(matches!(
             decide_accel(None, &DevKvm::Openable, Some(&Probe::Booted)),
             Decision::Use(Accel::Kvm, _)
@@ -948,7 +1045,10 @@ mod tests {
     fn printk_time_is_stripped() {
         assert_eq!(strip_printk_time("[   12.345678] BUG: x"), "BUG: x");
         assert_eq!(strip_printk_time("BUG: x"), "BUG: x");
-        assert_eq!(strip_printk_time("[not a time] BUG: x"), "[not a time] BUG: x");
+        assert_eq!(
+            strip_printk_time("[not a time] BUG: x"),
+            "[not a time] BUG: x"
+        );
     }
 
     fn spec() -> VmSpec {
@@ -967,7 +1067,10 @@ mod tests {
     #[test]
     fn tcg_argv() {
         let args = vng_args(&spec(), Path::new("/g.sh"), &["a b".into()]);
-        let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             args,
             [
@@ -1003,11 +1106,16 @@ mod tests {
             .collect();
         assert!(!args.contains(&"--disable-kvm".to_string()));
         assert!(args.contains(&"virtme.dhcp net.ifnames=0 biosdevname=0".to_string()));
-        assert!(args.iter().any(|a| a.starts_with("--rodir=/etc/systemd/network=")));
-        assert!(args.contains(
-            &"--qemu-opts=-device virtio-net-pci,netdev=fwd -netdev user,id=fwd,\
+        assert!(
+            args.iter()
+                .any(|a| a.starts_with("--rodir=/etc/systemd/network="))
+        );
+        assert!(
+            args.contains(
+                &"--qemu-opts=-device virtio-net-pci,netdev=fwd -netdev user,id=fwd,\
               hostfwd=tcp:127.0.0.1:18080-:8080,hostfwd=tcp:127.0.0.1:18081-:8081"
-                .to_string()
-        ));
+                    .to_string()
+            )
+        );
     }
 }
