@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The contract between the BPF component (main.bpf.c) and the Rust side:
+ * The contract between the BPF dispatcher (main.bpf.c) and the Rust side:
  * only the constants and structs that both sides read live here.
  */
 #ifndef __SCX_BALLOT_INTF_H
@@ -14,9 +14,57 @@ typedef unsigned long long u64;
 typedef long long s64;
 #endif
 
+#ifndef TASK_COMM_LEN
+#define TASK_COMM_LEN 16
+#endif
+
+/* How many task records the queued/dispatched ring buffers hold. */
+#define BALLOT_MAX_QUEUED 4096
+
 enum ballot_consts {
-	/* The one shared dispatch queue of the first-light FIFO policy. */
+	/* Dispatch queue of tasks that may run on any CPU, ordered by vtime. */
 	BALLOT_SHARED_DSQ = 0,
+	/* Dispatch queue of the scheduler's own threads (full mode). */
+	BALLOT_SCHED_DSQ = 1,
+	/* dispatched_task.cpu: no CPU chosen, the first free CPU takes it. */
+	BALLOT_CPU_ANY = -1,
+};
+
+/*
+ * A runnable task, sent from BPF to user space (ring buffer "queued").
+ */
+struct queued_task {
+	s32 pid;
+	s32 cpu;		/* CPU the task last ran on */
+	u64 nr_cpus_allowed;	/* how many CPUs its affinity allows */
+	u64 flags;		/* enqueue flags */
+	u64 start_ts;		/* when it last started running (ns) */
+	u64 stop_ts;		/* when it last stopped running (ns) */
+	u64 exec_runtime;	/* CPU time since it last slept (ns) */
+	u64 weight;		/* 1..10000, 100 for nice 0 */
+	u64 vtime;		/* its current dsq_vtime */
+	u64 enq_seq;		/* which enqueue of this task this is */
+	char comm[TASK_COMM_LEN];
+};
+
+/*
+ * A scheduling decision, sent from user space to BPF (user ring buffer
+ * "dispatched").
+ */
+struct dispatched_task {
+	s32 pid;
+	s32 cpu;		/* target CPU, or BALLOT_CPU_ANY */
+	u64 flags;		/* enqueue flags for the dispatch */
+	u64 slice_ns;		/* time slice; 0: the default slice */
+	u64 vtime;		/* order in the shared DSQ (lower runs first) */
+	u64 enq_seq;		/* the enqueue this decision answers */
+};
+
+/* Argument of the select_cpu syscall program. */
+struct select_cpu_arg {
+	s32 pid;
+	s32 prev_cpu;
+	u64 flags;
 };
 
 #endif /* __SCX_BALLOT_INTF_H */

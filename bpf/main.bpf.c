@@ -1,13 +1,25 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * scx_ballot: the BPF half of the scheduler.
+ * scx_ballot: the BPF half of the scheduler, a policy-agnostic dispatcher.
  *
- * Runnable SCHED_EXT tasks are queued in one shared FIFO dispatch queue and
- * handed to whichever CPU asks for work first; a task waking up on an idle CPU
- * goes straight to that CPU's local queue.
+ * Runnable SCHED_EXT tasks are sent to the user-space policy through the
+ * "queued" ring buffer; the policy answers through the "dispatched" user ring
+ * buffer with a CPU (or any CPU), a time slice and a vtime, and the dispatcher
+ * carries that out from ops.dispatch().
  *
- * In partial mode (the default) only tasks whose policy is SCHED_EXT are ours;
- * everything else stays in the fair class.
+ * A task sent to user space stays in this program's custody until it is
+ * dispatched. Every such task is also noted in the "custody" queue, oldest
+ * first; when the oldest has waited longer than starvation_ns (user space is
+ * slow, stuck or dead), the dispatcher sends it to the shared queue itself,
+ * so no task comes near the kernel watchdog's timeout. A full ring buffer
+ * (congestion) is handled the same way, at once.
+ *
+ * The scheduler's own threads, per-CPU kernel threads, kswapd and khugepaged
+ * never wait for user space: they are dispatched here directly, so the
+ * scheduler cannot end up waiting on itself in full mode.
+ *
+ * In partial mode (the default) only tasks whose policy is SCHED_EXT are
+ * ours; everything else stays in the fair class.
  */
 #include <scx/common.bpf.h>
 #include "intf.h"
@@ -16,11 +28,31 @@ char _license[] SEC("license") = "GPL";
 
 UEI_DEFINE(uei);
 
-/*
- * Time slice given to every dispatched task, in nanoseconds. Set by user
- * space before load.
- */
+/* Tunables, set by user space before load. */
+
+/* Default time slice (ns), for dispatches that name none. */
 const volatile u64 slice_ns = 5ULL * 1000 * 1000;
+
+/* Longest slice a dispatch may ask for (ns). */
+const volatile u64 slice_max_ns = 100ULL * 1000 * 1000;
+
+/*
+ * How long (ns) a task may wait for user space before the dispatcher runs
+ * it on its own.
+ */
+const volatile u64 starvation_ns = 1000ULL * 1000 * 1000;
+
+/* The scheduler process (its threads are dispatched directly). */
+const volatile s32 usersched_tgid;
+
+/* khugepaged's pid (0: none), dispatched directly like kswapd. */
+const volatile s32 khugepaged_pid;
+
+/*
+ * Let ops.select_cpu() put a waking task straight on an idle CPU without
+ * asking user space (cheaper; the policy then sees fewer decisions).
+ */
+const volatile bool builtin_idle = true;
 
 /*
  * Testing aid: when set, tasks are queued but never dispatched. The VM tests
@@ -28,14 +60,107 @@ const volatile u64 slice_ns = 5ULL * 1000 * 1000;
  */
 const volatile bool debug_no_dispatch;
 
-/* Counters read by user space (bss: zeroed at load, written only here). */
-u64 nr_enqueued;
-u64 nr_dispatched;
-u64 nr_direct_dispatched;
+/*
+ * Counters read by user space. nr_scheduled is written by user space: how
+ * many tasks the policy still holds.
+ */
+u64 nr_online_cpus, nr_running, nr_queued, nr_scheduled;
+u64 nr_user_dispatches, nr_kernel_dispatches, nr_cancel_dispatches;
+u64 nr_bounce_dispatches, nr_failed_dispatches, nr_sched_congested;
+u64 nr_rescued;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, BALLOT_MAX_QUEUED * sizeof(struct queued_task));
+} queued SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_USER_RINGBUF);
+	__uint(max_entries, BALLOT_MAX_QUEUED * sizeof(struct dispatched_task));
+} dispatched SEC(".maps");
+
+/* A task in custody: queued to user space at @at, not yet dispatched. */
+struct custody {
+	s32 pid;
+	u32 pad;
+	u64 enq_seq;
+	u64 at;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 2 * BALLOT_MAX_QUEUED);
+	__type(value, struct custody);
+} custody SEC(".maps");
+
+struct task_ctx {
+	u64 start_ts;		/* last time it started running */
+	u64 stop_ts;		/* last time it stopped running */
+	u64 exec_runtime;	/* CPU time since it last became runnable */
+	u64 enq_seq;		/* bumped at every enqueue sent to user space */
+	u64 done_seq;		/* the last enq_seq dispatched (or dropped) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_ctx);
+} task_ctx_stor SEC(".maps");
+
+/* Heartbeat: kicks an idle CPU when a task in custody is overdue. */
+struct heartbeat {
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct heartbeat);
+} heartbeat SEC(".maps");
+
+#define HEARTBEAT_NS (50ULL * 1000 * 1000)
 
 static __always_inline void count(u64 *counter)
 {
 	__sync_fetch_and_add(counter, 1);
+}
+
+static struct task_ctx *lookup_task_ctx(const struct task_struct *p)
+{
+	return bpf_task_storage_get(&task_ctx_stor, (struct task_struct *)p, 0, 0);
+}
+
+static bool is_usersched_task(const struct task_struct *p)
+{
+	return usersched_tgid && p->tgid == usersched_tgid;
+}
+
+/*
+ * Tasks that must never wait for user space: the scheduler's own threads,
+ * kernel threads bound to one CPU (ksoftirqd, kworkers, ...), kswapd and
+ * khugepaged, on which the scheduler may itself depend.
+ */
+static bool needs_direct_dispatch(const struct task_struct *p)
+{
+	if (is_usersched_task(p))
+		return true;
+	if (!(p->flags & PF_KTHREAD))
+		return false;
+	if (p->nr_cpus_allowed == 1)
+		return true;
+	if (khugepaged_pid && p->pid == khugepaged_pid)
+		return true;
+	return p->comm[0] == 'k' && p->comm[1] == 's' && p->comm[2] == 'w' &&
+	       p->comm[3] == 'a' && p->comm[4] == 'p' && p->comm[5] == 'd';
+}
+
+static u64 clamp_slice(u64 slice)
+{
+	if (!slice)
+		return slice_ns;
+	return slice > slice_max_ns ? slice_max_ns : slice;
 }
 
 s32 BPF_STRUCT_OPS(ballot_select_cpu, struct task_struct *p, s32 prev_cpu,
@@ -44,31 +169,323 @@ s32 BPF_STRUCT_OPS(ballot_select_cpu, struct task_struct *p, s32 prev_cpu,
 	bool is_idle = false;
 	s32 cpu;
 
+	if (!builtin_idle || debug_no_dispatch)
+		return prev_cpu;
+
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
-	if (is_idle && !debug_no_dispatch) {
+	if (is_idle) {
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, 0);
-		count(&nr_direct_dispatched);
+		count(&nr_kernel_dispatches);
 	}
 	return cpu;
 }
 
+/* Fallback path: the dispatcher queues @p on the shared DSQ itself. */
+static void kernel_dispatch(struct task_struct *p, u64 enq_flags)
+{
+	scx_bpf_dsq_insert_vtime(p, BALLOT_SHARED_DSQ, slice_ns,
+				 p->scx.dsq_vtime, enq_flags);
+	count(&nr_kernel_dispatches);
+}
+
+static void queue_to_user(struct task_struct *p, u64 enq_flags)
+{
+	struct custody note = { .pid = p->pid };
+	struct queued_task *task;
+	struct task_ctx *tctx;
+	u64 now = scx_bpf_now();
+
+	tctx = lookup_task_ctx(p);
+	if (!tctx) {
+		kernel_dispatch(p, enq_flags);
+		return;
+	}
+
+	task = bpf_ringbuf_reserve(&queued, sizeof(*task), 0);
+	if (!task)
+		goto congested;
+
+	note.enq_seq = tctx->enq_seq + 1;
+	note.at = now;
+	if (bpf_map_push_elem(&custody, &note, 0)) {
+		bpf_ringbuf_discard(task, BPF_RB_NO_WAKEUP);
+		goto congested;
+	}
+	tctx->enq_seq = note.enq_seq;
+
+	task->pid = p->pid;
+	task->cpu = scx_bpf_task_cpu(p);
+	task->nr_cpus_allowed = p->nr_cpus_allowed;
+	task->flags = enq_flags;
+	task->start_ts = tctx->start_ts;
+	task->stop_ts = tctx->stop_ts;
+	task->exec_runtime = tctx->exec_runtime;
+	task->weight = p->scx.weight;
+	task->vtime = p->scx.dsq_vtime;
+	task->enq_seq = tctx->enq_seq;
+	bpf_probe_read_kernel_str(task->comm, sizeof(task->comm), p->comm);
+	bpf_ringbuf_submit(task, 0);
+	count(&nr_queued);
+	return;
+
+congested:
+	count(&nr_sched_congested);
+	kernel_dispatch(p, enq_flags);
+}
+
 void BPF_STRUCT_OPS(ballot_enqueue, struct task_struct *p, u64 enq_flags)
 {
-	count(&nr_enqueued);
-	scx_bpf_dsq_insert(p, BALLOT_SHARED_DSQ, slice_ns, enq_flags);
+	if (needs_direct_dispatch(p)) {
+		scx_bpf_dsq_insert(p, is_usersched_task(p) ? BALLOT_SCHED_DSQ : SCX_DSQ_LOCAL,
+				   slice_ns, enq_flags);
+		count(&nr_kernel_dispatches);
+		return;
+	}
+	queue_to_user(p, enq_flags);
+}
+
+/* The task left our custody without a dispatch (it exited, changed class...). */
+void BPF_STRUCT_OPS(ballot_dequeue, struct task_struct *p, u64 deq_flags)
+{
+	struct task_ctx *tctx = lookup_task_ctx(p);
+
+	if (tctx)
+		tctx->done_seq = tctx->enq_seq;
+}
+
+/* Carries out one decision of the user-space policy. */
+static void dispatch_from_user(const struct dispatched_task *d)
+{
+	struct task_struct *p;
+	struct task_ctx *tctx;
+	u64 slice = clamp_slice(d->slice_ns);
+	s32 cpu = d->cpu;
+	bool ok;
+
+	p = bpf_task_from_pid(d->pid);
+	if (!p) {
+		count(&nr_cancel_dispatches);
+		return;
+	}
+	tctx = lookup_task_ctx(p);
+	/*
+	 * Answers an older enqueue (the task was dequeued or enqueued again
+	 * since), or a decision already carried out: cancel, never run twice.
+	 */
+	if (!tctx || tctx->enq_seq != d->enq_seq || tctx->done_seq >= d->enq_seq) {
+		count(&nr_cancel_dispatches);
+		goto out;
+	}
+	tctx->done_seq = d->enq_seq;
+
+	if (cpu == BALLOT_CPU_ANY) {
+		ok = scx_bpf_dsq_insert_vtime(p, BALLOT_SHARED_DSQ, slice, d->vtime, d->flags);
+		cpu = scx_bpf_task_cpu(p);
+		count(&nr_user_dispatches);
+	} else {
+		if (cpu < 0 || !bpf_cpumask_test_cpu(cpu, p->cpus_ptr)) {
+			/* Not allowed there (affinity changed): keep its CPU. */
+			cpu = scx_bpf_task_cpu(p);
+			count(&nr_bounce_dispatches);
+		} else {
+			count(&nr_user_dispatches);
+		}
+		ok = scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice, d->flags);
+	}
+	if (!ok)
+		count(&nr_failed_dispatches);
+	scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+out:
+	bpf_task_release(p);
+}
+
+static long drain_one(struct bpf_dynptr *dynptr, void *ctx)
+{
+	const struct dispatched_task *d;
+
+	d = bpf_dynptr_data(dynptr, 0, sizeof(*d));
+	if (d)
+		dispatch_from_user(d);
+	return 0;
+}
+
+/*
+ * Dispatches, on its own, the tasks that waited for user space longer than
+ * starvation_ns, oldest first; drops notes of tasks already dispatched.
+ */
+static void rescue_overdue(void)
+{
+	struct custody note;
+	struct task_struct *p;
+	struct task_ctx *tctx;
+	u64 now = scx_bpf_now();
+	int i;
+
+	bpf_for(i, 0, 64) {
+		if (bpf_map_pop_elem(&custody, &note))
+			return;
+		p = bpf_task_from_pid(note.pid);
+		if (!p)
+			continue;
+		tctx = lookup_task_ctx(p);
+		if (!tctx || tctx->enq_seq != note.enq_seq || tctx->done_seq >= note.enq_seq) {
+			/* Stale: dispatched, dropped, or queued again later. */
+			bpf_task_release(p);
+			continue;
+		}
+		if (now - note.at < starvation_ns) {
+			/* The oldest live note is not overdue: put it back. */
+			bpf_map_push_elem(&custody, &note, 0);
+			bpf_task_release(p);
+			return;
+		}
+		tctx->done_seq = note.enq_seq;
+		scx_bpf_dsq_insert_vtime(p, BALLOT_SHARED_DSQ, slice_ns,
+					 p->scx.dsq_vtime, 0);
+		count(&nr_rescued);
+		count(&nr_kernel_dispatches);
+		bpf_task_release(p);
+	}
 }
 
 void BPF_STRUCT_OPS(ballot_dispatch, s32 cpu, struct task_struct *prev)
 {
 	if (debug_no_dispatch)
 		return;
-	if (scx_bpf_dsq_move_to_local(BALLOT_SHARED_DSQ, 0))
-		count(&nr_dispatched);
+
+	bpf_user_ringbuf_drain(&dispatched, drain_one, NULL, BPF_RB_NO_WAKEUP);
+	rescue_overdue();
+
+	if (scx_bpf_dsq_move_to_local(BALLOT_SCHED_DSQ, 0))
+		return;
+	scx_bpf_dsq_move_to_local(BALLOT_SHARED_DSQ, 0);
+}
+
+void BPF_STRUCT_OPS(ballot_runnable, struct task_struct *p, u64 enq_flags)
+{
+	struct task_ctx *tctx = lookup_task_ctx(p);
+
+	if (tctx)
+		tctx->exec_runtime = 0;
+}
+
+void BPF_STRUCT_OPS(ballot_running, struct task_struct *p)
+{
+	struct task_ctx *tctx = lookup_task_ctx(p);
+
+	__sync_fetch_and_add(&nr_running, 1);
+	if (tctx)
+		tctx->start_ts = scx_bpf_now();
+}
+
+void BPF_STRUCT_OPS(ballot_stopping, struct task_struct *p, bool runnable)
+{
+	struct task_ctx *tctx = lookup_task_ctx(p);
+	u64 now = scx_bpf_now();
+
+	__sync_fetch_and_sub(&nr_running, 1);
+	if (tctx) {
+		tctx->stop_ts = now;
+		tctx->exec_runtime += now - tctx->start_ts;
+	}
+}
+
+s32 BPF_STRUCT_OPS(ballot_init_task, struct task_struct *p,
+		   struct scx_init_task_args *args)
+{
+	if (!bpf_task_storage_get(&task_ctx_stor, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))
+		return -ENOMEM;
+	return 0;
+}
+
+/*
+ * The select_cpu() of the Rust API: an idle CPU for @pid, preferring
+ * @prev_cpu, or a negative value when none is idle. Run by user space
+ * through BPF_PROG_TEST_RUN.
+ */
+SEC("syscall")
+int ballot_pick_idle_cpu(struct select_cpu_arg *arg)
+{
+	struct task_struct *p;
+	s32 cpu;
+
+	p = bpf_task_from_pid(arg->pid);
+	if (!p)
+		return -ESRCH;
+	bpf_rcu_read_lock();
+	if (arg->prev_cpu >= 0 && bpf_cpumask_test_cpu(arg->prev_cpu, p->cpus_ptr) &&
+	    scx_bpf_test_and_clear_cpu_idle(arg->prev_cpu))
+		cpu = arg->prev_cpu;
+	else
+		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	bpf_rcu_read_unlock();
+	bpf_task_release(p);
+	return cpu;
+}
+
+/*
+ * Wakes idle CPUs after user space queued decisions, so that one of them
+ * runs ops.dispatch() and carries them out. Run by user space through
+ * BPF_PROG_TEST_RUN.
+ */
+SEC("syscall")
+int ballot_kick_idle(void *arg)
+{
+	const struct cpumask *online;
+	s32 cpu;
+
+	online = scx_bpf_get_online_cpumask();
+	cpu = scx_bpf_pick_idle_cpu(online, 0);
+	scx_bpf_put_cpumask(online);
+	if (cpu >= 0)
+		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	return cpu;
+}
+
+static int heartbeat_fn(void *map, int *key, struct bpf_timer *timer)
+{
+	struct custody note;
+	const struct cpumask *online;
+	s32 cpu;
+
+	/* An overdue task waits: make sure some CPU runs ops.dispatch(). */
+	if (!bpf_map_peek_elem(&custody, &note) &&
+	    scx_bpf_now() - note.at >= starvation_ns) {
+		online = scx_bpf_get_online_cpumask();
+		cpu = scx_bpf_pick_idle_cpu(online, 0);
+		if (cpu < 0)
+			cpu = bpf_cpumask_first(online);
+		scx_bpf_put_cpumask(online);
+		scx_bpf_kick_cpu(cpu, 0);
+	}
+	bpf_timer_start(timer, HEARTBEAT_NS, 0);
+	return 0;
 }
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(ballot_init)
 {
-	return scx_bpf_create_dsq(BALLOT_SHARED_DSQ, -1);
+	struct heartbeat *hb;
+	const struct cpumask *online;
+	u32 key = 0;
+	s32 err;
+
+	online = scx_bpf_get_online_cpumask();
+	nr_online_cpus = bpf_cpumask_weight(online);
+	scx_bpf_put_cpumask(online);
+
+	err = scx_bpf_create_dsq(BALLOT_SHARED_DSQ, -1);
+	if (err)
+		return err;
+	err = scx_bpf_create_dsq(BALLOT_SCHED_DSQ, -1);
+	if (err)
+		return err;
+
+	hb = bpf_map_lookup_elem(&heartbeat, &key);
+	if (!hb)
+		return -ESRCH;
+	bpf_timer_init(&hb->timer, &heartbeat, CLOCK_MONOTONIC);
+	bpf_timer_set_callback(&hb->timer, heartbeat_fn);
+	return bpf_timer_start(&hb->timer, HEARTBEAT_NS, 0);
 }
 
 void BPF_STRUCT_OPS(ballot_exit, struct scx_exit_info *ei)
@@ -79,7 +496,12 @@ void BPF_STRUCT_OPS(ballot_exit, struct scx_exit_info *ei)
 SCX_OPS_DEFINE(ballot_ops,
 	       .select_cpu	= (void *)ballot_select_cpu,
 	       .enqueue		= (void *)ballot_enqueue,
+	       .dequeue		= (void *)ballot_dequeue,
 	       .dispatch	= (void *)ballot_dispatch,
+	       .runnable	= (void *)ballot_runnable,
+	       .running		= (void *)ballot_running,
+	       .stopping	= (void *)ballot_stopping,
+	       .init_task	= (void *)ballot_init_task,
 	       .init		= (void *)ballot_init,
 	       .exit		= (void *)ballot_exit,
 	       .timeout_ms	= 5000,

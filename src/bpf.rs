@@ -1,109 +1,428 @@
-//! The connector: the one module that talks to the BPF program. Every map
+//! The connector: the one module that talks to the BPF dispatcher. Every map
 //! access and every `unsafe` block of the scheduler lives here.
+//!
+//! Its API has the shape of scx_rustland_core's `BpfScheduler`, so a policy
+//! written against one ports to the other by changing imports and the init
+//! call: [`BpfScheduler::init`], [`dequeue_task`](BpfScheduler::dequeue_task),
+//! [`dispatch_task`](BpfScheduler::dispatch_task),
+//! [`select_cpu`](BpfScheduler::select_cpu),
+//! [`notify_complete`](BpfScheduler::notify_complete) and the `nr_*` counters.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use libbpf_rs::OpenObject;
-use log::info;
+use libbpf_rs::{OpenObject, ProgramInput, RingBuffer, RingBufferBuilder, UserRingBuffer};
 use scx_utils::{UserExitInfo, scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_report};
 
+use crate::bpf_intf;
 use crate::bpf_skel::{BpfSkel, BpfSkelBuilder};
+use crate::stats::Metrics;
+
+/// `DispatchedTask::cpu` value meaning "no CPU chosen": the task goes to the
+/// shared queue, ordered by vtime, and the first free CPU runs it.
+pub const RL_CPU_ANY: i32 = bpf_intf::ballot_consts_BALLOT_CPU_ANY;
+
+/// The length of a task's command name (`comm`), NUL included.
+pub const TASK_COMM_LEN: usize = 16;
 
 /// `SCX_OPS_SWITCH_PARTIAL` from the kernel's `enum scx_ops_flags`: only
 /// tasks whose policy is SCHED_EXT are switched to the BPF scheduler.
 const SCX_OPS_SWITCH_PARTIAL: u64 = 1 << 3;
 
-/// What the BPF side is told before load.
+/// A runnable task that the BPF side hands to the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuedTask {
+    pub pid: i32,
+    /// The CPU it last ran on.
+    pub cpu: i32,
+    pub nr_cpus_allowed: u64,
+    /// The kernel's enqueue flags.
+    pub flags: u64,
+    /// When it last started running (ns, the scheduler clock).
+    pub start_ts: u64,
+    /// When it last stopped running (ns).
+    pub stop_ts: u64,
+    /// CPU time since it last became runnable (ns).
+    pub exec_runtime: u64,
+    /// 1..=10000, 100 for nice 0.
+    pub weight: u64,
+    /// The vtime it was last dispatched with.
+    pub vtime: u64,
+    /// Which enqueue this is; a decision for an older one is cancelled.
+    pub enq_seq: u64,
+    /// Command name, NUL-padded.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+impl QueuedTask {
+    /// The command name as text.
+    pub fn comm_str(&self) -> &str {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}
+
+/// A decision of the policy: where, for how long and in which order a task
+/// runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchedTask {
+    pub pid: i32,
+    /// Target CPU, or [`RL_CPU_ANY`].
+    pub cpu: i32,
+    /// Enqueue flags for the dispatch.
+    pub flags: u64,
+    /// Time slice in ns; 0 for the default slice.
+    pub slice_ns: u64,
+    /// Order in the shared queue: lower runs first.
+    pub vtime: u64,
+    enq_seq: u64,
+}
+
+impl DispatchedTask {
+    /// A decision for `task`: any CPU, default slice, its current vtime.
+    pub fn new(task: &QueuedTask) -> Self {
+        DispatchedTask {
+            pid: task.pid,
+            cpu: RL_CPU_ANY,
+            flags: 0,
+            slice_ns: 0,
+            vtime: task.vtime,
+            enq_seq: task.enq_seq,
+        }
+    }
+
+    /// The enqueue this decision answers.
+    pub fn enq_seq(&self) -> u64 {
+        self.enq_seq
+    }
+}
+
+/// What [`BpfScheduler::init`] sets up.
 #[derive(Debug, Clone)]
-pub struct BpfConfig {
-    pub slice_us: u64,
+pub struct InitOpts {
+    /// Only SCHED_EXT tasks (true) or every task (false).
     pub partial: bool,
+    /// Default time slice.
+    pub slice_us: u64,
+    /// Longest slice a decision may ask for.
+    pub slice_max_us: u64,
+    /// How long a task may wait for user space before the BPF side runs it.
+    pub starvation_ms: u64,
+    /// Kernel watchdog timeout (0: this scheduler's default, 5000 ms).
+    pub timeout_ms: u32,
+    /// Bytes of the kernel's debug dump kept on an error exit (0: default).
     pub exit_dump_len: u32,
+    /// Let the BPF side put waking tasks on idle CPUs by itself.
+    pub builtin_idle: bool,
+    /// libbpf debug output.
+    pub debug: bool,
+    /// Testing aid: never dispatch (see `--debug-no-dispatch`).
     pub debug_no_dispatch: bool,
 }
 
-/// The counters the BPF program keeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub nr_enqueued: u64,
-    pub nr_dispatched: u64,
-    pub nr_direct_dispatched: u64,
-}
-
-/// A loaded and attached BPF scheduler. Dropping it detaches the scheduler.
-pub struct Scheduler<'obj> {
+/// The loaded, attached dispatcher. Dropping it detaches the scheduler.
+pub struct BpfScheduler<'obj> {
     skel: BpfSkel<'obj>,
+    queued: RingBuffer<'static>,
+    inbox: Rc<RefCell<VecDeque<QueuedTask>>>,
+    dispatched: UserRingBuffer,
     struct_ops: Option<libbpf_rs::Link>,
+    dispatched_since_notify: bool,
 }
 
-impl<'obj> Scheduler<'obj> {
-    /// Opens, configures, loads and attaches the BPF program.
-    pub fn init(cfg: &BpfConfig, open_object: &'obj mut MaybeUninit<OpenObject>) -> Result<Self> {
-        let builder = BpfSkelBuilder::default();
+/// Decodes one record of the `queued` ring buffer.
+fn decode_queued(data: &[u8]) -> Option<QueuedTask> {
+    if data.len() < size_of::<bpf_intf::queued_task>() {
+        return None;
+    }
+    // SAFETY: `data` holds at least size_of::<queued_task>() bytes written by
+    // the BPF program as a `struct queued_task`; the struct is plain old data
+    // (integers and a byte array), so any bit pattern is valid, and
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    let raw: bpf_intf::queued_task = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+    let mut comm = [0u8; TASK_COMM_LEN];
+    for (dst, src) in comm.iter_mut().zip(raw.comm.iter()) {
+        *dst = *src as u8;
+    }
+    Some(QueuedTask {
+        pid: raw.pid,
+        cpu: raw.cpu,
+        nr_cpus_allowed: raw.nr_cpus_allowed,
+        flags: raw.flags,
+        start_ts: raw.start_ts,
+        stop_ts: raw.stop_ts,
+        exec_runtime: raw.exec_runtime,
+        weight: raw.weight,
+        vtime: raw.vtime,
+        enq_seq: raw.enq_seq,
+        comm,
+    })
+}
+
+impl<'obj> BpfScheduler<'obj> {
+    /// Opens, configures, loads and attaches the BPF dispatcher.
+    pub fn init(open_object: &'obj mut MaybeUninit<OpenObject>, opts: &InitOpts) -> Result<Self> {
+        let mut builder = BpfSkelBuilder::default();
+        builder.obj_builder.debug(opts.debug);
         let mut skel = scx_ops_open!(builder, open_object, ballot_ops, None)
             .context("opening the BPF scheduler")?;
 
         let ops = skel.struct_ops.ballot_ops_mut();
-        if cfg.partial {
+        if opts.partial {
             ops.flags |= SCX_OPS_SWITCH_PARTIAL;
         }
-        ops.exit_dump_len = cfg.exit_dump_len;
+        ops.exit_dump_len = opts.exit_dump_len;
+        if opts.timeout_ms > 0 {
+            ops.timeout_ms = opts.timeout_ms;
+        }
 
         let rodata = skel.maps.rodata_data.as_mut().expect("the BPF program has rodata");
-        rodata.slice_ns = cfg.slice_us * 1000;
-        rodata.debug_no_dispatch = cfg.debug_no_dispatch;
+        rodata.slice_ns = opts.slice_us * 1000;
+        rodata.slice_max_ns = opts.slice_max_us * 1000;
+        rodata.starvation_ns = opts.starvation_ms * 1_000_000;
+        rodata.usersched_tgid = std::process::id() as i32;
+        rodata.khugepaged_pid = khugepaged_pid();
+        rodata.builtin_idle = opts.builtin_idle;
+        rodata.debug_no_dispatch = opts.debug_no_dispatch;
 
         let mut skel = scx_ops_load!(skel, ballot_ops, uei).context("loading the BPF scheduler")?;
+
+        let inbox = Rc::new(RefCell::new(VecDeque::with_capacity(
+            bpf_intf::BALLOT_MAX_QUEUED as usize,
+        )));
+        let sink = inbox.clone();
+        let mut rbb = RingBufferBuilder::new();
+        rbb.add(&skel.maps.queued, move |data: &[u8]| {
+            if let Some(task) = decode_queued(data) {
+                sink.borrow_mut().push_back(task);
+            }
+            0
+        })
+        .context("setting up the queued-task ring buffer")?;
+        let queued = rbb.build().context("setting up the queued-task ring buffer")?;
+        let dispatched = UserRingBuffer::new(&skel.maps.dispatched)
+            .context("setting up the dispatched-task ring buffer")?;
+
         let struct_ops =
             scx_ops_attach!(skel, ballot_ops).context("attaching the BPF scheduler")?;
-        Ok(Scheduler { skel, struct_ops: Some(struct_ops) })
+        Ok(BpfScheduler {
+            skel,
+            queued,
+            inbox,
+            dispatched,
+            struct_ops: Some(struct_ops),
+            dispatched_since_notify: false,
+        })
     }
 
-    pub fn counters(&self) -> Counters {
-        let bss = self.skel.maps.bss_data.as_ref().expect("the BPF program has bss");
-        Counters {
-            nr_enqueued: bss.nr_enqueued,
-            nr_dispatched: bss.nr_dispatched,
-            nr_direct_dispatched: bss.nr_direct_dispatched,
+    /// The next runnable task, if any (never blocks).
+    pub fn dequeue_task(&mut self) -> Result<Option<QueuedTask>, i32> {
+        if let Some(task) = self.inbox.borrow_mut().pop_front() {
+            return Ok(Some(task));
+        }
+        let n = self.queued.consume_raw();
+        if n < 0 {
+            return Err(n);
+        }
+        Ok(self.inbox.borrow_mut().pop_front())
+    }
+
+    /// Hands a decision to the BPF side; it is carried out at the next
+    /// ops.dispatch() on any CPU.
+    pub fn dispatch_task(&mut self, task: &DispatchedTask) -> Result<(), libbpf_rs::Error> {
+        let mut sample = self.dispatched.reserve(size_of::<bpf_intf::dispatched_task>())?;
+        let raw = bpf_intf::dispatched_task {
+            pid: task.pid,
+            cpu: task.cpu,
+            flags: task.flags,
+            slice_ns: task.slice_ns,
+            vtime: task.vtime,
+            enq_seq: task.enq_seq,
+        };
+        let bytes = sample.as_mut();
+        // SAFETY: the sample was reserved with exactly
+        // size_of::<dispatched_task>() bytes; the struct is plain old data and
+        // write_unaligned makes no alignment assumption.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), raw) };
+        self.dispatched.submit(sample)?;
+        self.dispatched_since_notify = true;
+        Ok(())
+    }
+
+    /// An idle CPU that `pid` may run on, preferring `prev_cpu`, or a
+    /// negative value when none is idle.
+    pub fn select_cpu(&mut self, pid: i32, prev_cpu: i32, flags: u64) -> i32 {
+        let mut arg = bpf_intf::select_cpu_arg { pid, prev_cpu, flags };
+        // SAFETY: `arg` is plain old data that lives across the call; the
+        // slice covers exactly its bytes.
+        let ctx = unsafe {
+            std::slice::from_raw_parts_mut(
+                (&raw mut arg).cast::<u8>(),
+                size_of::<bpf_intf::select_cpu_arg>(),
+            )
+        };
+        let input = ProgramInput { context_in: Some(ctx), ..Default::default() };
+        match self.skel.progs.ballot_pick_idle_cpu.test_run(input) {
+            Ok(out) => out.return_value as i32,
+            Err(_) => -1,
+        }
+    }
+
+    /// Tells the BPF side how many tasks the policy still holds and wakes an
+    /// idle CPU to carry out the decisions made since the last call.
+    pub fn notify_complete(&mut self, nr_pending: u64) {
+        self.bss_mut().nr_scheduled = nr_pending;
+        if std::mem::take(&mut self.dispatched_since_notify) {
+            let input = ProgramInput::default();
+            let _ = self.skel.progs.ballot_kick_idle.test_run(input);
+        }
+    }
+
+    /// Sleeps until a task is queued or `timeout` passes.
+    pub fn wait_for_tasks(&mut self, timeout: Duration) {
+        if self.inbox.borrow().is_empty() {
+            self.queued.poll_raw(timeout);
         }
     }
 
     /// True once the kernel has ejected or unloaded the BPF program.
-    pub fn exited(&self) -> bool {
+    pub fn exited(&mut self) -> bool {
         uei_exited!(&self.skel, uei)
     }
 
-    /// Waits until `shutdown` is raised or the kernel ends the scheduler,
-    /// printing the counters every `stats` interval when one is given; then
-    /// detaches and reports the exit info.
-    pub fn run(mut self, shutdown: &Arc<AtomicBool>, stats: Option<Duration>) -> Result<UserExitInfo> {
-        let mut last_stats = Instant::now();
-        while !shutdown.load(Ordering::Relaxed) && !self.exited() {
-            std::thread::sleep(Duration::from_millis(100));
-            if let Some(every) = stats {
-                if last_stats.elapsed() >= every {
-                    last_stats = Instant::now();
-                    info!("{}", self.counters());
-                }
-            }
-        }
-        let last = self.counters();
+    /// Detaches the scheduler and reports why it exited.
+    pub fn shutdown_and_report(&mut self) -> Result<UserExitInfo> {
         self.struct_ops.take();
-        info!("{last}");
         uei_report!(&self.skel, uei)
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let bss = self.skel.maps.bss_data.as_ref().expect("the BPF program has bss");
+        Metrics {
+            nr_online_cpus: bss.nr_online_cpus,
+            nr_running: bss.nr_running,
+            nr_queued: bss.nr_queued,
+            nr_scheduled: bss.nr_scheduled,
+            nr_user_dispatches: bss.nr_user_dispatches,
+            nr_kernel_dispatches: bss.nr_kernel_dispatches,
+            nr_cancel_dispatches: bss.nr_cancel_dispatches,
+            nr_bounce_dispatches: bss.nr_bounce_dispatches,
+            nr_failed_dispatches: bss.nr_failed_dispatches,
+            nr_sched_congested: bss.nr_sched_congested,
+            nr_rescued: bss.nr_rescued,
+        }
+    }
+
+    fn bss_mut(&mut self) -> &mut crate::bpf_skel::types::bss {
+        self.skel.maps.bss_data.as_mut().expect("the BPF program has bss")
+    }
+
+    pub fn nr_online_cpus_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_online_cpus
+    }
+
+    pub fn nr_running_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_running
+    }
+
+    pub fn nr_queued_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_queued
+    }
+
+    pub fn nr_scheduled_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_scheduled
+    }
+
+    pub fn nr_user_dispatches_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_user_dispatches
+    }
+
+    pub fn nr_kernel_dispatches_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_kernel_dispatches
+    }
+
+    pub fn nr_cancel_dispatches_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_cancel_dispatches
+    }
+
+    pub fn nr_bounce_dispatches_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_bounce_dispatches
+    }
+
+    pub fn nr_failed_dispatches_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_failed_dispatches
+    }
+
+    pub fn nr_sched_congested_mut(&mut self) -> &mut u64 {
+        &mut self.bss_mut().nr_sched_congested
     }
 }
 
-impl std::fmt::Display for Counters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "enqueued {} dispatched {} direct {}",
-            self.nr_enqueued, self.nr_dispatched, self.nr_direct_dispatched
-        )
+impl Drop for BpfScheduler<'_> {
+    fn drop(&mut self) {
+        self.struct_ops.take();
     }
+}
+
+/// khugepaged's pid, or 0 when it is not running.
+fn khugepaged_pid() -> i32 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
+            if comm.trim() == "khugepaged" {
+                return pid;
+            }
+        }
+    }
+    0
+}
+
+/// The scheduling policy number of sched_ext (`SCHED_EXT` in the kernel's
+/// uapi; not yet in libc).
+pub const SCHED_EXT: libc::c_int = 7;
+
+/// Switches the calling thread to SCHED_EXT; the raw OS error on refusal.
+pub fn set_sched_ext() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0
+    // names the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, SCHED_EXT, &param) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Size of the heap kept faulted in and never returned to the kernel, so
+/// that the scheduler's allocations in full mode do not page-fault.
+const HEAP_RESERVE: usize = 16 << 20;
+
+/// Keeps the scheduler's memory resident, for full mode: there every task,
+/// kswapd aside, waits for this process, so a page fault that needs reclaim
+/// or I/O to be served could stall the whole machine.
+///
+/// glibc is told to use one arena, never to give heap back and never to
+/// serve allocations with fresh mmaps; a heap reserve is faulted in once;
+/// then every current and future page is locked as it is touched.
+pub fn lock_memory() -> std::io::Result<()> {
+    // SAFETY: mallopt only changes glibc's allocator tunables; these values
+    // are documented as valid for these parameters.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+    let mut reserve = vec![0u8; HEAP_RESERVE];
+    for page in reserve.chunks_mut(4096) {
+        // Touch every page so that it is really backed, then give the block
+        // back to the allocator (which keeps it: trimming is off).
+        page[0] = 1;
+    }
+    std::hint::black_box(&reserve);
+    drop(reserve);
+    // SAFETY: mlockall takes only flags and has no memory-safety effects.
+    let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

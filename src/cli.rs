@@ -4,7 +4,8 @@ use std::ffi::OsString;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bpf::BpfConfig;
+use crate::bpf::InitOpts;
+use crate::policy::PolicyName;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,6 +41,38 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct SchedOpts {
+    /// The scheduling policy: who runs next, where and for how long.
+    #[arg(long, value_enum, default_value_t = PolicyName::Vruntime)]
+    pub policy: PolicyName,
+
+    /// Schedule every task of the system, not only SCHED_EXT ones. The whole
+    /// machine then depends on this process; the BPF side still runs the
+    /// scheduler's own threads and kernel helpers directly, and takes over any
+    /// task that waits too long, but a bug in a policy is felt everywhere.
+    #[arg(long)]
+    pub full: bool,
+
+    /// Longest slice a policy may give, in microseconds. Longer slices let a
+    /// policy favour throughput; they also delay everyone else by as much.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    pub slice_max_us: u64,
+
+    /// How long a task may wait for the user-space policy before the BPF
+    /// side runs it by itself, in milliseconds. Lower keeps tasks safe from a
+    /// slow policy; higher leaves the policy more say under load. Must stay
+    /// well below the watchdog timeout.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=4000))]
+    pub starvation_ms: u64,
+
+    /// The kernel watchdog's timeout in milliseconds: a runnable task left
+    /// waiting this long makes the kernel eject the scheduler.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1000..=30000))]
+    pub timeout_ms: u32,
+
+    /// libbpf debug output while loading.
+    #[arg(long)]
+    pub debug: bool,
+
     /// Time slice of every dispatched task, in microseconds. Longer slices
     /// mean fewer scheduling decisions (cheaper, better throughput); shorter
     /// ones mean quicker turns between tasks (better latency).
@@ -67,11 +100,19 @@ pub struct SchedOpts {
 }
 
 impl SchedOpts {
-    pub fn bpf_config(&self) -> BpfConfig {
-        BpfConfig {
+    pub fn init_opts(&self, builtin_idle: bool) -> InitOpts {
+        InitOpts {
+            partial: !self.full,
             slice_us: self.slice_us,
-            partial: true,
+            slice_max_us: self.slice_max_us.max(self.slice_us),
+            starvation_ms: self.starvation_ms,
+            timeout_ms: std::env::var("SCX_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(self.timeout_ms),
             exit_dump_len: self.exit_dump_len,
+            builtin_idle,
+            debug: self.debug,
             debug_no_dispatch: self.debug_no_dispatch,
         }
     }
@@ -89,8 +130,9 @@ mod tests {
     fn defaults_run_the_scheduler_in_partial_mode() {
         let cli = parse(&[]).unwrap();
         assert!(cli.command.is_none());
-        let cfg = cli.sched.bpf_config();
+        let cfg = cli.sched.init_opts(true);
         assert!(cfg.partial);
+        assert_eq!(cli.sched.policy, PolicyName::Vruntime);
         assert_eq!(cfg.slice_us, 5000);
         assert!(!cfg.debug_no_dispatch);
     }
@@ -112,6 +154,14 @@ mod tests {
     #[test]
     fn exec_does_not_mix_with_scheduler_flags() {
         assert!(parse(&["--slice-us", "100", "exec", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn full_mode_and_policy_are_chosen_by_flags() {
+        let cli = parse(&["--full", "--policy", "fifo"]).unwrap();
+        assert!(!cli.sched.init_opts(true).partial);
+        assert_eq!(cli.sched.policy, PolicyName::Fifo);
+        assert!(parse(&["--policy", "lottery"]).is_err());
     }
 
     #[test]

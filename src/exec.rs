@@ -9,20 +9,11 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-/// The scheduling policy number of sched_ext (`SCHED_EXT` in the kernel's
-/// uapi; not yet in libc).
-pub const SCHED_EXT: libc::c_int = 7;
+use crate::bpf::{SCHED_EXT, set_sched_ext};
 
 /// Switches the calling process to SCHED_EXT.
 pub fn enter_sched_ext() -> Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0
-    // names the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, SCHED_EXT, &param) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
+    let Err(err) = set_sched_ext() else { return Ok(()) };
     match err.raw_os_error() {
         Some(libc::EINVAL) => bail!(
             "the kernel refused SCHED_EXT (policy {SCHED_EXT}): it was built without sched_ext \

@@ -1,0 +1,171 @@
+//! `vruntime`: weighted fair share. Each task accumulates virtual runtime,
+//! its CPU time scaled by 100 / weight (the kernel's weight: 100 at nice 0,
+//! more for negative nice, less for positive), and the task with the least
+//! runs first. A task that slept is placed no further back than one slice
+//! behind the current minimum, so sleeping earns a bounded head start.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Reverse;
+
+use anyhow::Result;
+
+use crate::bpf::{DispatchedTask, QueuedTask, RL_CPU_ANY};
+use crate::sched::{Dispatcher, Policy};
+
+/// Drop what we remember of a task not seen for this long (ns).
+const FORGET_AFTER_NS: u64 = 30_000_000_000;
+/// Look for forgotten tasks every this many new entries.
+const PRUNE_EVERY: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct Account {
+    vruntime: u64,
+    /// stop_ts of the last run already charged (a task queued again without
+    /// running is not charged twice).
+    charged_stop: u64,
+}
+
+pub struct Vruntime {
+    slice_ns: u64,
+    min_vruntime: u64,
+    accounts: HashMap<i32, Account>,
+    inserted_since_prune: usize,
+    ready: BinaryHeap<Reverse<(u64, i32, u64)>>,
+    tasks: HashMap<i32, QueuedTask>,
+}
+
+impl Vruntime {
+    pub fn new(slice_ns: u64) -> Self {
+        Vruntime {
+            slice_ns,
+            min_vruntime: 0,
+            accounts: HashMap::new(),
+            inserted_since_prune: 0,
+            ready: BinaryHeap::new(),
+            tasks: HashMap::new(),
+        }
+    }
+
+    /// The virtual runtime `task` runs with, after charging its last run.
+    fn charge(&mut self, task: &QueuedTask) -> u64 {
+        let new = !self.accounts.contains_key(&task.pid);
+        let floor = self.min_vruntime.saturating_sub(self.slice_ns);
+        let acct = self
+            .accounts
+            .entry(task.pid)
+            .or_insert(Account { vruntime: floor, charged_stop: task.stop_ts });
+        if task.stop_ts > acct.charged_stop && task.stop_ts >= task.start_ts {
+            // It ran with this vruntime: the least among the runnable tasks
+            // then, so the clock that sleepers are measured against.
+            self.min_vruntime = self.min_vruntime.max(acct.vruntime);
+            let ran = task.stop_ts - task.start_ts;
+            acct.vruntime += ran * 100 / task.weight.max(1);
+            acct.charged_stop = task.stop_ts;
+        }
+        acct.vruntime = acct.vruntime.max(floor);
+        let v = acct.vruntime;
+        if new {
+            self.inserted_since_prune += 1;
+            if self.inserted_since_prune >= PRUNE_EVERY {
+                self.inserted_since_prune = 0;
+                let now = task.stop_ts.max(task.start_ts);
+                self.accounts
+                    .retain(|_, a| now.saturating_sub(a.charged_stop) < FORGET_AFTER_NS);
+            }
+        }
+        v
+    }
+}
+
+impl Policy for Vruntime {
+    fn name(&self) -> &'static str {
+        "vruntime"
+    }
+
+    fn schedule(&mut self, d: &mut dyn Dispatcher) -> Result<()> {
+        while let Some(task) = d.dequeue_task()? {
+            let v = self.charge(&task);
+            self.ready.push(Reverse((v, task.pid, task.enq_seq)));
+            self.tasks.insert(task.pid, task);
+        }
+        while let Some(Reverse((v, pid, seq))) = self.ready.pop() {
+            let Some(task) = self.tasks.remove(&pid) else { continue };
+            if task.enq_seq != seq {
+                // A newer enqueue of the same task is in the heap too.
+                self.tasks.insert(pid, task);
+                continue;
+            }
+            let mut out = DispatchedTask::new(&task);
+            out.cpu = RL_CPU_ANY;
+            out.vtime = v;
+            out.slice_ns = self.slice_ns;
+            d.dispatch_task(&out)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::fake::{FakeDispatcher, task};
+
+    /// Simulates one CPU: the dispatched task with the lowest vtime runs one
+    /// slice, then comes back. Returns the CPU time each pid got.
+    fn simulate(weights: &[u64], rounds: usize) -> Vec<u64> {
+        let slice = 1_000_000;
+        let mut p = Vruntime::new(slice);
+        let mut d = FakeDispatcher::default();
+        let mut now = 0;
+        let mut got = vec![0; weights.len()];
+        let mut waiting: Vec<DispatchedTask> = Vec::new();
+        d.queue.extend(weights.iter().enumerate().map(|(i, &w)| task(i as i32, w, 0, 0)));
+        for _ in 0..rounds {
+            p.schedule(&mut d).unwrap();
+            waiting.append(&mut d.dispatched);
+            waiting.sort_by_key(|t| t.vtime);
+            let next = waiting.remove(0);
+            let pid = next.pid as usize;
+            got[pid] += slice;
+            let start = now;
+            now += slice;
+            let mut t = task(next.pid, weights[pid], start, now);
+            t.enq_seq = next.enq_seq() + 1;
+            d.queue.push_back(t);
+        }
+        got
+    }
+
+    #[test]
+    fn nice_0_gets_far_more_than_nice_10() {
+        // Kernel weights: nice 0 -> 100, nice 10 -> about 10.
+        let got = simulate(&[100, 10], 1100);
+        assert!(got[0] > 5 * got[1], "{got:?}");
+    }
+
+    #[test]
+    fn equal_weights_share_equally() {
+        let got = simulate(&[100, 100, 100], 300);
+        let (min, max) = (got.iter().min().unwrap(), got.iter().max().unwrap());
+        assert!(max - min <= 1_000_000, "{got:?}");
+    }
+
+    #[test]
+    fn a_sleeper_gets_a_bounded_head_start() {
+        let mut p = Vruntime::new(1_000);
+        p.min_vruntime = 1_000_000;
+        let v = p.charge(&task(42, 100, 0, 0));
+        assert_eq!(v, 1_000_000 - 1_000);
+    }
+
+    #[test]
+    fn a_run_is_charged_once() {
+        let mut p = Vruntime::new(1_000);
+        let t = task(7, 100, 0, 500);
+        let first = p.charge(&task(7, 100, 0, 0));
+        let a = p.charge(&t);
+        let b = p.charge(&t);
+        assert_eq!(a, first + 500);
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,156 @@
+//! The scheduling loop and the `Policy` trait: a policy is one small file
+//! under `src/policy/` that implements [`Policy`]; the driver loop feeds it
+//! runnable tasks and carries out its decisions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use log::info;
+use scx_utils::UserExitInfo;
+
+use crate::bpf::{BpfScheduler, DispatchedTask, QueuedTask};
+
+/// What a policy may do: the [`BpfScheduler`] calls it is handed in
+/// `schedule`. The driver passes the real dispatcher; tests pass a fake.
+pub trait Dispatcher {
+    /// The next runnable task, if any.
+    fn dequeue_task(&mut self) -> Result<Option<QueuedTask>>;
+    /// Hand a decision to the BPF side.
+    fn dispatch_task(&mut self, task: &DispatchedTask) -> Result<()>;
+    /// An idle CPU for `pid` (preferring `prev_cpu`), or a negative value.
+    fn select_cpu(&mut self, pid: i32, prev_cpu: i32, flags: u64) -> i32;
+    /// CPUs online.
+    fn nr_online_cpus(&mut self) -> u64;
+}
+
+/// A scheduling policy.
+pub trait Policy {
+    /// Its name, as `--policy` spells it.
+    fn name(&self) -> &'static str;
+
+    /// Called whenever tasks may be waiting: take them with
+    /// `dequeue_task`, decide, and `dispatch_task` them. Tasks the policy
+    /// keeps for later count in `nr_pending`.
+    fn schedule(&mut self, dispatcher: &mut dyn Dispatcher) -> Result<()>;
+
+    /// How many tasks the policy holds without a decision.
+    fn nr_pending(&self) -> u64 {
+        0
+    }
+
+    /// Whether the BPF side may put a waking task on an idle CPU without
+    /// asking the policy.
+    fn builtin_idle(&self) -> bool {
+        true
+    }
+}
+
+impl Dispatcher for BpfScheduler<'_> {
+    fn dequeue_task(&mut self) -> Result<Option<QueuedTask>> {
+        match BpfScheduler::dequeue_task(self) {
+            Ok(task) => Ok(task),
+            Err(code) => bail!("reading the queued-task ring buffer failed ({code})"),
+        }
+    }
+
+    fn dispatch_task(&mut self, task: &DispatchedTask) -> Result<()> {
+        Ok(BpfScheduler::dispatch_task(self, task)?)
+    }
+
+    fn select_cpu(&mut self, pid: i32, prev_cpu: i32, flags: u64) -> i32 {
+        BpfScheduler::select_cpu(self, pid, prev_cpu, flags)
+    }
+
+    fn nr_online_cpus(&mut self) -> u64 {
+        *self.nr_online_cpus_mut()
+    }
+}
+
+/// How long the loop sleeps waiting for tasks when the policy holds none
+/// (a queued task wakes it at once).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long it sleeps while the policy still holds tasks.
+const BUSY_WAIT: Duration = Duration::from_millis(1);
+
+/// Runs `policy` until `shutdown` is raised or the kernel ends the
+/// scheduler; prints the counters every `stats` interval when given. Returns
+/// the exit info.
+pub fn run(
+    bpf: &mut BpfScheduler<'_>,
+    policy: &mut dyn Policy,
+    shutdown: &Arc<AtomicBool>,
+    stats: Option<Duration>,
+) -> Result<UserExitInfo> {
+    let mut last_stats = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) && !bpf.exited() {
+        policy.schedule(bpf)?;
+        let pending = policy.nr_pending();
+        bpf.notify_complete(pending);
+        bpf.wait_for_tasks(if pending > 0 { BUSY_WAIT } else { IDLE_WAIT });
+        if let Some(every) = stats {
+            if last_stats.elapsed() >= every {
+                last_stats = Instant::now();
+                info!("{}", bpf.metrics());
+            }
+        }
+    }
+    info!("{}", bpf.metrics());
+    bpf.shutdown_and_report()
+}
+
+pub mod fake {
+    //! A stand-in for the BPF side, for testing policies on the host: a
+    //! scripted stream of tasks in, the decisions out.
+
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::bpf::TASK_COMM_LEN;
+
+    #[derive(Default)]
+    pub struct FakeDispatcher {
+        pub queue: VecDeque<QueuedTask>,
+        pub dispatched: Vec<DispatchedTask>,
+        /// Answers of `select_cpu`, in order; -1 once used up.
+        pub idle_cpus: VecDeque<i32>,
+        pub cpus: u64,
+    }
+
+    impl Dispatcher for FakeDispatcher {
+        fn dequeue_task(&mut self) -> Result<Option<QueuedTask>> {
+            Ok(self.queue.pop_front())
+        }
+        fn dispatch_task(&mut self, task: &DispatchedTask) -> Result<()> {
+            self.dispatched.push(*task);
+            Ok(())
+        }
+        fn select_cpu(&mut self, _pid: i32, _prev_cpu: i32, _flags: u64) -> i32 {
+            self.idle_cpus.pop_front().unwrap_or(-1)
+        }
+        fn nr_online_cpus(&mut self) -> u64 {
+            self.cpus.max(1)
+        }
+    }
+
+    /// A runnable task with the given pid and weight, that last ran from
+    /// `start` to `stop` (ns).
+    pub fn task(pid: i32, weight: u64, start: u64, stop: u64) -> QueuedTask {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..4].copy_from_slice(b"burn");
+        QueuedTask {
+            pid,
+            cpu: 0,
+            nr_cpus_allowed: 2,
+            flags: 0,
+            start_ts: start,
+            stop_ts: stop,
+            exec_runtime: stop - start,
+            weight,
+            vtime: 0,
+            enq_seq: 1,
+            comm,
+        }
+    }
+}
