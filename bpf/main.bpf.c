@@ -156,6 +156,15 @@ static bool needs_direct_dispatch(const struct task_struct *p)
 	       p->comm[3] == 'a' && p->comm[4] == 'p' && p->comm[5] == 'd';
 }
 
+/*
+ * Whether @since lies at least @ns in the past. Signed: a timestamp taken on
+ * another CPU may be slightly ahead of this CPU's clock.
+ */
+static bool older_than(u64 since, u64 ns)
+{
+	return (s64)(scx_bpf_now() - since) >= (s64)ns;
+}
+
 static u64 clamp_slice(u64 slice)
 {
 	if (!slice)
@@ -318,7 +327,6 @@ static void rescue_overdue(void)
 	struct custody note;
 	struct task_struct *p;
 	struct task_ctx *tctx;
-	u64 now = scx_bpf_now();
 	int i;
 
 	bpf_for(i, 0, 64) {
@@ -333,7 +341,7 @@ static void rescue_overdue(void)
 			bpf_task_release(p);
 			continue;
 		}
-		if (now - note.at < starvation_ns) {
+		if (!older_than(note.at, starvation_ns)) {
 			/* The oldest live note is not overdue: put it back. */
 			bpf_map_push_elem(&custody, &note, 0);
 			bpf_task_release(p);
@@ -450,7 +458,7 @@ static int heartbeat_fn(void *map, int *key, struct bpf_timer *timer)
 
 	/* An overdue task waits: make sure some CPU runs ops.dispatch(). */
 	if (!bpf_map_peek_elem(&custody, &note) &&
-	    scx_bpf_now() - note.at >= starvation_ns) {
+	    older_than(note.at, starvation_ns)) {
 		online = scx_bpf_get_online_cpumask();
 		cpu = scx_bpf_pick_idle_cpu(online, 0);
 		if (cpu < 0)

@@ -15,28 +15,7 @@ set -u
 BIN=$1
 OUT=$2
 WINDOW=${3:-5}
-SYS=/sys/kernel/sched_ext
-
-say() { echo "[guest $(date +%T)] $*"; }
-
-cpu_ns() { # cumulative on-CPU time of a task, from /proc/PID/schedstat
-	local f
-	read -r f _ < "/proc/$1/schedstat" 2>/dev/null && echo "$f" || echo -1
-}
-
-ext_enabled() { # the ext.enabled field of /proc/PID/sched
-	awk '/^ext\.enabled/ { print $3; found=1 } END { if (!found) print -1 }' "/proc/$1/sched" 2>/dev/null || echo -1
-}
-
-wait_state() { # wait_state STATE TENTHS PID: until $SYS/state is STATE, or PID dies
-	local want=$1 tries=$2 pid=${3:-}
-	for ((i = 0; i < tries; i++)); do
-		[ "$(cat $SYS/state 2>/dev/null)" = "$want" ] && return 0
-		[ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && return 1
-		sleep 0.1
-	done
-	return 1
-}
+. "$(dirname "$0")/lib.sh"
 
 run_case() { # run_case NAME [SCHEDULER FLAGS...]
 	local name=$1
@@ -54,9 +33,9 @@ run_case() { # run_case NAME [SCHEDULER FLAGS...]
 	if wait_state enabled 900 "$sched"; then
 		echo "attach_secs=$((SECONDS - t_start))" >> "$res"
 	fi
-	echo "state_after_load=$(cat $SYS/state 2>/dev/null)" >> "$res"
+	echo "state_after_load=$(sched_state)" >> "$res"
 	echo "ops=$(cat $SYS/root/ops 2>/dev/null)" >> "$res"
-	say "case $name: state $(cat $SYS/state 2>/dev/null), ops $(cat $SYS/root/ops 2>/dev/null)"
+	say "case $name: state $(sched_state), ops $(cat $SYS/root/ops 2>/dev/null)"
 
 	"$BIN" exec -- sh -c 'while :; do :; done' &
 	local ext=$!
@@ -76,7 +55,7 @@ run_case() { # run_case NAME [SCHEDULER FLAGS...]
 		echo "fair_cpu_ns=$((fair1 - fair0))"
 		echo "ext_enabled_ext=$(ext_enabled $ext)"
 		echo "ext_enabled_fair=$(ext_enabled $fair)"
-		echo "state_after_window=$(cat $SYS/state 2>/dev/null)"
+		echo "state_after_window=$(sched_state)"
 	} >> "$res"
 	say "case $name: burner CPU time over ${WINDOW}s: sched_ext $((ext1 - ext0)) ns, fair $((fair1 - fair0)) ns"
 
@@ -86,10 +65,10 @@ run_case() { # run_case NAME [SCHEDULER FLAGS...]
 	wait "$sched"
 	echo "scheduler_exit=$?" >> "$res"
 	wait_state disabled 300
-	echo "state_after_unload=$(cat $SYS/state 2>/dev/null)" >> "$res"
+	echo "state_after_unload=$(sched_state)" >> "$res"
 	kill -KILL "$ext" "$fair" 2>/dev/null
 	wait "$ext" "$fair" 2>/dev/null
-	say "case $name: done, state $(cat $SYS/state 2>/dev/null)"
+	say "case $name: done, state $(sched_state)"
 }
 
 say "kernel $(uname -r), $(nproc) CPUs"
@@ -97,5 +76,5 @@ run_case working
 # A watchdog timeout longer than the window, so that what the window shows
 # is the missing dispatch itself, not the ejection that would follow it.
 SCX_TIMEOUT_MS=30000 run_case no-dispatch --debug-no-dispatch
-dmesg > "$OUT/dmesg.txt"
+
 say "all cases done"

@@ -1,7 +1,8 @@
 //! `vruntime`: weighted fair share. Each task accumulates virtual runtime,
 //! its CPU time scaled by 100 / weight (the kernel's weight: 100 at nice 0,
 //! more for negative nice, less for positive), and the task with the least
-//! runs first. A task that slept is placed no further back than one slice
+//! runs first, for a slice scaled by its weight (so a nice 10 task also gets
+//! shorter turns when it does run). A task that slept is placed no further back than one slice
 //! behind the current minimum, so sleeping earns a bounded head start.
 
 use std::collections::{BinaryHeap, HashMap};
@@ -98,11 +99,17 @@ impl Policy for Vruntime {
             let mut out = DispatchedTask::new(&task);
             out.cpu = RL_CPU_ANY;
             out.vtime = v;
-            out.slice_ns = self.slice_ns;
+            out.slice_ns = weighted_slice(self.slice_ns, task.weight);
             d.dispatch_task(&out)?;
         }
         Ok(())
     }
+}
+
+/// The slice of a task of `weight`: `base` at nice 0, in proportion to the
+/// weight, from base/20 up to 4 x base.
+pub fn weighted_slice(base: u64, weight: u64) -> u64 {
+    (base * weight / 100).clamp(base / 20, base * 4)
 }
 
 #[cfg(test)]
@@ -148,6 +155,14 @@ mod tests {
         let got = simulate(&[100, 100, 100], 300);
         let (min, max) = (got.iter().min().unwrap(), got.iter().max().unwrap());
         assert!(max - min <= 1_000_000, "{got:?}");
+    }
+
+    #[test]
+    fn slices_follow_weight_within_bounds() {
+        assert_eq!(weighted_slice(5_000_000, 100), 5_000_000);
+        assert_eq!(weighted_slice(5_000_000, 10), 500_000);
+        assert_eq!(weighted_slice(5_000_000, 1), 250_000);
+        assert_eq!(weighted_slice(5_000_000, 10_000), 20_000_000);
     }
 
     #[test]

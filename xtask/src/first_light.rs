@@ -2,73 +2,43 @@
 //! and the verdict on it. The guest only records facts (`key=value` lines);
 //! every judgement is made here, on the host, where it is unit-tested.
 
-use std::collections::BTreeMap;
+use crate::facts::{CaseFacts, Verdict};
 
 /// The least share of the window that the SCHED_EXT burner must get while
 /// the scheduler is attached. With two vCPUs and one fair burner beside it,
 /// a working scheduler gives it close to a whole CPU.
 pub const MIN_EXT_SHARE: f64 = 0.25;
 
-/// Facts one case recorded, by key.
-#[derive(Debug, Default, Clone)]
-pub struct CaseFacts(BTreeMap<String, String>);
-
-impl CaseFacts {
-    pub fn parse(text: &str) -> Self {
-        CaseFacts(
-            text.lines()
-                .filter_map(|line| line.split_once('='))
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .collect(),
-        )
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    fn num(&self, key: &str) -> Option<i64> {
-        self.get(key)?.parse().ok()
-    }
-
-    /// The SCHED_EXT burner's CPU time as a share of the window.
-    pub fn ext_share(&self) -> Option<f64> {
-        let window = self.num("window_ns")?;
-        let ext = self.num("ext_cpu_ns")?;
-        (window > 0).then(|| ext as f64 / window as f64)
-    }
-}
-
 /// What went wrong with a case that should have passed; empty when it
 /// passed.
 pub fn failures(facts: &CaseFacts) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut expect = |key: &str, want: &str, what: &str| match facts.get(key) {
-        Some(v) if v == want => {}
-        Some(v) => out.push(format!("{what}: {key} is {v:?}, expected {want:?}")),
-        None => out.push(format!("{what}: {key} was not recorded")),
-    };
-    expect("state_after_load", "enabled", "the scheduler did not attach");
-    expect("ext_enabled_ext", "1", "the burner started with `scx_ballot exec` is not in sched_ext");
-    expect("ext_enabled_fair", "0", "the burner started normally is in sched_ext");
-    expect("state_after_window", "enabled", "the scheduler did not stay attached");
-    expect("scheduler_exit", "0", "scx_ballot did not exit cleanly on SIGINT");
-    expect("state_after_unload", "disabled", "the scheduler did not unload");
-
+    let mut v = Verdict::new(facts);
+    v.expect("state_after_load", "enabled", "the scheduler did not attach")
+        .expect("ext_enabled_ext", "1", "the burner started with `scx_ballot exec` is not in sched_ext")
+        .expect("ext_enabled_fair", "0", "the burner started normally is in sched_ext")
+        .expect("state_after_window", "enabled", "the scheduler did not stay attached")
+        .expect("scheduler_exit", "0", "scx_ballot did not exit cleanly on SIGINT")
+        .expect("state_after_unload", "disabled", "the scheduler did not unload");
     match facts.get("ops") {
         Some(ops) if ops.starts_with("scx_ballot") => {}
-        other => out.push(format!("root/ops does not name scx_ballot: {other:?}")),
+        other => {
+            v.fail(format!("root/ops does not name scx_ballot: {other:?}"));
+        }
     }
     match facts.ext_share() {
         Some(share) if share >= MIN_EXT_SHARE => {}
-        Some(share) => out.push(format!(
-            "the SCHED_EXT burner got {:.1}% of the window, expected at least {:.0}%",
-            share * 100.0,
-            MIN_EXT_SHARE * 100.0
-        )),
-        None => out.push("the SCHED_EXT burner's CPU time was not recorded".into()),
+        Some(share) => {
+            v.fail(format!(
+                "the SCHED_EXT burner got {:.1}% of the window, expected at least {:.0}%",
+                share * 100.0,
+                MIN_EXT_SHARE * 100.0
+            ));
+        }
+        None => {
+            v.fail("the SCHED_EXT burner's CPU time was not recorded".into());
+        }
     }
-    out
+    v.problems
 }
 
 /// True when `failures` of the negative-control case (a scheduler that never
@@ -88,7 +58,7 @@ mod tests {
 
     fn with(key: &str, value: &str) -> CaseFacts {
         let mut facts = CaseFacts::parse(GOOD);
-        facts.0.insert(key.into(), value.into());
+        facts.set(key, value);
         facts
     }
 

@@ -7,7 +7,9 @@
 mod clang;
 mod compile;
 mod deps;
+mod facts;
 mod first_light;
+mod framework;
 mod kernel;
 mod run;
 mod test;

@@ -6,6 +6,10 @@
 //! fair class, the scheduler unloads cleanly, and the console stays clean.
 //! A negative control runs the same checks against a scheduler started with
 //! `--debug-no-dispatch` and requires them to catch its starved burner.
+//!
+//! Framework (`vm/framework.sh`): each policy under stress in partial and
+//! full mode, CPU shares under `fifo` and `vruntime`, and a SIGKILLed
+//! scheduler (see `framework.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +19,8 @@ use clap::Args;
 use xshell::Shell;
 
 use crate::deps::{self, VmTools};
-use crate::first_light::{self, CaseFacts};
+use crate::facts::CaseFacts;
+use crate::{first_light, framework};
 use crate::kernel::{self, Kernel, KernelChoice};
 use crate::vm::{self, Accel, VmSpec};
 use crate::{compile, project_root};
@@ -76,6 +81,32 @@ pub struct VmTestCmd {
     /// windows average out more noise and cost more time.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
     pub window_secs: u32,
+
+    /// How long each stress case runs, in seconds (full mode runs two
+    /// thirds of it).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(3..=600))]
+    pub stress_secs: u32,
+
+    /// Which suites to run (all when none is named).
+    #[arg(value_enum)]
+    pub suites: Vec<Suite>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// The scheduler attaches, runs a SCHED_EXT task, unloads; negative control.
+    FirstLight,
+    /// Policies under stress, partial and full mode, CPU shares, SIGKILL.
+    Framework,
+}
+
+impl Suite {
+    fn dir_name(self) -> &'static str {
+        match self {
+            Suite::FirstLight => "first-light",
+            Suite::Framework => "framework",
+        }
+    }
 }
 
 /// One named check and what went wrong with it.
@@ -89,10 +120,21 @@ impl VmTestCmd {
         let bin = compile::build_scheduler(sh)?;
         let (tools, kernel, accel) = self.vm.prepare(sh)?;
 
-        let out = fresh_dir(&project_root().join("target/vm-test/first-light"))?;
-        let mut spec = self.vm.spec(kernel, accel, "vm/first-light.sh", &out);
-        spec.args = vec![path_arg(&bin)?, path_arg(&out)?, self.window_secs.to_string()];
-        println!("==> booting the VM for the first-light checks ({accel}, {} vCPUs)", spec.cpus);
+        let suites = if self.suites.is_empty() {
+            vec![Suite::FirstLight, Suite::Framework]
+        } else {
+            self.suites.clone()
+        };
+        let out = fresh_dir(&project_root().join("target/vm-test"))?;
+        let mut spec = self.vm.spec(kernel, accel, "vm/guest-tests.sh", &out);
+        spec.args = vec![
+            path_arg(&bin)?,
+            path_arg(&out)?,
+            self.window_secs.to_string(),
+            self.stress_secs.to_string(),
+        ];
+        spec.args.extend(suites.iter().map(|s| s.dir_name().to_string()));
+        println!("==> booting the VM once for the suites {:?} ({accel}, {} vCPUs)", spec.args[4..].to_vec(), spec.cpus);
         let outcome = vm::boot(sh, &tools, &spec)?;
 
         let mut checks = Vec::new();
@@ -104,24 +146,43 @@ impl VmTestCmd {
         }
         checks.push(Check { name: "vm: boots and runs the guest checks", problems: vm_problems });
 
-        let working = read_case(&out, "working");
-        checks.push(Check {
-            name: "first light: attaches, SCHED_EXT burner runs, fair burner stays out, clean unload",
-            problems: first_light::failures(&working),
-        });
-
-        let broken = read_case(&out, "no-dispatch");
-        let broken_failures = first_light::failures(&broken);
-        let control = if first_light::starvation_caught(&broken_failures) {
-            Vec::new()
-        } else {
-            vec![format!(
-                "a scheduler that never dispatches was not caught (its burner got {}): {:?}",
-                share_text(&broken),
-                broken_failures
-            )]
-        };
-        checks.push(Check { name: "negative control: a scheduler that never dispatches is caught", problems: control });
+        let mut summary = Vec::new();
+        if suites.contains(&Suite::FirstLight) {
+            let dir = out.join("first-light");
+            let working = CaseFacts::read(&dir.join("working"));
+            checks.push(Check {
+                name: "first light: attaches, SCHED_EXT burner runs, fair burner stays out, clean unload",
+                problems: first_light::failures(&working),
+            });
+            let broken = CaseFacts::read(&dir.join("no-dispatch"));
+            let broken_failures = first_light::failures(&broken);
+            let control = if first_light::starvation_caught(&broken_failures) {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "a scheduler that never dispatches was not caught (its burner got {}): {:?}",
+                    share_text(&broken),
+                    broken_failures
+                )]
+            };
+            checks.push(Check { name: "negative control: a scheduler that never dispatches is caught", problems: control });
+            summary.push(format!(
+                "first light: SCHED_EXT burner share of a {} s window: working {}, no-dispatch {}",
+                self.window_secs,
+                share_text(&working),
+                share_text(&broken)
+            ));
+        }
+        if suites.contains(&Suite::Framework) {
+            let dir = out.join("framework");
+            for (name, problems) in framework::judge(&dir) {
+                checks.push(Check { name, problems });
+            }
+            for (case, ..) in framework::CASES {
+                let facts = std::fs::read_to_string(dir.join(case).join("result")).unwrap_or_default();
+                summary.push(format!("{case}: {}", facts.split_whitespace().collect::<Vec<_>>().join(" ")));
+            }
+        }
 
         let mut console = vm::read_console(&spec.console_log).unwrap_or_default();
         console.extend(vm::read_console(&out.join("dmesg.txt")).unwrap_or_default());
@@ -129,8 +190,9 @@ impl VmTestCmd {
         checks.push(Check { name: "console: no BUG, WARNING, stall or ejection", problems: alarms });
 
         println!();
-        println!("first light (burner share of a {} s window: working {}, no-dispatch {})",
-            self.window_secs, share_text(&working), share_text(&broken));
+        for line in &summary {
+            println!("{line}");
+        }
         let failed = checks.iter().filter(|c| !c.problems.is_empty()).count();
         for check in &checks {
             let verdict = if check.problems.is_empty() { "ok  " } else { "FAIL" };
@@ -140,7 +202,7 @@ impl VmTestCmd {
             }
         }
         if failed > 0 {
-            print_diagnostics(&outcome.console_tail, &out);
+            print_diagnostics(&outcome.console_tail, &out, &suites);
         }
         println!("vm-test: {} passed, {} failed", checks.len() - failed, failed);
         if failed > 0 {
@@ -148,11 +210,6 @@ impl VmTestCmd {
         }
         Ok(())
     }
-}
-
-fn read_case(out: &Path, case: &str) -> CaseFacts {
-    let text = std::fs::read_to_string(out.join(case).join("result")).unwrap_or_default();
-    CaseFacts::parse(&text)
 }
 
 fn share_text(facts: &CaseFacts) -> String {
@@ -163,18 +220,25 @@ fn share_text(facts: &CaseFacts) -> String {
 }
 
 /// On failure: the console's tail and every scheduler log.
-fn print_diagnostics(console_tail: &[String], out: &Path) {
+fn print_diagnostics(console_tail: &[String], out: &Path, suites: &[Suite]) {
     println!("\n--- last lines of the console ---");
     let start = console_tail.len().saturating_sub(60);
     for line in &console_tail[start..] {
         println!("  {line}");
     }
-    for case in ["working", "no-dispatch"] {
-        let log = out.join(case).join("scheduler.log");
-        println!("--- scheduler output, case {case} ({}) ---", log.display());
-        match std::fs::read_to_string(&log) {
-            Ok(text) => text.lines().for_each(|l| println!("  {l}")),
-            Err(e) => println!("  (none: {e})"),
+    for suite in suites {
+        let Ok(cases) = std::fs::read_dir(out.join(suite.dir_name())) else { continue };
+        for case in cases.flatten() {
+            let log = case.path().join("scheduler.log");
+            println!("--- scheduler output, {} ({}) ---", suite.dir_name(), log.display());
+            match std::fs::read_to_string(&log) {
+                Ok(text) => {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let start = lines.len().saturating_sub(15);
+                    lines[start..].iter().for_each(|l| println!("  {l}"));
+                }
+                Err(e) => println!("  (none: {e})"),
+            }
         }
     }
 }

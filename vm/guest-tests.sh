@@ -1,0 +1,21 @@
+#!/bin/bash
+# Guest command of `cargo xtask vm-test`: runs the suites one after the
+# other in one boot, then saves the kernel log.
+#
+# Usage: guest-tests.sh SCX_BALLOT_BINARY OUT_DIR WINDOW_SECS STRESS_SECS SUITE...
+set -u
+BIN=$1
+OUT=$2
+WINDOW=$3
+STRESS=$4
+shift 4
+here=$(dirname "$0")
+for suite in "$@"; do
+	mkdir -p "$OUT/$suite"
+	case $suite in
+	first-light) "$here/first-light.sh" "$BIN" "$OUT/$suite" "$WINDOW" ;;
+	framework) "$here/framework.sh" "$BIN" "$OUT/$suite" "$STRESS" ;;
+	*) echo "unknown suite $suite"; exit 2 ;;
+	esac
+done
+dmesg > "$OUT/dmesg.txt"
