@@ -35,7 +35,10 @@ enum ballot_consts {
  */
 struct queued_task {
 	s32 pid;
+	s32 tgid;		/* its process (thread group) */
 	s32 cpu;		/* CPU the task last ran on */
+	u32 wakeup;		/* 1: it woke up; 0: it left a CPU (its slice ended, or
+				 * it was preempted), which now needs another task */
 	u64 nr_cpus_allowed;	/* how many CPUs its affinity allows */
 	u64 flags;		/* enqueue flags */
 	u64 start_ts;		/* when it last started running (ns) */
@@ -65,6 +68,11 @@ struct select_cpu_arg {
 	s32 pid;
 	s32 prev_cpu;
 	u64 flags;
+};
+
+/* Argument of the kick syscall program. */
+struct kick_arg {
+	s32 cpu;		/* the CPU to wake if idle; negative: any idle CPU */
 };
 
 #endif /* __SCX_BALLOT_INTF_H */

@@ -223,9 +223,11 @@ static void queue_to_user(struct task_struct *p, u64 enq_flags)
 	tctx->enq_seq = note.enq_seq;
 
 	task->pid = p->pid;
+	task->tgid = p->tgid;
 	task->cpu = scx_bpf_task_cpu(p);
 	task->nr_cpus_allowed = p->nr_cpus_allowed;
 	task->flags = enq_flags;
+	task->wakeup = !!(enq_flags & SCX_ENQ_WAKEUP);
 	task->start_ts = tctx->start_ts;
 	task->stop_ts = tctx->stop_ts;
 	task->exec_runtime = tctx->exec_runtime;
@@ -244,6 +246,15 @@ congested:
 
 void BPF_STRUCT_OPS(ballot_enqueue, struct task_struct *p, u64 enq_flags)
 {
+	/*
+	 * Its slice ended and nothing else wants this CPU: unless the policy
+	 * holds tasks back, let it run on without a round trip to user space.
+	 */
+	if ((enq_flags & SCX_ENQ_LAST) && !nr_scheduled && !debug_no_dispatch) {
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
+		count(&nr_kernel_dispatches);
+		return;
+	}
 	if (needs_direct_dispatch(p)) {
 		scx_bpf_dsq_insert(p, is_usersched_task(p) ? BALLOT_SCHED_DSQ : SCX_DSQ_LOCAL,
 				   slice_ns, enq_flags);
@@ -432,19 +443,22 @@ int ballot_pick_idle_cpu(struct select_cpu_arg *arg)
 }
 
 /*
- * Wakes idle CPUs after user space queued decisions, so that one of them
- * runs ops.dispatch() and carries them out. Run by user space through
+ * Wakes a CPU after user space queued decisions, so that it runs
+ * ops.dispatch() and carries them out: @arg->cpu if it is idle (a CPU the
+ * policy chose), or any idle CPU. Run by user space through
  * BPF_PROG_TEST_RUN.
  */
 SEC("syscall")
-int ballot_kick_idle(void *arg)
+int ballot_kick(struct kick_arg *arg)
 {
 	const struct cpumask *online;
-	s32 cpu;
+	s32 cpu = arg->cpu;
 
-	online = scx_bpf_get_online_cpumask();
-	cpu = scx_bpf_pick_idle_cpu(online, 0);
-	scx_bpf_put_cpumask(online);
+	if (cpu < 0) {
+		online = scx_bpf_get_online_cpumask();
+		cpu = scx_bpf_pick_idle_cpu(online, 0);
+		scx_bpf_put_cpumask(online);
+	}
 	if (cpu >= 0)
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	return cpu;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libbpf_rs::{OpenObject, ProgramInput, RingBuffer, RingBufferBuilder, UserRingBuffer};
-use scx_utils::{UserExitInfo, scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_report};
+use scx_utils::{UserExitInfo, compat, scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_report};
 
 use crate::bpf_intf;
 use crate::bpf_skel::{BpfSkel, BpfSkelBuilder};
@@ -29,16 +29,16 @@ pub const RL_CPU_ANY: i32 = bpf_intf::ballot_consts_BALLOT_CPU_ANY;
 /// The length of a task's command name (`comm`), NUL included.
 pub const TASK_COMM_LEN: usize = 16;
 
-/// `SCX_OPS_SWITCH_PARTIAL` from the kernel's `enum scx_ops_flags`: only
-/// tasks whose policy is SCHED_EXT are switched to the BPF scheduler.
-const SCX_OPS_SWITCH_PARTIAL: u64 = 1 << 3;
-
 /// A runnable task that the BPF side hands to the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueuedTask {
     pub pid: i32,
+    /// Its process (thread group).
+    pub tgid: i32,
     /// The CPU it last ran on.
     pub cpu: i32,
+    /// It woke up (true), or it left `cpu`, which now needs another task.
+    pub wakeup: bool,
     pub nr_cpus_allowed: u64,
     /// The kernel's enqueue flags.
     pub flags: u64,
@@ -131,7 +131,17 @@ pub struct BpfScheduler<'obj> {
     inbox: Rc<RefCell<VecDeque<QueuedTask>>>,
     dispatched: UserRingBuffer,
     struct_ops: Option<libbpf_rs::Link>,
-    dispatched_since_notify: bool,
+    /// CPUs named by decisions since the last notify (-1: any CPU).
+    kick_targets: Vec<i32>,
+}
+
+/// The bytes of a plain-old-data argument struct of a syscall program.
+/// Only the `bpf_intf` argument structs (integers only, no padding the
+/// program reads) are passed here.
+fn pod_bytes<T: Copy>(value: &mut T) -> &mut [u8] {
+    // SAFETY: `value` is a live, exclusively borrowed `T`; the slice covers
+    // exactly its size_of::<T>() bytes and borrows it for as long.
+    unsafe { std::slice::from_raw_parts_mut((value as *mut T).cast::<u8>(), size_of::<T>()) }
 }
 
 /// Decodes one record of the `queued` ring buffer.
@@ -150,7 +160,9 @@ fn decode_queued(data: &[u8]) -> Option<QueuedTask> {
     }
     Some(QueuedTask {
         pid: raw.pid,
+        tgid: raw.tgid,
         cpu: raw.cpu,
+        wakeup: raw.wakeup != 0,
         nr_cpus_allowed: raw.nr_cpus_allowed,
         flags: raw.flags,
         start_ts: raw.start_ts,
@@ -172,8 +184,12 @@ impl<'obj> BpfScheduler<'obj> {
             .context("opening the BPF scheduler")?;
 
         let ops = skel.struct_ops.ballot_ops_mut();
+        // ENQ_LAST: a task whose slice ends with nothing else to run comes
+        // back through ops.enqueue(), so a policy holding tasks gets to decide.
+        ops.flags |= *compat::SCX_OPS_ENQ_LAST;
         if opts.partial {
-            ops.flags |= SCX_OPS_SWITCH_PARTIAL;
+            // Only tasks whose policy is SCHED_EXT are ours.
+            ops.flags |= *compat::SCX_OPS_SWITCH_PARTIAL;
         }
         ops.exit_dump_len = opts.exit_dump_len;
         if opts.timeout_ms > 0 {
@@ -215,7 +231,7 @@ impl<'obj> BpfScheduler<'obj> {
             inbox,
             dispatched,
             struct_ops: Some(struct_ops),
-            dispatched_since_notify: false,
+            kick_targets: Vec::with_capacity(64),
         })
     }
 
@@ -249,7 +265,10 @@ impl<'obj> BpfScheduler<'obj> {
         // write_unaligned makes no alignment assumption.
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), raw) };
         self.dispatched.submit(sample)?;
-        self.dispatched_since_notify = true;
+        let target = if task.cpu >= 0 { task.cpu } else { -1 };
+        if !self.kick_targets.contains(&target) {
+            self.kick_targets.push(target);
+        }
         Ok(())
     }
 
@@ -257,29 +276,26 @@ impl<'obj> BpfScheduler<'obj> {
     /// negative value when none is idle.
     pub fn select_cpu(&mut self, pid: i32, prev_cpu: i32, flags: u64) -> i32 {
         let mut arg = bpf_intf::select_cpu_arg { pid, prev_cpu, flags };
-        // SAFETY: `arg` is plain old data that lives across the call; the
-        // slice covers exactly its bytes.
-        let ctx = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&raw mut arg).cast::<u8>(),
-                size_of::<bpf_intf::select_cpu_arg>(),
-            )
-        };
-        let input = ProgramInput { context_in: Some(ctx), ..Default::default() };
+        let input = ProgramInput { context_in: Some(pod_bytes(&mut arg)), ..Default::default() };
         match self.skel.progs.ballot_pick_idle_cpu.test_run(input) {
             Ok(out) => out.return_value as i32,
             Err(_) => -1,
         }
     }
 
-    /// Tells the BPF side how many tasks the policy still holds and wakes an
-    /// idle CPU to carry out the decisions made since the last call.
+    /// Tells the BPF side how many tasks the policy still holds and wakes
+    /// the CPUs that the decisions made since the last call name (or an idle
+    /// CPU, for decisions that name none), so they are carried out at once.
     pub fn notify_complete(&mut self, nr_pending: u64) {
         self.bss_mut().nr_scheduled = nr_pending;
-        if std::mem::take(&mut self.dispatched_since_notify) {
-            let input = ProgramInput::default();
-            let _ = self.skel.progs.ballot_kick_idle.test_run(input);
+        let targets = std::mem::take(&mut self.kick_targets);
+        for &cpu in &targets {
+            let mut arg = bpf_intf::kick_arg { cpu };
+            let input = ProgramInput { context_in: Some(pod_bytes(&mut arg)), ..Default::default() };
+            let _ = self.skel.progs.ballot_kick.test_run(input);
         }
+        self.kick_targets = targets;
+        self.kick_targets.clear();
     }
 
     /// Sleeps until a task is queued or `timeout` passes.

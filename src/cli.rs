@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bpf::InitOpts;
+use crate::election::view::Mode;
 use crate::policy::PolicyName;
 
 #[derive(Parser, Debug)]
@@ -33,6 +34,12 @@ pub enum Command {
     /// The policy is inherited by CMD's children. While no sched_ext
     /// scheduler is attached, SCHED_EXT tasks run in the fair class.
     Exec {
+        /// Make CMD and its children members of this candidate (the election
+        /// policy finds them by the SCX_BALLOT_CANDIDATE variable this sets
+        /// in their environment).
+        #[arg(long, value_name = "NAME")]
+        candidate: Option<String>,
+
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         argv: Vec<OsString>,
@@ -72,6 +79,46 @@ pub struct SchedOpts {
     /// libbpf debug output while loading.
     #[arg(long)]
     pub debug: bool,
+
+    /// Election: how votes turn into CPU. `winner` gives the leader's tasks
+    /// the CPU first and everyone else only `--min-share`; `proportional`
+    /// shares the CPU in proportion to votes + 1.
+    #[arg(long, value_enum, default_value_t = Mode::Winner, help_heading = "Election")]
+    pub mode: Mode,
+
+    /// Election, winner mode: the CPU share (percent) every candidate that
+    /// is not leading keeps while it has runnable tasks. Higher is kinder to
+    /// the losers and weakens the win; it also bounds how long their tasks
+    /// wait (about slice / share).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_percent, help_heading = "Election")]
+    pub min_share: f64,
+
+    /// Election: candidates to create at start (TOML or JSON, see README);
+    /// candidates already in the votes journal are kept as they are.
+    #[arg(long, value_name = "FILE", help_heading = "Election")]
+    pub candidates: Option<std::path::PathBuf>,
+
+    /// Election: where the voting server listens. Anything but a loopback
+    /// address exposes it to the network; the admin routes then need a token.
+    #[arg(long, default_value = "127.0.0.1:7447", help_heading = "Election")]
+    pub listen: std::net::SocketAddr,
+
+    /// Election: the token the admin routes require (`Authorization: Bearer
+    /// TOKEN`). Without it, a loopback-only server leaves them open and any
+    /// other listener gets a generated token, printed at start.
+    #[arg(long, value_name = "TOKEN", help_heading = "Election")]
+    pub admin_token: Option<String>,
+
+    /// Election: the least time between two votes of the same voter, in
+    /// milliseconds (0: no limit). Cheap protection against a voter script.
+    #[arg(long, default_value_t = 0, help_heading = "Election")]
+    pub vote_interval_ms: u64,
+
+    /// Election: the votes journal. Every acknowledged change is appended
+    /// and synced to disk before the answer, and replayed at start; without
+    /// it, votes live only as long as the process.
+    #[arg(long, value_name = "FILE", help_heading = "Election")]
+    pub votes_file: Option<std::path::PathBuf>,
 
     /// Time slice of every dispatched task, in microseconds. Longer slices
     /// mean fewer scheduling decisions (cheaper, better throughput); shorter
@@ -118,6 +165,12 @@ impl SchedOpts {
     }
 }
 
+/// A percentage in (0, 50], as a fraction.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v > 0.0 && v <= 50.0 { Ok(v / 100.0) } else { Err(format!("{v} is not in (0, 50]")) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,9 +194,27 @@ mod tests {
     fn exec_keeps_the_command_and_its_own_flags() {
         let cli = parse(&["exec", "--", "sh", "-c", "echo --stats"]).unwrap();
         match cli.command {
-            Some(Command::Exec { argv }) => assert_eq!(argv, ["sh", "-c", "echo --stats"]),
+            Some(Command::Exec { argv, candidate: None }) => {
+                assert_eq!(argv, ["sh", "-c", "echo --stats"])
+            }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn exec_can_name_a_candidate() {
+        let cli = parse(&["exec", "--candidate", "blue", "--", "burn"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Exec { candidate: Some(c), .. }) if c == "blue"));
+    }
+
+    #[test]
+    fn election_flags() {
+        let cli = parse(&["--policy", "election", "--mode", "proportional", "--min-share", "10"]).unwrap();
+        assert_eq!(cli.sched.mode, Mode::Proportional);
+        assert!((cli.sched.min_share - 0.10).abs() < 1e-9);
+        assert!(parse(&["--min-share", "0"]).is_err());
+        assert!(parse(&["--min-share", "80"]).is_err());
+        assert!(parse(&["--listen", "not-an-address"]).is_err());
     }
 
     #[test]

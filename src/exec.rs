@@ -27,13 +27,28 @@ pub fn enter_sched_ext() -> Result<()> {
     }
 }
 
-/// Enters SCHED_EXT, then replaces this process with `argv`. Returns only on
-/// failure.
-pub fn exec_in_sched_ext(argv: &[OsString]) -> Result<std::convert::Infallible> {
+/// Enters SCHED_EXT, then replaces this process with `argv`; with
+/// `candidate`, CMD and its children are members of that candidate (the
+/// scheduler finds `SCX_BALLOT_CANDIDATE` in their environment). Returns only
+/// on failure.
+pub fn exec_in_sched_ext(argv: &[OsString], candidate: Option<&str>) -> Result<std::convert::Infallible> {
     let Some((program, args)) = argv.split_first() else {
         bail!("no command given: usage is `scx_ballot exec -- CMD [ARGS...]`");
     };
+    if let Some(name) = candidate {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid {
+            bail!("invalid candidate name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ . -");
+        }
+    }
     enter_sched_ext()?;
-    let err = Command::new(program).args(args).exec();
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if let Some(name) = candidate {
+        cmd.env(crate::election::membership::CANDIDATE_ENV, name);
+    }
+    let err = cmd.exec();
     bail!("cannot run {}: {err}", program.to_string_lossy())
 }

@@ -2,7 +2,8 @@
 //! processes get the CPU.
 //!
 //! `scx_ballot` loads the BPF dispatcher and runs a user-space policy until
-//! Ctrl-C; `scx_ballot exec -- CMD` starts CMD as a SCHED_EXT task.
+//! Ctrl-C; with `--policy election` it also runs the voting server.
+//! `scx_ballot exec -- CMD` starts CMD as a SCHED_EXT task.
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -13,20 +14,80 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use log::{error, info, warn};
 
+use scx_ballot::ballot::{self, Event, Store};
 use scx_ballot::cli::{Cli, Command, SchedOpts};
+use scx_ballot::election::membership::Tracker;
+use scx_ballot::election::view::{Board, Member};
+use scx_ballot::policy::{PolicyName, election};
+use scx_ballot::server::{self, ServerConfig, ServerHandle};
 use scx_ballot::{bpf, exec, logger, preflight, sched};
 
 fn main() {
     let cli = Cli::parse();
     logger::init(cli.sched.verbose);
     let result = match cli.command {
-        Some(Command::Exec { argv }) => exec::exec_in_sched_ext(&argv).map(|_| ()),
+        Some(Command::Exec { argv, candidate }) => {
+            exec::exec_in_sched_ext(&argv, candidate.as_deref()).map(|_| ())
+        }
         None => run_scheduler(&cli.sched),
     };
     if let Err(e) = result {
         error!("{e:#}");
         std::process::exit(1);
     }
+}
+
+/// The election's moving parts: the ballot and its server (the vote flow),
+/// the membership tracker (which process belongs to whom), and what the
+/// policy reads.
+struct ElectionSide {
+    inputs: election::Inputs,
+    tracker: Tracker,
+    _server: ServerHandle,
+}
+
+fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
+    let board = Board::new();
+    let initial = match &opts.candidates {
+        Some(path) => ballot::load_candidates(path)?,
+        None => Vec::new(),
+    };
+    let (store, warnings) = Store::open(opts.votes_file.as_deref(), initial, board.clone())
+        .context("opening the ballot")?;
+    for w in warnings {
+        warn!("{w}");
+    }
+    if opts.votes_file.is_none() {
+        warn!("no --votes-file: votes are kept in memory only and lost when scx_ballot stops");
+    }
+    let store = Arc::new(store);
+    let on_exit_store = store.clone();
+    let on_exit = Box::new(move |candidate: &str, member: &Member| {
+        let event = Event::RemoveMember { candidate: candidate.to_string(), member: member.clone() };
+        if let Err(e) = on_exit_store.submit(event) {
+            warn!("dropping an exited member of {candidate}: {e}");
+        }
+    });
+    let tracker = Tracker::spawn(board.clone(), on_exit).context("starting the membership tracker")?;
+    let cfg = ServerConfig {
+        listen: opts.listen,
+        admin_token: opts.admin_token.clone(),
+        vote_interval_ms: opts.vote_interval_ms,
+        max_body: ServerConfig::DEFAULT_MAX_BODY,
+    };
+    let server = server::spawn(cfg, store, board.clone())
+        .with_context(|| format!("starting the voting server on {}", opts.listen))?;
+    info!("voting server: http://{}/", server.addr);
+    if let (Some(token), None) = (&server.admin_token, &opts.admin_token) {
+        info!("admin token (the listener is not loopback-only): {token}");
+    }
+    let inputs = election::Inputs {
+        board,
+        membership: tracker.membership.clone(),
+        mode: opts.mode,
+        min_share: opts.min_share,
+    };
+    Ok(ElectionSide { inputs, tracker, _server: server })
 }
 
 fn run_scheduler(opts: &SchedOpts) -> Result<()> {
@@ -37,7 +98,13 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .context("installing the SIGINT/SIGTERM handler")?;
 
-    let mut policy = opts.policy.build(opts.slice_us * 1000);
+    let election = match opts.policy {
+        PolicyName::Election => Some(start_election(opts)?),
+        _ => None,
+    };
+    let inputs = election.as_ref().map(|e| &e.inputs);
+    let slice_ns = opts.slice_us * 1000;
+    let mut policy = opts.policy.build(slice_ns, inputs)?;
     let init = opts.init_opts(policy.builtin_idle());
     if !init.partial {
         if let Err(e) = bpf::lock_memory() {
@@ -45,6 +112,12 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
         }
     }
     let stats = opts.stats.map(Duration::from_secs_f64);
+    let metrics_sink = election.as_ref().map(|e| e.tracker.metrics.clone());
+    let mut publish = |m| {
+        if let Some(sink) = &metrics_sink {
+            sink.store(Arc::new(m));
+        }
+    };
     let mut open_object = MaybeUninit::uninit();
     loop {
         let mut sched = bpf::BpfScheduler::init(&mut open_object, &init)?;
@@ -54,13 +127,13 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
             if init.partial { "partial" } else { "full" },
             init.slice_us
         );
-        let uei = sched::run(&mut sched, policy.as_mut(), &shutdown, stats)?;
+        let uei = sched::run_with_metrics(&mut sched, policy.as_mut(), &shutdown, stats, &mut publish)?;
         drop(sched);
         if !uei.should_restart() || shutdown.load(Ordering::Relaxed) {
             info!("scx_ballot detached");
             return Ok(());
         }
         info!("the kernel asked for a restart (CPU hotplug); attaching again");
-        policy = opts.policy.build(opts.slice_us * 1000);
+        policy = opts.policy.build(slice_ns, inputs)?;
     }
 }

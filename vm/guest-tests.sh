@@ -15,6 +15,7 @@ for suite in "$@"; do
 	case $suite in
 	first-light) "$here/first-light.sh" "$BIN" "$OUT/$suite" "$WINDOW" ;;
 	framework) "$here/framework.sh" "$BIN" "$OUT/$suite" "$STRESS" ;;
+	election) "$here/election.sh" "$BIN" "$OUT/$suite" "$WINDOW" ;;
 	*) echo "unknown suite $suite"; exit 2 ;;
 	esac
 done

@@ -2,6 +2,7 @@
 //! election, a read-only view of the ballot; it knows nothing of HTTP, files
 //! or BPF details.
 
+pub mod election;
 pub mod fifo;
 pub mod vruntime;
 
@@ -16,13 +17,21 @@ pub enum PolicyName {
     Fifo,
     /// Weighted fair share by virtual runtime: honours nice (like scx_rustland).
     Vruntime,
+    /// The CPU follows the votes: candidates' processes get CPU by the
+    /// standing of the election (see --mode).
+    Election,
 }
 
 impl PolicyName {
-    pub fn build(self, slice_ns: u64) -> Box<dyn Policy> {
-        match self {
-            PolicyName::Fifo => Box::new(fifo::Fifo::new(slice_ns)),
-            PolicyName::Vruntime => Box::new(vruntime::Vruntime::new(slice_ns)),
-        }
+    /// The policy; `election` needs the board and membership it reads.
+    pub fn build(self, slice_ns: u64, election: Option<&election::Inputs>) -> anyhow::Result<Box<dyn Policy>> {
+        Ok(match (self, election) {
+            (PolicyName::Fifo, _) => Box::new(fifo::Fifo::new(slice_ns)),
+            (PolicyName::Vruntime, _) => Box::new(vruntime::Vruntime::new(slice_ns)),
+            (PolicyName::Election, Some(inputs)) => {
+                Box::new(election::Election::new(inputs.clone(), slice_ns))
+            }
+            (PolicyName::Election, None) => anyhow::bail!("the election policy needs its inputs"),
+        })
     }
 }

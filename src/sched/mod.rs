@@ -11,6 +11,7 @@ use log::info;
 use scx_utils::UserExitInfo;
 
 use crate::bpf::{BpfScheduler, DispatchedTask, QueuedTask};
+use crate::stats::Metrics;
 
 /// What a policy may do: the [`BpfScheduler`] calls it is handed in
 /// `schedule`. The driver passes the real dispatcher; tests pass a fake.
@@ -74,6 +75,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How long it sleeps while the policy still holds tasks.
 const BUSY_WAIT: Duration = Duration::from_millis(1);
 
+/// How often the counters are handed to the `on_metrics` callback.
+const METRICS_EVERY: Duration = Duration::from_millis(250);
+
 /// Runs `policy` until `shutdown` is raised or the kernel ends the
 /// scheduler; prints the counters every `stats` interval when given. Returns
 /// the exit info.
@@ -83,12 +87,29 @@ pub fn run(
     shutdown: &Arc<AtomicBool>,
     stats: Option<Duration>,
 ) -> Result<UserExitInfo> {
+    run_with_metrics(bpf, policy, shutdown, stats, &mut |_| {})
+}
+
+/// [`run`], also handing the counters to `on_metrics` four times a second
+/// (it must be quick: it runs in the scheduling loop).
+pub fn run_with_metrics(
+    bpf: &mut BpfScheduler<'_>,
+    policy: &mut dyn Policy,
+    shutdown: &Arc<AtomicBool>,
+    stats: Option<Duration>,
+    on_metrics: &mut dyn FnMut(Metrics),
+) -> Result<UserExitInfo> {
     let mut last_stats = Instant::now();
+    let mut last_metrics = Instant::now();
     while !shutdown.load(Ordering::Relaxed) && !bpf.exited() {
         policy.schedule(bpf)?;
         let pending = policy.nr_pending();
         bpf.notify_complete(pending);
         bpf.wait_for_tasks(if pending > 0 { BUSY_WAIT } else { IDLE_WAIT });
+        if last_metrics.elapsed() >= METRICS_EVERY {
+            last_metrics = Instant::now();
+            on_metrics(bpf.metrics());
+        }
         if let Some(every) = stats {
             if last_stats.elapsed() >= every {
                 last_stats = Instant::now();
@@ -141,7 +162,9 @@ pub mod fake {
         comm[..4].copy_from_slice(b"burn");
         QueuedTask {
             pid,
+            tgid: pid,
             cpu: 0,
+            wakeup: false,
             nr_cpus_allowed: 2,
             flags: 0,
             start_ts: start,

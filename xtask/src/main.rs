@@ -7,6 +7,7 @@
 mod clang;
 mod compile;
 mod deps;
+mod election_suite;
 mod facts;
 mod first_light;
 mod framework;

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use xshell::{Shell, cmd};
 
-use crate::vm_test::{VmOpts, fresh_dir, path_arg};
+use crate::vm::VmOpts;
+use crate::vm_test::{fresh_dir, path_arg};
 use crate::{compile, deps, project_root, vm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

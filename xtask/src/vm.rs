@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use xshell::{Shell, cmd};
 
 use crate::deps::{self, VmTools};
@@ -58,24 +59,59 @@ const SCRIPT_START: &str = "virtme-ng-init: starting script";
 // ---------------------------------------------------------------------------
 // `cargo xtask vm-check`
 
-/// Boot the VM once with a tiny guest command: checks the tools, the kernel,
-/// the accelerator and the console plumbing, without the scheduler.
-#[derive(Debug, clap::Args)]
-pub struct VmCheckCmd {
-    /// Which kernel: `default` (Debian's trixie-backports cloud kernel,
-    /// downloaded once), `host` (the running kernel, if it has sched_ext) or
-    /// a path to a bzImage/vmlinuz.
+/// How to get and boot the VM: shared by every command that boots one.
+#[derive(Args, Debug, Clone)]
+pub struct VmOpts {
+    /// Which kernel to boot: `default` (Debian's trixie-backports cloud
+    /// kernel, downloaded once into the cache), `host` (the running kernel,
+    /// if it has sched_ext) or a path to your own bzImage/vmlinuz.
     #[arg(long, default_value = "default")]
     pub kernel: KernelChoice,
 
     /// Force `kvm` or `tcg` instead of probing (same as SCX_BALLOT_KVM=1/0).
-    /// The probe costs one short test boot per kernel and QEMU version.
+    /// The probe costs one short test boot per kernel and QEMU version, and
+    /// its answer is cached.
     #[arg(long)]
     pub accel: Option<Accel>,
 
-    /// Guest CPUs. Under TCG, more vCPUs than host cores only slow it down.
+    /// Guest CPUs. Under TCG each vCPU is a host thread: more vCPUs than
+    /// host cores only slow the guest down.
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
+
+    /// Host-side limit on one whole VM run, boot included, in seconds; the
+    /// VM is killed when it expires.
+    #[arg(long, default_value_t = 900)]
+    pub vm_timeout_secs: u64,
+}
+
+impl VmOpts {
+    /// Installs the VM tools, obtains and checks the kernel, and picks the
+    /// accelerator.
+    pub fn prepare(&self, sh: &Shell) -> Result<(VmTools, Kernel, Accel)> {
+        let tools = deps::ensure_vm_tools(sh)?;
+        let kernel = kernel::obtain(sh, &self.kernel)?;
+        kernel::verify_config(&kernel, &project_root().join(kernel::FRAGMENT))?;
+        let accel = choose_accel(sh, &tools, &kernel, self.accel);
+        Ok((tools, kernel, accel))
+    }
+
+    pub fn spec(&self, kernel: Kernel, accel: Accel, script: &str, out: &Path) -> VmSpec {
+        let mut spec = VmSpec::new(kernel, accel, project_root().join(script));
+        spec.cpus = self.cpus;
+        spec.rwdirs = vec![out.to_path_buf()];
+        spec.console_log = out.join("console.log");
+        spec.timeout = Duration::from_secs(self.vm_timeout_secs);
+        spec
+    }
+}
+
+/// Boot the VM once with a tiny guest command: checks the tools, the kernel,
+/// the accelerator and the console plumbing, without the scheduler.
+#[derive(Debug, clap::Args)]
+pub struct VmCheckCmd {
+    #[command(flatten)]
+    pub vm: VmOpts,
 }
 
 /// What the vm-check guest runs: records the release and the sched_ext
@@ -95,10 +131,7 @@ echo "guest: $(uname -r), sched_ext $(cat "$out/sched_ext_state")"
 
 impl VmCheckCmd {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let tools = deps::ensure_vm_tools(sh)?;
-        let kernel = kernel::obtain(sh, &self.kernel)?;
-        kernel::verify_config(&kernel, &project_root().join(kernel::FRAGMENT))?;
-        let accel = choose_accel(sh, &tools, &kernel, self.accel);
+        let (tools, kernel, accel) = self.vm.prepare(sh)?;
 
         let work = cache_dir().join("vm-check");
         let out = work.join("out");
@@ -112,7 +145,7 @@ impl VmCheckCmd {
             .context("making the guest script executable")?;
 
         let spec = VmSpec {
-            cpus: self.cpus,
+            cpus: self.vm.cpus,
             rwdirs: vec![out.clone()],
             args: vec![out.to_string_lossy().into_owned()],
             timeout: Duration::from_secs(300),

@@ -12,65 +12,15 @@
 //! scheduler (see `framework.rs`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::Shell;
 
-use crate::deps::{self, VmTools};
 use crate::facts::CaseFacts;
-use crate::{first_light, framework};
-use crate::kernel::{self, Kernel, KernelChoice};
-use crate::vm::{self, Accel, VmSpec};
+use crate::{election_suite, first_light, framework};
+use crate::vm::{self, VmOpts};
 use crate::{compile, project_root};
-
-/// How to get and boot the VM: shared by every command that boots one.
-#[derive(Args, Debug, Clone)]
-pub struct VmOpts {
-    /// Which kernel to boot: `default` (Debian's trixie-backports cloud
-    /// kernel, downloaded once into the cache), `host` (the running kernel,
-    /// if it has sched_ext) or a path to your own bzImage/vmlinuz.
-    #[arg(long, default_value = "default")]
-    pub kernel: KernelChoice,
-
-    /// Force `kvm` or `tcg` instead of probing (same as SCX_BALLOT_KVM=1/0).
-    /// The probe costs one short test boot per kernel and QEMU version, and
-    /// its answer is cached.
-    #[arg(long)]
-    pub accel: Option<Accel>,
-
-    /// Guest CPUs. Under TCG each vCPU is a host thread: more vCPUs than
-    /// host cores only slow the guest down.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
-
-    /// Host-side limit on one whole VM run, boot included, in seconds; the
-    /// VM is killed when it expires.
-    #[arg(long, default_value_t = 900)]
-    pub vm_timeout_secs: u64,
-}
-
-impl VmOpts {
-    /// Installs the VM tools, obtains and checks the kernel, and picks the
-    /// accelerator.
-    pub fn prepare(&self, sh: &Shell) -> Result<(VmTools, Kernel, Accel)> {
-        let tools = deps::ensure_vm_tools(sh)?;
-        let kernel = kernel::obtain(sh, &self.kernel)?;
-        kernel::verify_config(&kernel, &project_root().join(kernel::FRAGMENT))?;
-        let accel = vm::choose_accel(sh, &tools, &kernel, self.accel);
-        Ok((tools, kernel, accel))
-    }
-
-    pub fn spec(&self, kernel: Kernel, accel: Accel, script: &str, out: &Path) -> VmSpec {
-        let mut spec = VmSpec::new(kernel, accel, project_root().join(script));
-        spec.cpus = self.cpus;
-        spec.rwdirs = vec![out.to_path_buf()];
-        spec.console_log = out.join("console.log");
-        spec.timeout = Duration::from_secs(self.vm_timeout_secs);
-        spec
-    }
-}
 
 #[derive(Args, Debug)]
 pub struct VmTestCmd {
@@ -98,6 +48,8 @@ pub enum Suite {
     FirstLight,
     /// Policies under stress, partial and full mode, CPU shares, SIGKILL.
     Framework,
+    /// Votes move the CPU: winner and proportional modes, durable tally.
+    Election,
 }
 
 impl Suite {
@@ -105,6 +57,7 @@ impl Suite {
         match self {
             Suite::FirstLight => "first-light",
             Suite::Framework => "framework",
+            Suite::Election => "election",
         }
     }
 }
@@ -121,7 +74,7 @@ impl VmTestCmd {
         let (tools, kernel, accel) = self.vm.prepare(sh)?;
 
         let suites = if self.suites.is_empty() {
-            vec![Suite::FirstLight, Suite::Framework]
+            vec![Suite::FirstLight, Suite::Framework, Suite::Election]
         } else {
             self.suites.clone()
         };
@@ -184,6 +137,21 @@ impl VmTestCmd {
             }
         }
 
+        if suites.contains(&Suite::Election) {
+            let dir = out.join("election");
+            for (name, problems) in election_suite::judge(&dir) {
+                checks.push(Check { name, problems });
+            }
+            for phase in ["uncontested", "blue-leads", "red-leads", "proportional"] {
+                let facts = CaseFacts::parse(&std::fs::read_to_string(dir.join(format!("{phase}.result"))).unwrap_or_default());
+                summary.push(format!(
+                    "election {phase}: blue {} red {} (per mille of the burners' CPU time)",
+                    facts.get("blue_permille").unwrap_or("?"),
+                    facts.get("red_permille").unwrap_or("?")
+                ));
+            }
+        }
+
         let mut console = vm::read_console(&spec.console_log).unwrap_or_default();
         console.extend(vm::read_console(&out.join("dmesg.txt")).unwrap_or_default());
         let alarms = vm::scan_console(&console);
@@ -227,10 +195,8 @@ fn print_diagnostics(console_tail: &[String], out: &Path, suites: &[Suite]) {
         println!("  {line}");
     }
     for suite in suites {
-        let Ok(cases) = std::fs::read_dir(out.join(suite.dir_name())) else { continue };
-        for case in cases.flatten() {
-            let log = case.path().join("scheduler.log");
-            println!("--- scheduler output, {} ({}) ---", suite.dir_name(), log.display());
+        for log in scheduler_logs(&out.join(suite.dir_name())) {
+            println!("--- scheduler output, {} ---", log.display());
             match std::fs::read_to_string(&log) {
                 Ok(text) => {
                     let lines: Vec<&str> = text.lines().collect();
@@ -241,6 +207,26 @@ fn print_diagnostics(console_tail: &[String], out: &Path, suites: &[Suite]) {
             }
         }
     }
+}
+
+/// Every `scheduler*.log` in `dir` and its case folders, in name order.
+fn scheduler_logs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for path in entries.flatten().map(|e| e.path()) {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with("scheduler") && name.ends_with(".log") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// An empty folder at `dir` (what an earlier run left is removed).

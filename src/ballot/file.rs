@@ -1,0 +1,172 @@
+//! The candidates file: the candidates to create at start-up.
+//!
+//! TOML (`.toml`):
+//!
+//! ```toml
+//! [[candidate]]
+//! name = "blue"              # 1..=64 of A-Z a-z 0-9 _ . -
+//! comm = ["stress-ng"]       # command names (at most 15 bytes each)
+//! pids = [1234]              # processes (all their threads)
+//! cgroups = ["/demo/blue"]   # cgroup v2 paths, and everything below them
+//!
+//! [[candidate]]
+//! name = "green"             # every list is optional
+//! ```
+//!
+//! JSON (`.json`), the same shape:
+//! `{"candidate": [{"name": "blue", "comm": ["stress-ng"], "pids": [1234], "cgroups": ["/demo/blue"]}]}`.
+//!
+//! Unknown keys are errors, so a typo does not silently drop a rule.
+//! Candidates keep the file's order. A candidate that already exists in the
+//! votes journal keeps its journaled members.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use super::{BallotError, validate_member, validate_name};
+use crate::election::view::Member;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandidatesFile {
+    #[serde(default)]
+    candidate: Vec<CandidateEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandidateEntry {
+    name: String,
+    #[serde(default)]
+    comm: Vec<String>,
+    #[serde(default)]
+    pids: Vec<i32>,
+    #[serde(default)]
+    cgroups: Vec<String>,
+}
+
+/// Reads a candidates file (TOML or JSON, by extension; format in the
+/// module docs) into `(name, members)` pairs in file order. Errors name the
+/// file and, for syntax errors, the line.
+pub fn load_candidates(path: &Path) -> anyhow::Result<Vec<(String, Vec<Member>)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading candidates file {}", path.display()))?;
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let file: CandidatesFile = match ext.as_deref() {
+        Some("toml") => toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| line_of(&text, s.start));
+            anyhow::anyhow!("{}{}: {}", path.display(), at_line(line), e.message())
+        })?,
+        Some("json") => serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}{}: {e}", path.display(), at_line(Some(e.line()))))?,
+        _ => bail!("candidates file {}: expected a .toml or .json extension", path.display()),
+    };
+    parse_entries(file.candidate).with_context(|| format!("candidates file {}", path.display()))
+}
+
+fn parse_entries(entries: Vec<CandidateEntry>) -> anyhow::Result<Vec<(String, Vec<Member>)>> {
+    let mut out: Vec<(String, Vec<Member>)> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        validate_name(&entry.name)?;
+        if out.iter().any(|(n, _)| *n == entry.name) {
+            return Err(BallotError::DuplicateCandidate(entry.name).into());
+        }
+        let members: Vec<Member> = (entry.comm.into_iter().map(|comm| Member::Comm { comm }))
+            .chain(entry.pids.into_iter().map(|pid| Member::Pid { pid, start_time: None }))
+            .chain(entry.cgroups.into_iter().map(|path| Member::Cgroup { path }))
+            .collect();
+        for member in &members {
+            validate_member(member).with_context(|| format!("candidate {:?}", entry.name))?;
+        }
+        out.push((entry.name, members));
+    }
+    Ok(out)
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(": line {l}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ballot::store::tests::TempDir;
+
+    #[test]
+    fn toml_and_json_give_the_same_candidates() {
+        let dir = TempDir::new("candidates-same");
+        let toml = dir.path().join("c.toml");
+        std::fs::write(
+            &toml,
+            "[[candidate]]\nname = \"blue\"\ncomm = [\"stress-ng\"]\npids = [1234]\n\
+             cgroups = [\"/demo/blue\"]\n\n[[candidate]]\nname = \"green\"\n",
+        )
+        .expect("write");
+        let json = dir.path().join("c.JSON");
+        std::fs::write(
+            &json,
+            r#"{"candidate": [{"name": "blue", "comm": ["stress-ng"], "pids": [1234],
+                "cgroups": ["/demo/blue"]}, {"name": "green"}]}"#,
+        )
+        .expect("write");
+        let want = vec![
+            (
+                "blue".to_owned(),
+                vec![
+                    Member::Comm { comm: "stress-ng".into() },
+                    Member::Pid { pid: 1234, start_time: None },
+                    Member::Cgroup { path: "/demo/blue".into() },
+                ],
+            ),
+            ("green".to_owned(), vec![]),
+        ];
+        assert_eq!(load_candidates(&toml).expect("toml loads"), want);
+        assert_eq!(load_candidates(&json).expect("json loads"), want);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_line() {
+        let dir = TempDir::new("candidates-errors");
+        let cases = [
+            ("bad.toml", "[[candidate]]\nname = blue\ncomm = [\"a\"]\n", "line 2"),
+            ("typo.toml", "[[candidate]]\nname = \"blue\"\n\ncoms = [\"a\"]\n", "line 4"),
+            ("bad.json", "{\"candidate\": [\n{\"name\": \"blue\",}\n]}", "line 2"),
+            ("name.toml", "[[candidate]]\nname = \"blue team\"\n", "invalid candidate name"),
+            (
+                "dup.toml",
+                "[[candidate]]\nname = \"a\"\n[[candidate]]\nname = \"a\"\n",
+                "already exists",
+            ),
+            (
+                "comm.toml",
+                "[[candidate]]\nname = \"a\"\ncomm = [\"sixteen-bytes-xx\"]\n",
+                "comm must be",
+            ),
+            (
+                "cg.json",
+                r#"{"candidate": [{"name": "a", "cgroups": ["demo"]}]}"#,
+                "must start with /",
+            ),
+            ("pid.toml", "[[candidate]]\nname = \"a\"\npids = [0]\n", "pid must be positive"),
+            ("c.yaml", "candidate: []\n", "expected a .toml or .json"),
+        ];
+        for (name, text, want) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            let err = format!("{:#}", load_candidates(&path).expect_err(name));
+            assert!(err.contains(name), "{name}: {err}");
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        let missing = dir.path().join("missing.toml");
+        let err = format!("{:#}", load_candidates(&missing).expect_err("missing"));
+        assert!(err.contains("missing.toml"), "{err}");
+    }
+}

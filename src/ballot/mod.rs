@@ -1,0 +1,613 @@
+//! The ballot: candidates, votes, and the events that change them, as plain
+//! data with no I/O. [`Event`] is what the votes journal stores; [`Ballot`]
+//! checks and applies events; [`Store`] puts a ballot, its journal and the
+//! published [`Standing`] together; [`load_candidates`] reads a candidates
+//! file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::election::view::{CandidateStanding, Member, Standing};
+
+mod file;
+pub(crate) mod store;
+
+pub use file::load_candidates;
+pub use store::{Store, StoreError, proc_start_time};
+
+/// Most candidates a ballot holds.
+pub const MAX_CANDIDATES: usize = 256;
+/// Most membership rules one candidate holds.
+pub const MAX_MEMBERS: usize = 256;
+/// Longest candidate name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest voter id, in characters.
+pub const MAX_VOTER_CHARS: usize = 128;
+/// Longest command name, in bytes (the kernel's `TASK_COMM_LEN` minus the NUL).
+pub const MAX_COMM_BYTES: usize = 15;
+/// Longest cgroup path, in bytes.
+pub const MAX_CGROUP_BYTES: usize = 4096;
+
+/// One change to the ballot: what a request asks for and what the journal
+/// stores, one JSON object tagged by `"event"`, e.g.
+/// `{"event":"vote","candidate":"blue","voter":"ana"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    /// One more vote for `candidate`.
+    Vote { candidate: String, voter: String },
+    /// A new candidate, with no votes, after the existing ones.
+    CreateCandidate {
+        name: String,
+        #[serde(default)]
+        members: Vec<Member>,
+    },
+    /// The candidate and its votes go away.
+    DeleteCandidate { name: String },
+    /// One more membership rule for `candidate`.
+    AddMember { candidate: String, member: Member },
+    /// Drop the rules of `candidate` matching `member`; a `pid` rule without
+    /// `start_time` matches that PID whatever its start time.
+    RemoveMember { candidate: String, member: Member },
+    /// Every candidate back to zero votes.
+    ResetVotes,
+}
+
+/// Why an event cannot be applied. The ballot is unchanged after any of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BallotError {
+    /// Not 1..=64 characters of `[A-Za-z0-9_.-]`, or `.`/`..`.
+    InvalidName(String),
+    /// Not 1..=128 characters without control characters.
+    InvalidVoter,
+    /// A membership rule that cannot match anything (the reason says why).
+    InvalidMember(String),
+    UnknownCandidate(String),
+    DuplicateCandidate(String),
+    /// The same rule is already held by `candidate` (maybe another one).
+    DuplicateMember {
+        candidate: String,
+        member: String,
+    },
+    /// Removing a rule the candidate does not have.
+    AbsentMember {
+        candidate: String,
+        member: String,
+    },
+    /// A `pid` member naming no live process (or not the process of the
+    /// given `start_time`).
+    NoSuchProcess(i32),
+    TooManyCandidates,
+    TooManyMembers(String),
+}
+
+impl fmt::Display for BallotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BallotError::InvalidName(name) => write!(
+                f,
+                "invalid candidate name {name:?}: use 1 to {MAX_NAME_CHARS} characters of \
+                 A-Z a-z 0-9 _ . - (not . or ..)"
+            ),
+            BallotError::InvalidVoter => write!(
+                f,
+                "invalid voter: use 1 to {MAX_VOTER_CHARS} characters without control characters"
+            ),
+            BallotError::InvalidMember(why) => write!(f, "invalid member: {why}"),
+            BallotError::UnknownCandidate(name) => write!(f, "unknown candidate {name:?}"),
+            BallotError::DuplicateCandidate(name) => {
+                write!(f, "candidate {name:?} already exists")
+            }
+            BallotError::DuplicateMember { candidate, member } => {
+                write!(f, "candidate {candidate:?} already has member {member}")
+            }
+            BallotError::AbsentMember { candidate, member } => {
+                write!(f, "candidate {candidate:?} has no member {member}")
+            }
+            BallotError::NoSuchProcess(pid) => write!(f, "no process with pid {pid}"),
+            BallotError::TooManyCandidates => {
+                write!(f, "too many candidates (at most {MAX_CANDIDATES})")
+            }
+            BallotError::TooManyMembers(name) => {
+                write!(f, "candidate {name:?} has too many members (at most {MAX_MEMBERS})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BallotError {}
+
+impl BallotError {
+    /// A stable machine-readable name, used as the `code` of API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BallotError::InvalidName(_) => "invalid_name",
+            BallotError::InvalidVoter => "invalid_voter",
+            BallotError::InvalidMember(_) => "invalid_member",
+            BallotError::UnknownCandidate(_) => "unknown_candidate",
+            BallotError::DuplicateCandidate(_) => "duplicate_candidate",
+            BallotError::DuplicateMember { .. } => "duplicate_member",
+            BallotError::AbsentMember { .. } => "absent_member",
+            BallotError::NoSuchProcess(_) => "no_such_process",
+            BallotError::TooManyCandidates => "too_many_candidates",
+            BallotError::TooManyMembers(_) => "too_many_members",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Candidate {
+    name: String,
+    members: Vec<Member>,
+    votes: u64,
+}
+
+/// Candidates in creation order with their membership rules and vote counts.
+///
+/// Votes are counted per candidate; who voted is not kept (the server's rate
+/// limit keeps its own last-vote times). Deleting a candidate drops its
+/// votes. A member process that exits is the scheduler side's business: the
+/// candidate, its rules and its votes stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ballot {
+    candidates: Vec<Candidate>,
+}
+
+impl Ballot {
+    pub fn new() -> Self {
+        Ballot::default()
+    }
+
+    /// Whether `event` would apply, without changing anything.
+    pub fn check(&self, event: &Event) -> Result<(), BallotError> {
+        match event {
+            Event::Vote { candidate, voter } => {
+                validate_voter(voter)?;
+                self.find(candidate)?;
+            }
+            Event::CreateCandidate { name, members } => {
+                validate_name(name)?;
+                if self.position(name).is_some() {
+                    return Err(BallotError::DuplicateCandidate(name.clone()));
+                }
+                if self.candidates.len() >= MAX_CANDIDATES {
+                    return Err(BallotError::TooManyCandidates);
+                }
+                if members.len() > MAX_MEMBERS {
+                    return Err(BallotError::TooManyMembers(name.clone()));
+                }
+                for (i, member) in members.iter().enumerate() {
+                    validate_member(member)?;
+                    if members[..i].iter().any(|m| same_rule(m, member)) {
+                        return Err(duplicate(name, member));
+                    }
+                    self.check_not_held(member)?;
+                }
+            }
+            Event::DeleteCandidate { name } => {
+                self.find(name)?;
+            }
+            Event::AddMember { candidate, member } => {
+                let c = self.find(candidate)?;
+                validate_member(member)?;
+                self.check_not_held(member)?;
+                if c.members.len() >= MAX_MEMBERS {
+                    return Err(BallotError::TooManyMembers(candidate.clone()));
+                }
+            }
+            Event::RemoveMember { candidate, member } => {
+                let c = self.find(candidate)?;
+                if !c.members.iter().any(|m| matches_rule(m, member)) {
+                    return Err(BallotError::AbsentMember {
+                        candidate: candidate.clone(),
+                        member: describe(member),
+                    });
+                }
+            }
+            Event::ResetVotes => {}
+        }
+        Ok(())
+    }
+
+    /// Applies `event` when [`Ballot::check`] accepts it; otherwise returns
+    /// its error and changes nothing.
+    pub fn apply(&mut self, event: &Event) -> Result<(), BallotError> {
+        self.check(event)?;
+        match event {
+            Event::Vote { candidate, .. } => {
+                let c = self.find_mut(candidate);
+                c.votes = c.votes.saturating_add(1);
+            }
+            Event::CreateCandidate { name, members } => self.candidates.push(Candidate {
+                name: name.clone(),
+                members: members.clone(),
+                votes: 0,
+            }),
+            Event::DeleteCandidate { name } => self.candidates.retain(|c| c.name != *name),
+            Event::AddMember { candidate, member } => {
+                self.find_mut(candidate).members.push(member.clone())
+            }
+            Event::RemoveMember { candidate, member } => {
+                self.find_mut(candidate).members.retain(|m| !matches_rule(m, member))
+            }
+            Event::ResetVotes => self.candidates.iter_mut().for_each(|c| c.votes = 0),
+        }
+        Ok(())
+    }
+
+    /// Votes per candidate.
+    pub fn tally(&self) -> BTreeMap<String, u64> {
+        self.candidates.iter().map(|c| (c.name.clone(), c.votes)).collect()
+    }
+
+    /// The leader by the rule of [`leader`].
+    pub fn leader(&self) -> Option<&str> {
+        leader(self.candidates.iter().map(|c| (c.name.as_str(), c.votes)))
+    }
+
+    /// Whether a candidate of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.position(name).is_some()
+    }
+
+    /// The membership rules of `name`, if it exists.
+    pub fn members(&self, name: &str) -> Option<&[Member]> {
+        self.find(name).ok().map(|c| c.members.as_slice())
+    }
+
+    /// The snapshot the scheduler side reads.
+    pub fn standing(&self, generation: u64) -> Standing {
+        Standing {
+            generation,
+            candidates: self
+                .candidates
+                .iter()
+                .map(|c| CandidateStanding {
+                    name: c.name.clone(),
+                    votes: c.votes,
+                    members: c.members.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.candidates.iter().position(|c| c.name == name)
+    }
+
+    fn find(&self, name: &str) -> Result<&Candidate, BallotError> {
+        self.position(name)
+            .map(|i| &self.candidates[i])
+            .ok_or_else(|| BallotError::UnknownCandidate(name.to_owned()))
+    }
+
+    fn find_mut(&mut self, name: &str) -> &mut Candidate {
+        let i = self.position(name).expect("apply runs only after check found the candidate");
+        &mut self.candidates[i]
+    }
+
+    fn check_not_held(&self, member: &Member) -> Result<(), BallotError> {
+        for c in &self.candidates {
+            if c.members.iter().any(|m| same_rule(m, member)) {
+                return Err(duplicate(&c.name, member));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The leader among `(name, votes)` pairs: the candidate with the most
+/// votes, provided it has at least one; among candidates with equally many
+/// votes, the one whose name sorts first in byte order (so `Blue` before
+/// `blue`, `blue` before `green`, `10` before `9`). With no votes at all
+/// there is no leader.
+pub fn leader<'a>(tally: impl IntoIterator<Item = (&'a str, u64)>) -> Option<&'a str> {
+    tally
+        .into_iter()
+        .filter(|&(_, votes)| votes > 0)
+        .min_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())))
+        .map(|(name, _)| name)
+}
+
+/// The leader of a published standing, by the rule of [`leader`]. The
+/// scheduler side should use this rather than re-deriving the tie-break.
+pub fn standing_leader(standing: &Standing) -> Option<&str> {
+    leader(standing.candidates.iter().map(|c| (c.name.as_str(), c.votes)))
+}
+
+/// Votes, leader and generation of a standing: the body of every answer that
+/// reports the count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub votes: BTreeMap<String, u64>,
+    pub leader: Option<String>,
+    pub generation: u64,
+}
+
+impl Tally {
+    pub fn of(standing: &Standing) -> Tally {
+        Tally {
+            votes: standing.candidates.iter().map(|c| (c.name.clone(), c.votes)).collect(),
+            leader: standing_leader(standing).map(str::to_owned),
+            generation: standing.generation,
+        }
+    }
+}
+
+/// A candidate name: 1..=64 characters of `[A-Za-z0-9_.-]`, and not `.` or
+/// `..` (which would not survive in a URL path).
+pub fn validate_name(name: &str) -> Result<(), BallotError> {
+    let ok = (1..=MAX_NAME_CHARS).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name != "."
+        && name != "..";
+    if ok { Ok(()) } else { Err(BallotError::InvalidName(name.to_owned())) }
+}
+
+/// A voter id: 1..=128 characters, none of them a control character.
+pub fn validate_voter(voter: &str) -> Result<(), BallotError> {
+    let n = voter.chars().count();
+    if (1..=MAX_VOTER_CHARS).contains(&n) && !voter.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(BallotError::InvalidVoter)
+    }
+}
+
+/// A membership rule that can match: pid > 0; comm of 1..=15 bytes without
+/// NUL; a cgroup path starting with `/`, at most 4096 bytes, without NUL.
+pub fn validate_member(member: &Member) -> Result<(), BallotError> {
+    let why = match member {
+        Member::Pid { pid, .. } if *pid <= 0 => format!("pid must be positive, not {pid}"),
+        Member::Comm { comm } if comm.is_empty() || comm.len() > MAX_COMM_BYTES => {
+            format!("comm must be 1 to {MAX_COMM_BYTES} bytes, not {}", comm.len())
+        }
+        Member::Comm { comm } if comm.contains('\0') => "comm contains a NUL byte".to_owned(),
+        Member::Cgroup { path } if !path.starts_with('/') => {
+            format!("cgroup path {path:?} must start with /")
+        }
+        Member::Cgroup { path } if path.len() > MAX_CGROUP_BYTES => {
+            format!("cgroup path longer than {MAX_CGROUP_BYTES} bytes")
+        }
+        Member::Cgroup { path } if path.contains('\0') => {
+            "cgroup path contains a NUL byte".to_owned()
+        }
+        _ => return Ok(()),
+    };
+    Err(BallotError::InvalidMember(why))
+}
+
+/// Whether `rule` is matched by `query`: equal, except that a `pid` query
+/// without `start_time` matches that PID whatever its start time.
+fn matches_rule(rule: &Member, query: &Member) -> bool {
+    match (rule, query) {
+        (Member::Pid { pid: a, start_time: ta }, Member::Pid { pid: b, start_time: tb }) => {
+            a == b && (tb.is_none() || ta == tb)
+        }
+        _ => rule == query,
+    }
+}
+
+/// Whether two rules would select the same processes.
+fn same_rule(a: &Member, b: &Member) -> bool {
+    matches_rule(a, b) || matches_rule(b, a)
+}
+
+fn duplicate(candidate: &str, member: &Member) -> BallotError {
+    BallotError::DuplicateMember { candidate: candidate.to_owned(), member: describe(member) }
+}
+
+/// A member as a short phrase for messages.
+pub fn describe(member: &Member) -> String {
+    match member {
+        Member::Pid { pid, start_time: Some(t) } => format!("pid {pid} (start time {t})"),
+        Member::Pid { pid, start_time: None } => format!("pid {pid}"),
+        Member::Comm { comm } => format!("comm {comm:?}"),
+        Member::Cgroup { path } => format!("cgroup {path:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote(candidate: &str, voter: &str) -> Event {
+        Event::Vote { candidate: candidate.into(), voter: voter.into() }
+    }
+
+    fn create(name: &str, members: Vec<Member>) -> Event {
+        Event::CreateCandidate { name: name.into(), members }
+    }
+
+    fn comm(c: &str) -> Member {
+        Member::Comm { comm: c.into() }
+    }
+
+    fn pid(pid: i32, start_time: Option<u64>) -> Member {
+        Member::Pid { pid, start_time }
+    }
+
+    fn ballot(names: &[&str]) -> Ballot {
+        let mut b = Ballot::new();
+        for n in names {
+            b.apply(&create(n, vec![])).expect("valid candidate");
+        }
+        b
+    }
+
+    #[test]
+    fn events_are_tagged_snake_case_json() {
+        let e = vote("blue", "ana");
+        let json = serde_json::to_string(&e).expect("serializable");
+        assert_eq!(json, r#"{"event":"vote","candidate":"blue","voter":"ana"}"#);
+        let e = Event::AddMember { candidate: "blue".into(), member: pid(7, Some(42)) };
+        let json = serde_json::to_string(&e).expect("serializable");
+        assert_eq!(
+            json,
+            r#"{"event":"add_member","candidate":"blue","member":{"kind":"pid","pid":7,"start_time":42}}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).expect("parses"), e);
+        let reset: Event = serde_json::from_str(r#"{"event":"reset_votes"}"#).expect("parses");
+        assert_eq!(reset, Event::ResetVotes);
+        let created: Event =
+            serde_json::from_str(r#"{"event":"create_candidate","name":"x"}"#).expect("parses");
+        assert_eq!(created, create("x", vec![]));
+        assert!(serde_json::from_str::<Event>(r#"{"event":"vote","candidate":"x"}"#).is_err());
+        assert!(serde_json::from_str::<Event>(r#"{"event":"elect","name":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn votes_are_counted_and_the_leader_has_the_most() {
+        let mut b = ballot(&["blue", "green"]);
+        assert_eq!(b.leader(), None, "no votes, no leader");
+        b.apply(&vote("green", "ana")).expect("vote");
+        b.apply(&vote("green", "ana")).expect("the same voter may vote again");
+        b.apply(&vote("blue", "bo")).expect("vote");
+        assert_eq!(b.tally(), BTreeMap::from([("blue".into(), 1), ("green".into(), 2)]));
+        assert_eq!(b.leader(), Some("green"));
+    }
+
+    #[test]
+    fn ties_go_to_the_name_that_sorts_first_in_byte_order() {
+        assert_eq!(leader([("green", 2), ("blue", 2), ("red", 1)]), Some("blue"));
+        assert_eq!(leader([("blue", 1), ("Blue", 1)]), Some("Blue"), "uppercase sorts first");
+        assert_eq!(leader([("9", 3), ("10", 3)]), Some("10"), "bytes, not numbers");
+        assert_eq!(leader([("a", 0), ("b", 0)]), None, "zero votes never lead");
+        assert_eq!(leader([("z", 1), ("a", 0)]), Some("z"));
+        assert_eq!(leader(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn errors_are_distinct_and_change_nothing() {
+        let mut b = ballot(&["blue"]);
+        b.apply(&Event::AddMember { candidate: "blue".into(), member: comm("stress-ng") })
+            .expect("add");
+        let before = b.clone();
+        let cases = [
+            (vote("red", "ana"), "unknown_candidate"),
+            (create("blue", vec![]), "duplicate_candidate"),
+            (create("red", vec![comm("stress-ng")]), "duplicate_member"),
+            (create("red", vec![comm("x"), comm("x")]), "duplicate_member"),
+            (
+                Event::AddMember { candidate: "blue".into(), member: comm("stress-ng") },
+                "duplicate_member",
+            ),
+            (
+                Event::RemoveMember { candidate: "blue".into(), member: comm("yes") },
+                "absent_member",
+            ),
+            (Event::DeleteCandidate { name: "red".into() }, "unknown_candidate"),
+            (
+                Event::AddMember { candidate: "red".into(), member: comm("yes") },
+                "unknown_candidate",
+            ),
+            (create("no spaces", vec![]), "invalid_name"),
+            (vote("blue", ""), "invalid_voter"),
+            (create("red", vec![pid(0, None)]), "invalid_member"),
+        ];
+        for (event, code) in cases {
+            let err = b.apply(&event).expect_err("must be refused");
+            assert_eq!(err.code(), code, "{event:?}: {err}");
+            assert_eq!(b, before, "{event:?} changed the ballot");
+        }
+    }
+
+    #[test]
+    fn names_voters_and_members_are_validated() {
+        for ok in ["a", "blue-team_2.0", &"x".repeat(64)] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["ana", "ana@example.org", "Zoë Ω", &"é".repeat(128)] {
+            assert_eq!(validate_voter(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a\nb", "tab\t", &"v".repeat(129)] {
+            assert_eq!(validate_voter(bad), Err(BallotError::InvalidVoter), "{bad:?}");
+        }
+        for ok in [
+            pid(1, None),
+            comm("stress-ng"),
+            comm(&"c".repeat(15)),
+            Member::Cgroup { path: "/demo/blue".into() },
+        ] {
+            assert_eq!(validate_member(&ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            pid(-3, None),
+            comm(""),
+            comm(&"c".repeat(16)),
+            comm("a\0b"),
+            Member::Cgroup { path: "demo".into() },
+            Member::Cgroup { path: String::new() },
+        ] {
+            assert!(validate_member(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn deleting_drops_votes_and_recreating_starts_from_zero() {
+        let mut b = ballot(&["blue", "green"]);
+        b.apply(&vote("blue", "ana")).expect("vote");
+        b.apply(&Event::DeleteCandidate { name: "blue".into() }).expect("delete");
+        assert_eq!(b.leader(), None);
+        b.apply(&create("blue", vec![])).expect("create again");
+        assert_eq!(b.tally()["blue"], 0);
+        let names: Vec<_> = b.standing(3).candidates.into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["green", "blue"], "creation order");
+    }
+
+    #[test]
+    fn reset_zeroes_every_count_and_keeps_members() {
+        let mut b = ballot(&["blue"]);
+        b.apply(&Event::AddMember { candidate: "blue".into(), member: comm("yes") }).expect("add");
+        b.apply(&vote("blue", "ana")).expect("vote");
+        b.apply(&Event::ResetVotes).expect("reset");
+        assert_eq!(b.tally()["blue"], 0);
+        assert_eq!(b.members("blue"), Some(&[comm("yes")][..]));
+    }
+
+    #[test]
+    fn pid_rules_match_by_start_time_when_given() {
+        let mut b = ballot(&["blue"]);
+        let add = |m| Event::AddMember { candidate: "blue".into(), member: m };
+        let remove = |m| Event::RemoveMember { candidate: "blue".into(), member: m };
+        b.apply(&add(pid(7, Some(100)))).expect("add");
+        b.apply(&add(pid(7, Some(200)))).expect("a recycled pid is another process");
+        assert_eq!(b.apply(&add(pid(7, Some(100)))).map_err(|e| e.code()), Err("duplicate_member"));
+        assert_eq!(b.apply(&remove(pid(7, Some(300)))).map_err(|e| e.code()), Err("absent_member"));
+        b.apply(&remove(pid(7, Some(200)))).expect("remove one");
+        assert_eq!(b.members("blue"), Some(&[pid(7, Some(100))][..]));
+        b.apply(&remove(pid(7, None))).expect("a bare pid removes every start time");
+        assert_eq!(b.members("blue"), Some(&[][..]));
+    }
+
+    #[test]
+    fn the_standing_and_its_tally_agree() {
+        let mut b = ballot(&["green", "blue"]);
+        b.apply(&vote("green", "a")).expect("vote");
+        b.apply(&vote("blue", "b")).expect("vote");
+        let standing = b.standing(9);
+        assert_eq!(standing.generation, 9);
+        assert_eq!(standing_leader(&standing), Some("blue"));
+        let tally = Tally::of(&standing);
+        assert_eq!(tally.leader.as_deref(), Some("blue"));
+        assert_eq!(tally.votes, b.tally());
+        assert_eq!(
+            serde_json::to_value(&tally).expect("serializable"),
+            serde_json::json!({"votes": {"blue": 1, "green": 1}, "leader": "blue", "generation": 9})
+        );
+    }
+
+    #[test]
+    fn the_candidate_count_is_bounded() {
+        let mut b = Ballot::new();
+        for i in 0..MAX_CANDIDATES {
+            b.apply(&create(&format!("c{i}"), vec![])).expect("under the limit");
+        }
+        assert_eq!(b.apply(&create("one-more", vec![])), Err(BallotError::TooManyCandidates));
+    }
+}

@@ -1,0 +1,388 @@
+//! The store: the ballot, its journal, and the standing published for the
+//! scheduler, changed only by [`Store::submit`]. The mutex inside is taken by
+//! request threads only; the scheduling loop reads `Board::standing`.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+
+use super::{Ballot, BallotError, Event};
+use crate::election::view::{Board, Member, Standing};
+use crate::journal::Journal;
+
+/// A callback run after every publish (e.g. to wake the scheduler).
+type OnPublish = Box<dyn Fn(&Standing) + Send + Sync>;
+
+/// The ballot with its journal, publishing a new [`Standing`] on the board
+/// after every acknowledged change.
+pub struct Store {
+    inner: Mutex<Inner>,
+    board: Arc<Board>,
+    on_publish: Mutex<Option<OnPublish>>,
+}
+
+struct Inner {
+    ballot: Ballot,
+    journal: Option<Journal>,
+    generation: u64,
+}
+
+/// Why a submitted event was not acknowledged. Nothing changed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The event does not apply to the ballot.
+    Ballot(BallotError),
+    /// The journal could not record it.
+    Journal(std::io::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Ballot(e) => e.fmt(f),
+            StoreError::Journal(e) => write!(f, "writing the votes journal: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Ballot(e) => Some(e),
+            StoreError::Journal(e) => Some(e),
+        }
+    }
+}
+
+impl From<BallotError> for StoreError {
+    fn from(e: BallotError) -> Self {
+        StoreError::Ballot(e)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("standing", &self.board.standing.load()).finish()
+    }
+}
+
+impl Store {
+    /// Replays the journal at `votes_file` (none: votes live in memory only),
+    /// creates the `initial` candidates that do not exist yet (journaling
+    /// those creations), and publishes the first standing (generation 1).
+    /// Returns the warnings of the replay, for the caller to print.
+    ///
+    /// Fails on I/O errors, on an invalid initial candidate and on an initial
+    /// `pid` member that names no live process.
+    pub fn open(
+        votes_file: Option<&Path>,
+        initial: Vec<(String, Vec<Member>)>,
+        board: Arc<Board>,
+    ) -> anyhow::Result<(Store, Vec<String>)> {
+        let mut warnings = Vec::new();
+        let mut ballot = Ballot::new();
+        let journal = match votes_file {
+            Some(path) => {
+                let (journal, replay) = Journal::open(path)
+                    .with_context(|| format!("opening the votes journal {}", path.display()))?;
+                warnings.extend(replay.warnings);
+                for event in replay.events {
+                    if let Err(e) = ballot.apply(&event) {
+                        warnings
+                            .push(format!("{}: replaying {event:?}: {e}; skipped", path.display()));
+                    }
+                }
+                Some(journal)
+            }
+            None => None,
+        };
+        let mut inner = Inner { ballot, journal, generation: 0 };
+        for (name, members) in initial {
+            if let Some(existing) = inner.ballot.members(&name) {
+                let wanted: Vec<Member> = members.iter().map(without_start_time).collect();
+                let journaled: Vec<Member> = existing.iter().map(without_start_time).collect();
+                if wanted != journaled {
+                    warnings.push(format!(
+                        "candidate {name:?} exists in the votes journal; its members in the \
+                         candidates file are ignored"
+                    ));
+                }
+                continue;
+            }
+            let event = fill_start_times(Event::CreateCandidate { name: name.clone(), members })
+                .and_then(|e| inner.ballot.check(&e).map(|()| e))
+                .with_context(|| format!("creating candidate {name:?}"))?;
+            if let Some(journal) = &mut inner.journal {
+                journal.append(&event).with_context(|| {
+                    format!("writing the votes journal {}", journal.path().display())
+                })?;
+            }
+            inner.ballot.apply(&event).expect("checked just above");
+        }
+        inner.generation = 1;
+        board.standing.store(Arc::new(inner.ballot.standing(inner.generation)));
+        let store = Store { inner: Mutex::new(inner), board, on_publish: Mutex::new(None) };
+        Ok((store, warnings))
+    }
+
+    /// Validates `event`, appends it to the journal (synced), applies it and
+    /// publishes the new standing with the next generation, which it returns.
+    /// Any error leaves the ballot, the journal and the board as they were.
+    ///
+    /// A `pid` member of an added or created candidate gets its start time
+    /// from `/proc` (a given one must match the live process).
+    pub fn submit(&self, event: Event) -> Result<Arc<Standing>, StoreError> {
+        let event = fill_start_times(event)?;
+        let mut inner = self.lock();
+        inner.ballot.check(&event)?;
+        if let Some(journal) = &mut inner.journal {
+            journal.append(&event).map_err(StoreError::Journal)?;
+        }
+        inner.ballot.apply(&event).expect("checked just above, under the same lock");
+        inner.generation += 1;
+        let standing = Arc::new(inner.ballot.standing(inner.generation));
+        self.board.standing.store(Arc::clone(&standing));
+        drop(inner);
+        if let Some(f) = &*self.on_publish.lock().unwrap_or_else(|p| p.into_inner()) {
+            f(&standing);
+        }
+        Ok(standing)
+    }
+
+    /// Runs `f` after every publish, outside the ballot lock (e.g. to wake
+    /// the scheduler so a new leader runs without waiting for a poll).
+    pub fn on_publish(&self, f: impl Fn(&Standing) + Send + Sync + 'static) {
+        *self.on_publish.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
+    /// The last published standing.
+    pub fn standing(&self) -> Arc<Standing> {
+        self.board.standing.load_full()
+    }
+
+    pub fn board(&self) -> &Arc<Board> {
+        &self.board
+    }
+
+    /// Swaps the journal (tests of the error path).
+    #[cfg(test)]
+    pub(crate) fn set_journal_for_test(&self, journal: Journal) {
+        self.lock().journal = Some(journal);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock with the ballot half-changed
+        // (apply runs only after check), so a poisoned lock is still sound.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn without_start_time(member: &Member) -> Member {
+    match member {
+        Member::Pid { pid, .. } => Member::Pid { pid: *pid, start_time: None },
+        other => other.clone(),
+    }
+}
+
+/// Pins the identity of the `pid` members a create or an add brings in.
+fn fill_start_times(event: Event) -> Result<Event, BallotError> {
+    Ok(match event {
+        Event::CreateCandidate { name, members } => Event::CreateCandidate {
+            name,
+            members: members.into_iter().map(fill_start_time).collect::<Result<_, _>>()?,
+        },
+        Event::AddMember { candidate, member } => {
+            Event::AddMember { candidate, member: fill_start_time(member)? }
+        }
+        other => other,
+    })
+}
+
+fn fill_start_time(member: Member) -> Result<Member, BallotError> {
+    match member {
+        Member::Pid { pid, start_time } if pid > 0 => match (proc_start_time(pid), start_time) {
+            (Some(live), None) => Ok(Member::Pid { pid, start_time: Some(live) }),
+            (Some(live), Some(given)) if live == given => Ok(Member::Pid { pid, start_time }),
+            _ => Err(BallotError::NoSuchProcess(pid)),
+        },
+        // Invalid pids are refused by validation with a better message.
+        other => Ok(other),
+    }
+}
+
+/// The start time of process `pid` (clock ticks after boot, field 22 of
+/// `/proc/PID/stat`), or `None` if there is no such process.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of a `/proc/PID/stat` line. The comm (field 2) may hold spaces
+/// and parentheses, so fields are counted after the last `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // After the comm come fields 3 (state) onwards: field 22 is the 20th.
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// A fresh folder under the system temporary folder, removed on drop.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(label: &str) -> TempDir {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let path = std::env::temp_dir().join(format!(
+                "scx_ballot-test-{label}-{}-{}-{nanos}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).expect("create a temporary folder");
+            TempDir(path)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn vote(candidate: &str, voter: &str) -> Event {
+        Event::Vote { candidate: candidate.into(), voter: voter.into() }
+    }
+
+    fn initial(names: &[&str]) -> Vec<(String, Vec<Member>)> {
+        names.iter().map(|n| (n.to_string(), vec![])).collect()
+    }
+
+    fn votes(store: &Store) -> Vec<(String, u64)> {
+        store.standing().candidates.iter().map(|c| (c.name.clone(), c.votes)).collect()
+    }
+
+    #[test]
+    fn the_start_time_is_field_22_even_with_odd_comms() {
+        let stat = "42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 \
+                    10 18446744073709551615";
+        assert_eq!(parse_start_time(stat), Some(98765));
+        assert_eq!(parse_start_time("42 (x) S 1"), None);
+        assert!(proc_start_time(std::process::id() as i32).is_some());
+        assert_eq!(proc_start_time(i32::MAX), None);
+    }
+
+    #[test]
+    fn open_publishes_the_initial_candidates_and_submit_bumps_the_generation() {
+        let board = Board::new();
+        let (store, warnings) =
+            Store::open(None, initial(&["blue", "green"]), Arc::clone(&board)).expect("open");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(board.standing.load().generation, 1);
+        let standing = store.submit(vote("green", "ana")).expect("vote");
+        assert_eq!(standing.generation, 2);
+        assert_eq!(**board.standing.load(), *standing);
+        assert_eq!(votes(&store), [("blue".into(), 0), ("green".into(), 1)]);
+    }
+
+    #[test]
+    fn a_refused_event_changes_nothing() {
+        let board = Board::new();
+        let (store, _) = Store::open(None, initial(&["blue"]), Arc::clone(&board)).expect("open");
+        let err = store.submit(vote("red", "ana")).expect_err("unknown");
+        assert!(matches!(err, StoreError::Ballot(BallotError::UnknownCandidate(_))), "{err}");
+        assert_eq!(board.standing.load().generation, 1);
+    }
+
+    #[test]
+    fn pid_members_get_their_start_time_and_dead_pids_are_refused() {
+        let (store, _) = Store::open(None, initial(&["blue"]), Board::new()).expect("open");
+        let me = std::process::id() as i32;
+        let add = |member| Event::AddMember { candidate: "blue".into(), member };
+        store.submit(add(Member::Pid { pid: me, start_time: None })).expect("live pid");
+        let members = &store.standing().candidates[0].members;
+        assert_eq!(members, &[Member::Pid { pid: me, start_time: proc_start_time(me) }]);
+        let err = store.submit(add(Member::Pid { pid: i32::MAX, start_time: None }));
+        assert!(matches!(err, Err(StoreError::Ballot(BallotError::NoSuchProcess(_)))), "{err:?}");
+        let stale = Member::Pid { pid: me, start_time: proc_start_time(me).map(|t| t + 1) };
+        let err = store.submit(add(stale));
+        assert!(matches!(err, Err(StoreError::Ballot(BallotError::NoSuchProcess(_)))), "{err:?}");
+    }
+
+    #[test]
+    fn votes_survive_reopening_the_journal() {
+        let dir = TempDir::new("store-reopen");
+        let path = dir.path().join("votes.journal");
+        {
+            let (store, _) =
+                Store::open(Some(&path), initial(&["blue", "green"]), Board::new()).expect("open");
+            store.submit(vote("green", "ana")).expect("vote");
+            store.submit(vote("green", "bo")).expect("vote");
+            store.submit(vote("blue", "cy")).expect("vote");
+        }
+        let board = Board::new();
+        let (store, warnings) = Store::open(
+            Some(&path),
+            vec![
+                ("blue".into(), vec![Member::Comm { comm: "other".into() }]),
+                ("red".into(), vec![]),
+            ],
+            Arc::clone(&board),
+        )
+        .expect("reopen");
+        assert_eq!(votes(&store), [("blue".into(), 1), ("green".into(), 2), ("red".into(), 0)]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("\"blue\" exists in the votes journal"), "{warnings:?}");
+        drop(store);
+        let (store, warnings) = Store::open(Some(&path), vec![], Board::new()).expect("reopen");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(votes(&store).len(), 3, "red's creation was journaled");
+    }
+
+    #[test]
+    fn a_failed_journal_write_changes_nothing() {
+        let dir = TempDir::new("store-fail");
+        let board = Board::new();
+        let (store, _) = Store::open(None, initial(&["blue"]), Arc::clone(&board)).expect("open");
+        store.lock().journal = Some(Journal::failing_for_test(&dir.path().join("votes.journal")));
+        let err = store.submit(vote("blue", "ana")).expect_err("the write fails");
+        assert!(matches!(err, StoreError::Journal(_)), "{err}");
+        assert_eq!(board.standing.load().generation, 1);
+        assert_eq!(votes(&store), [("blue".into(), 0)]);
+    }
+
+    #[test]
+    fn an_invalid_initial_candidate_fails_open() {
+        let err = Store::open(None, initial(&["no spaces"]), Board::new()).expect_err("invalid");
+        assert!(format!("{err:#}").contains("invalid candidate name"), "{err:#}");
+        let dead = vec![("blue".into(), vec![Member::Pid { pid: i32::MAX, start_time: None }])];
+        let err = Store::open(None, dead, Board::new()).expect_err("dead pid");
+        assert!(format!("{err:#}").contains("no process with pid"), "{err:#}");
+    }
+
+    #[test]
+    fn on_publish_runs_after_every_change() {
+        let (store, _) = Store::open(None, initial(&["blue"]), Board::new()).expect("open");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        store.on_publish(move |s| sink.lock().expect("not poisoned").push(s.generation));
+        store.submit(vote("blue", "a")).expect("vote");
+        let _ = store.submit(vote("red", "a"));
+        store.submit(Event::ResetVotes).expect("reset");
+        assert_eq!(*seen.lock().expect("not poisoned"), [2, 3]);
+    }
+}

@@ -1,0 +1,594 @@
+//! The voting server: a JSON API over HTTP/1.1 on its own threads. It changes
+//! the ballot through [`Store::submit`] (which journals before anything is
+//! acknowledged) and reads the [`Board`] snapshots; it never touches BPF or
+//! the scheduling loop.
+//!
+//! Every route is in [`resolve`]. Every refusal is an [`ApiError`], answered
+//! as `{"error": "<message>", "code": "<code>"}` with a 4xx/5xx status, and
+//! changes nothing.
+//!
+//! Admin routes (creating, deleting and changing candidates, resetting the
+//! votes) need `Authorization: Bearer <token>` when a token is set. A server
+//! listening beyond loopback always has one: without `admin_token`, a random
+//! one is generated and returned in [`ServerHandle::admin_token`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ballot::{BallotError, Event, Store, StoreError, Tally, standing_leader};
+use crate::election::view::{Board, LiveMember, Member, Share};
+
+mod http;
+#[cfg(test)]
+mod tests;
+
+use http::{App, Body, Limits, Request, Response};
+
+/// How the voting server listens and what it accepts.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Required as `Authorization: Bearer <token>` on admin routes. `None`:
+    /// admin routes are open on a loopback listener, and a random token is
+    /// generated for any other.
+    pub admin_token: Option<String>,
+    /// Least time between two accepted votes of one voter (0: no limit).
+    pub vote_interval_ms: u64,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+}
+
+impl ServerConfig {
+    pub const DEFAULT_MAX_BODY: usize = 4096;
+
+    /// Listening on `listen` with no token, no vote interval and the default
+    /// body limit.
+    pub fn new(listen: SocketAddr) -> Self {
+        ServerConfig {
+            listen,
+            admin_token: None,
+            vote_interval_ms: 0,
+            max_body: Self::DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// A running voting server. [`ServerHandle::shutdown`], or dropping the
+/// handle, stops it: no new connections, open ones closed, their threads
+/// waited for (at most a few seconds).
+pub struct ServerHandle {
+    /// The bound address (the real port when `listen` asked for port 0).
+    pub addr: SocketAddr,
+    /// The admin token in force (given or generated), for the caller to print.
+    pub admin_token: Option<String>,
+    running: http::Running,
+}
+
+impl ServerHandle {
+    /// Stops the server; idempotent.
+    pub fn shutdown(&mut self) {
+        self.running.shutdown();
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Binds `cfg.listen` and serves the API on background threads.
+pub fn spawn(
+    cfg: ServerConfig,
+    store: Arc<Store>,
+    board: Arc<Board>,
+) -> anyhow::Result<ServerHandle> {
+    spawn_with(cfg, Limits::default(), store, board)
+}
+
+fn spawn_with(
+    cfg: ServerConfig,
+    limits: Limits,
+    store: Arc<Store>,
+    board: Arc<Board>,
+) -> anyhow::Result<ServerHandle> {
+    if let Some(token) = &cfg.admin_token
+        && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        bail!("the admin token must be non-empty printable ASCII without spaces");
+    }
+    if cfg.max_body == 0 {
+        bail!("the largest request body must be at least 1 byte");
+    }
+    let admin_token = admin_token_for(cfg.listen, cfg.admin_token)?;
+    let api = Arc::new(Api {
+        store,
+        board,
+        admin_token: admin_token.clone(),
+        max_body: cfg.max_body,
+        vote_interval: Duration::from_millis(cfg.vote_interval_ms),
+        last_vote: Mutex::new(HashMap::new()),
+    });
+    let running = http::serve(cfg.listen, api, limits)
+        .with_context(|| format!("listening for votes on {}", cfg.listen))?;
+    Ok(ServerHandle { addr: running.addr, admin_token, running })
+}
+
+/// The token in force: the given one; none on a loopback listener; a random
+/// one otherwise, so a server reachable from the network is never open.
+fn admin_token_for(listen: SocketAddr, given: Option<String>) -> anyhow::Result<Option<String>> {
+    Ok(match given {
+        Some(token) => Some(token),
+        None if listen.ip().is_loopback() => None,
+        None => Some(random_token().context("generating an admin token")?),
+    })
+}
+
+/// 16 bytes from /dev/urandom, in hex.
+fn random_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Equality that takes the same time wherever the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && std::hint::black_box(a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y))) == 0
+}
+
+/// Why a request is refused: one variant per status and code.
+#[derive(Debug)]
+enum ApiError {
+    NotFound,
+    /// The allowed methods, for the `Allow` header.
+    MethodNotAllowed(String),
+    Unauthorized,
+    /// The request cannot be framed or routed (not the JSON: see `Malformed`).
+    BadRequest(String),
+    /// The body is not the JSON the route expects.
+    Malformed(String),
+    /// The limit, in bytes.
+    PayloadTooLarge(usize),
+    UnsupportedMediaType,
+    /// How long until the voter may vote again.
+    RateLimited(Duration),
+    Ballot(BallotError),
+    /// The journal could not record the change.
+    Journal,
+    Timeout,
+    LengthRequired,
+    HeadTooLarge,
+    VersionNotSupported,
+    /// Too many connections.
+    Unavailable,
+}
+
+impl ApiError {
+    fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) | ApiError::Malformed(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::Timeout => 408,
+            ApiError::LengthRequired => 411,
+            ApiError::PayloadTooLarge(_) => 413,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::RateLimited(_) => 429,
+            ApiError::HeadTooLarge => 431,
+            ApiError::Journal => 500,
+            ApiError::Unavailable => 503,
+            ApiError::VersionNotSupported => 505,
+            ApiError::Ballot(e) => match e {
+                BallotError::InvalidName(_)
+                | BallotError::InvalidVoter
+                | BallotError::InvalidMember(_) => 400,
+                BallotError::UnknownCandidate(_) | BallotError::AbsentMember { .. } => 404,
+                BallotError::DuplicateCandidate(_)
+                | BallotError::DuplicateMember { .. }
+                | BallotError::TooManyCandidates
+                | BallotError::TooManyMembers(_) => 409,
+                BallotError::NoSuchProcess(_) => 422,
+            },
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Malformed(_) => "malformed_json",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Ballot(e) => e.code(),
+            ApiError::Journal => "journal_error",
+            ApiError::Timeout => "request_timeout",
+            ApiError::LengthRequired => "length_required",
+            ApiError::HeadTooLarge => "headers_too_large",
+            ApiError::VersionNotSupported => "http_version_not_supported",
+            ApiError::Unavailable => "unavailable",
+        }
+    }
+
+    fn response(&self) -> Response {
+        let mut response = json_response(
+            self.status(),
+            &serde_json::json!({"error": self.to_string(), "code": self.code()}),
+        );
+        match self {
+            ApiError::MethodNotAllowed(allow) => response.headers.push(("Allow", allow.clone())),
+            ApiError::Unauthorized => response.headers.push(("WWW-Authenticate", "Bearer".into())),
+            ApiError::RateLimited(wait) => {
+                let secs = wait.as_millis().div_ceil(1000).max(1);
+                response.headers.push(("Retry-After", secs.to_string()));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::NotFound => write!(f, "no such route"),
+            ApiError::MethodNotAllowed(allow) => {
+                write!(f, "method not allowed here (allowed: {allow})")
+            }
+            ApiError::Unauthorized => {
+                write!(f, "this route needs Authorization: Bearer <admin token>")
+            }
+            ApiError::BadRequest(why) => write!(f, "bad request: {why}"),
+            ApiError::Malformed(why) => write!(f, "malformed body: {why}"),
+            ApiError::PayloadTooLarge(max) => write!(f, "the body is larger than {max} bytes"),
+            ApiError::UnsupportedMediaType => write!(f, "the body must be application/json"),
+            ApiError::RateLimited(wait) => {
+                write!(f, "this voter voted too recently; retry in {} ms", wait.as_millis())
+            }
+            ApiError::Ballot(e) => e.fmt(f),
+            ApiError::Journal => {
+                write!(f, "the change could not be recorded on disk; nothing changed")
+            }
+            ApiError::Timeout => write!(f, "the request took too long"),
+            ApiError::LengthRequired => {
+                write!(f, "send the body with a Content-Length, not chunked")
+            }
+            ApiError::HeadTooLarge => write!(f, "the request line and headers are too large"),
+            ApiError::VersionNotSupported => write!(f, "only HTTP/1.0 and HTTP/1.1 are served"),
+            ApiError::Unavailable => write!(f, "too many connections; retry later"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Ballot(e) => ApiError::Ballot(e),
+            StoreError::Journal(e) => {
+                log::error!("voting server: {e}");
+                ApiError::Journal
+            }
+        }
+    }
+}
+
+/// A route: what a method on a path does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    /// `GET /votes`
+    Tally,
+    /// `POST /votes` `{"candidate", "voter"}`
+    Vote,
+    /// `POST /votes/reset` (admin)
+    Reset,
+    /// `GET /candidates`
+    Candidates,
+    /// `POST /candidates` `{"name", "members"}` (admin)
+    Create,
+    /// `DELETE /candidates/<name>` (admin)
+    Delete(&'a str),
+    /// `POST /candidates/<name>/members` with a member (admin)
+    AddMember(&'a str),
+    /// `DELETE /candidates/<name>/members` with a member (admin)
+    RemoveMember(&'a str),
+    /// `GET /schedule`
+    Schedule,
+    /// `GET /stats`
+    Stats,
+}
+
+/// The route table. `GET /` is kept for a web page later.
+fn resolve<'a>(method: &str, path: &[&'a str]) -> Option<Route<'a>> {
+    Some(match (method, path) {
+        ("GET", ["votes"]) => Route::Tally,
+        ("POST", ["votes"]) => Route::Vote,
+        ("POST", ["votes", "reset"]) => Route::Reset,
+        ("GET", ["candidates"]) => Route::Candidates,
+        ("POST", ["candidates"]) => Route::Create,
+        ("DELETE", ["candidates", name]) => Route::Delete(name),
+        ("POST", ["candidates", name, "members"]) => Route::AddMember(name),
+        ("DELETE", ["candidates", name, "members"]) => Route::RemoveMember(name),
+        ("GET", ["schedule"]) => Route::Schedule,
+        ("GET", ["stats"]) => Route::Stats,
+        _ => return None,
+    })
+}
+
+const METHODS: [&str; 3] = ["GET", "POST", "DELETE"];
+
+impl Route<'_> {
+    fn is_admin(self) -> bool {
+        matches!(
+            self,
+            Route::Reset
+                | Route::Create
+                | Route::Delete(_)
+                | Route::AddMember(_)
+                | Route::RemoveMember(_)
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoteBody {
+    candidate: String,
+    voter: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    members: Vec<Member>,
+}
+
+#[derive(Debug, Serialize)]
+struct CandidateView<'a> {
+    name: &'a str,
+    votes: u64,
+    members: &'a [Member],
+    live: &'a [LiveMember],
+}
+
+#[derive(Debug, Serialize)]
+struct ScheduleView<'a> {
+    window_ms: u64,
+    leader: Option<&'a str>,
+    candidates: BTreeMap<&'a str, &'a Share>,
+    pids: BTreeMap<i32, PidView<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct PidView<'a> {
+    share: f64,
+    cpu_ns: u64,
+    candidate: Option<&'a str>,
+}
+
+/// Tracked voters beyond which expired last-vote times are dropped.
+const PRUNE_VOTERS_AT: usize = 10_000;
+
+struct Api {
+    store: Arc<Store>,
+    board: Arc<Board>,
+    admin_token: Option<String>,
+    max_body: usize,
+    vote_interval: Duration,
+    /// When each voter's last vote was accepted (only with an interval).
+    last_vote: Mutex<HashMap<String, Instant>>,
+}
+
+impl App for Api {
+    fn respond(&self, request: &Request, body: &mut Body<'_>) -> Response {
+        self.handle(request, body).unwrap_or_else(|e| {
+            log::debug!("voting server: {} {:?}: {e}", request.method, request.path);
+            e.response()
+        })
+    }
+}
+
+impl Api {
+    fn handle(&self, request: &Request, body: &mut Body<'_>) -> Result<Response, ApiError> {
+        let segments = split_path(&request.path)?;
+        let path: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let Some(route) = resolve(&request.method, &path) else {
+            let allow: Vec<&str> =
+                METHODS.into_iter().filter(|m| resolve(m, &path).is_some()).collect();
+            return Err(if allow.is_empty() {
+                ApiError::NotFound
+            } else {
+                ApiError::MethodNotAllowed(allow.join(", "))
+            });
+        };
+        if route.is_admin() && !self.authorized(request) {
+            return Err(ApiError::Unauthorized);
+        }
+        let raw = if request.content_length() == 0 {
+            Vec::new()
+        } else {
+            if request.content_length() > self.max_body as u64 {
+                return Err(ApiError::PayloadTooLarge(self.max_body));
+            }
+            if matches!(request.method.as_str(), "POST" | "DELETE")
+                && !is_json(request.header("content-type"))
+            {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            body.read(self.max_body)?
+        };
+        match route {
+            Route::Tally => Ok(json_response(200, &Tally::of(&self.board.standing.load()))),
+            Route::Vote => {
+                let VoteBody { candidate, voter } = parse(&raw)?;
+                self.vote(candidate, voter)
+            }
+            Route::Reset => self.submit(Event::ResetVotes, 200),
+            Route::Candidates => Ok(self.candidates()),
+            Route::Create => {
+                let CreateBody { name, members } = parse(&raw)?;
+                self.submit(Event::CreateCandidate { name, members }, 201)
+            }
+            Route::Delete(name) => self.submit(Event::DeleteCandidate { name: name.into() }, 200),
+            Route::AddMember(name) => {
+                let member = parse(&raw)?;
+                self.submit(Event::AddMember { candidate: name.into(), member }, 200)
+            }
+            Route::RemoveMember(name) => {
+                let member = parse(&raw)?;
+                self.submit(Event::RemoveMember { candidate: name.into(), member }, 200)
+            }
+            Route::Schedule => Ok(self.schedule()),
+            Route::Stats => Ok(json_response(200, &self.board.observations.load().metrics)),
+        }
+    }
+
+    fn authorized(&self, request: &Request) -> bool {
+        let Some(token) = &self.admin_token else { return true };
+        let Some((scheme, given)) = request.header("authorization").and_then(|h| h.split_once(' '))
+        else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer")
+            && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    }
+
+    fn submit(&self, event: Event, status: u16) -> Result<Response, ApiError> {
+        let standing = self.store.submit(event)?;
+        Ok(json_response(status, &Tally::of(&standing)))
+    }
+
+    fn vote(&self, candidate: String, voter: String) -> Result<Response, ApiError> {
+        let event = Event::Vote { candidate, voter: voter.clone() };
+        if self.vote_interval.is_zero() {
+            return self.submit(event, 200);
+        }
+        // Held across the submit, so two votes of one voter cannot both pass.
+        let mut last_vote = self.last_vote.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(wait) = last_vote
+            .get(&voter)
+            .and_then(|&t| self.vote_interval.checked_sub(now.duration_since(t)))
+            .filter(|w| !w.is_zero())
+        {
+            return Err(ApiError::RateLimited(wait));
+        }
+        let response = self.submit(event, 200)?;
+        if last_vote.len() >= PRUNE_VOTERS_AT {
+            last_vote.retain(|_, t| now.duration_since(*t) < self.vote_interval);
+        }
+        last_vote.insert(voter, now);
+        Ok(response)
+    }
+
+    fn candidates(&self) -> Response {
+        let standing = self.board.standing.load();
+        let observations = self.board.observations.load();
+        let view: Vec<CandidateView<'_>> = standing
+            .candidates
+            .iter()
+            .map(|c| CandidateView {
+                name: &c.name,
+                votes: c.votes,
+                members: &c.members,
+                live: observations.members.get(&c.name).map(Vec::as_slice).unwrap_or_default(),
+            })
+            .collect();
+        json_response(200, &view)
+    }
+
+    fn schedule(&self) -> Response {
+        static NO_SHARE: Share = Share { share: 0.0, cpu_ns: 0 };
+        let standing = self.board.standing.load();
+        let observations = self.board.observations.load();
+        let owner: HashMap<i32, &str> = observations
+            .members
+            .iter()
+            .flat_map(|(name, live)| live.iter().map(move |m| (m.pid, name.as_str())))
+            .collect();
+        let view = ScheduleView {
+            window_ms: observations.window_ms,
+            leader: standing_leader(&standing),
+            candidates: standing
+                .candidates
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.as_str(),
+                        observations.candidate_shares.get(&c.name).unwrap_or(&NO_SHARE),
+                    )
+                })
+                .collect(),
+            pids: observations
+                .pid_shares
+                .iter()
+                .map(|(&pid, s)| {
+                    let candidate = owner.get(&pid).copied();
+                    (pid, PidView { share: s.share, cpu_ns: s.cpu_ns, candidate })
+                })
+                .collect(),
+        };
+        json_response(200, &view)
+    }
+}
+
+fn json_response(status: u16, value: &impl Serialize) -> Response {
+    let body = serde_json::to_vec(value).expect("API values have string keys and always serialize");
+    Response { status, headers: Vec::new(), body }
+}
+
+fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::Malformed("expected a JSON body".into()));
+    }
+    serde_json::from_slice(raw).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+/// `application/json`, with or without parameters.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The non-empty segments of a path, percent-decoded.
+fn split_path(path: &str) -> Result<Vec<String>, ApiError> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_decode(s)
+                .ok_or_else(|| ApiError::BadRequest("malformed percent-encoding".into()))
+        })
+        .collect()
+}
+
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}

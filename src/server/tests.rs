@@ -1,0 +1,713 @@
+//! The API over real TCP connections, with a tiny HTTP/1.1 client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::ballot::store::tests::TempDir;
+use crate::election::view::Observations;
+use crate::journal::Journal;
+use crate::stats::Metrics;
+
+/// Every client read gives up after this: no test waits longer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).expect("read timeout");
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).expect("write timeout");
+    stream
+}
+
+/// One response: status line, headers, and a Content-Length body.
+fn read_reply(reader: &mut BufReader<TcpStream>) -> Reply {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header line");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':').expect("a header");
+        headers.push((n.to_owned(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().expect("a length"))
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).expect("body");
+    let body =
+        if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("JSON") };
+    Reply { status, headers, body }
+}
+
+/// Sends raw bytes and reads one reply.
+fn raw(addr: SocketAddr, bytes: &[u8]) -> Reply {
+    let mut stream = connect(addr);
+    stream.write_all(bytes).expect("send");
+    read_reply(&mut BufReader::new(stream))
+}
+
+/// A request with the given headers (plus Host, Connection: close and
+/// Content-Length).
+fn call_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw(addr, req.as_bytes())
+}
+
+/// A request with a JSON body (or none).
+fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Reply {
+    match body {
+        Some(b) => {
+            call_with(addr, method, path, &[("Content-Type", "application/json")], &b.to_string())
+        }
+        None => call_with(addr, method, path, &[], ""),
+    }
+}
+
+fn vote(addr: SocketAddr, candidate: &str, voter: &str) -> Reply {
+    call(addr, "POST", "/votes", Some(json!({"candidate": candidate, "voter": voter})))
+}
+
+struct Fixture {
+    handle: ServerHandle,
+    store: Arc<Store>,
+    board: Arc<Board>,
+    journal: PathBuf,
+    _dir: TempDir,
+}
+
+impl Fixture {
+    fn addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+
+    fn generation(&self) -> u64 {
+        self.board.standing.load().generation
+    }
+}
+
+fn test_limits() -> Limits {
+    Limits {
+        request_timeout: Duration::from_secs(3),
+        shutdown_grace: Duration::from_secs(2),
+        ..Limits::default()
+    }
+}
+
+fn start_with(
+    candidates: &[&str],
+    limits: Limits,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> Fixture {
+    let dir = TempDir::new("server");
+    let journal = dir.path().join("votes.journal");
+    let board = Board::new();
+    let initial = candidates.iter().map(|c| (c.to_string(), vec![])).collect();
+    let (store, warnings) =
+        Store::open(Some(&journal), initial, Arc::clone(&board)).expect("open store");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let store = Arc::new(store);
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
+    configure(&mut cfg);
+    let handle = spawn_with(cfg, limits, Arc::clone(&store), Arc::clone(&board)).expect("spawn");
+    Fixture { handle, store, board, journal, _dir: dir }
+}
+
+fn start(candidates: &[&str]) -> Fixture {
+    start_with(candidates, test_limits(), |_| {})
+}
+
+#[test]
+fn a_vote_returns_the_new_tally_and_get_votes_agrees() {
+    let f = start(&["blue", "green"]);
+    let r = vote(f.addr(), "green", "ana");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body,
+        json!({"votes": {"blue": 0, "green": 1}, "leader": "green", "generation": 2})
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let r = call(f.addr(), "GET", "/votes", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        json!({"votes": {"blue": 0, "green": 1}, "leader": "green", "generation": 2})
+    );
+    assert_eq!(f.store.standing().generation, 2);
+}
+
+#[test]
+fn ties_go_to_the_name_first_in_byte_order() {
+    let f = start(&["green", "blue", "Red"]);
+    assert_eq!(
+        call(f.addr(), "GET", "/votes", None).body["leader"],
+        Value::Null,
+        "no votes, no leader"
+    );
+    vote(f.addr(), "green", "a");
+    assert_eq!(vote(f.addr(), "blue", "b").body["leader"], "blue");
+    assert_eq!(vote(f.addr(), "Red", "c").body["leader"], "Red", "uppercase sorts first");
+    assert_eq!(vote(f.addr(), "green", "d").body["leader"], "green", "most votes wins");
+}
+
+#[test]
+fn a_vote_for_an_unknown_candidate_is_404_and_changes_nothing() {
+    let f = start(&["blue"]);
+    let r = vote(f.addr(), "red", "ana");
+    assert_eq!((r.status, r.code()), (404, "unknown_candidate"), "{r:?}");
+    assert!(r.body["error"].as_str().expect("a message").contains("red"));
+    assert_eq!(f.generation(), 1);
+}
+
+#[test]
+fn malformed_bodies_are_400_and_change_nothing() {
+    let f = start(&["blue"]);
+    let cases = [
+        "{",
+        "[]",
+        "null",
+        r#"{"candidate": "blue"}"#,
+        r#"{"candidate": "blue", "voter": "a", "extra": 1}"#,
+        r#"{"candidate": 1, "voter": "a"}"#,
+        "\u{feff}{}",
+        &format!("{}1{}", "[".repeat(1000), "]".repeat(1000)),
+    ];
+    for body in cases {
+        let r =
+            call_with(f.addr(), "POST", "/votes", &[("Content-Type", "application/json")], body);
+        assert_eq!((r.status, r.code()), (400, "malformed_json"), "{body}: {r:?}");
+    }
+    let r = call_with(f.addr(), "POST", "/votes", &[("Content-Type", "application/json")], "");
+    assert_eq!((r.status, r.code()), (400, "malformed_json"), "empty body: {r:?}");
+    let r = vote(f.addr(), "blue", "");
+    assert_eq!((r.status, r.code()), (400, "invalid_voter"), "{r:?}");
+    let r = call(f.addr(), "POST", "/candidates", Some(json!({"name": "a b"})));
+    assert_eq!((r.status, r.code()), (400, "invalid_name"), "{r:?}");
+    let r = call(
+        f.addr(),
+        "POST",
+        "/candidates/blue/members",
+        Some(json!({"kind": "comm", "comm": ""})),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_member"), "{r:?}");
+    let r = call(
+        f.addr(),
+        "POST",
+        "/candidates/blue/members",
+        Some(json!({"kind": "thread", "tid": 1})),
+    );
+    assert_eq!((r.status, r.code()), (400, "malformed_json"), "{r:?}");
+    assert_eq!(f.generation(), 1);
+}
+
+#[test]
+fn oversized_bodies_are_413_without_being_read() {
+    let f = start_with(&["blue"], test_limits(), |c| c.max_body = 64);
+    let body = json!({"candidate": "blue", "voter": "v".repeat(64)}).to_string();
+    let r = call_with(f.addr(), "POST", "/votes", &[("Content-Type", "application/json")], &body);
+    assert_eq!((r.status, r.code()), (413, "payload_too_large"), "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    // A declared body of 4 EiB: answered at once, nothing allocated, no abort.
+    let r = raw(
+        f.addr(),
+        b"POST /votes HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 4611686018427387904\r\n\r\n{",
+    );
+    assert_eq!((r.status, r.code()), (413, "payload_too_large"), "{r:?}");
+    let r = raw(
+        f.addr(),
+        b"POST /votes HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
+    );
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(vote(f.addr(), "blue", "ana").status, 200, "still serving");
+
+    let f = start(&["blue"]);
+    let body = format!(
+        r#"{{"candidate": "blue", "voter": "{}"}}"#,
+        "v".repeat(ServerConfig::DEFAULT_MAX_BODY)
+    );
+    let r = call_with(f.addr(), "POST", "/votes", &[("Content-Type", "application/json")], &body);
+    assert_eq!(r.status, 413, "the default limit is {}", ServerConfig::DEFAULT_MAX_BODY);
+}
+
+#[test]
+fn a_wrong_method_is_405_with_allow() {
+    let f = start(&["blue"]);
+    for (method, path, allow) in [
+        ("PUT", "/votes", "GET, POST"),
+        ("DELETE", "/votes", "GET, POST"),
+        ("GET", "/votes/reset", "POST"),
+        ("PATCH", "/candidates", "GET, POST"),
+        ("GET", "/candidates/blue", "DELETE"),
+        ("GET", "/candidates/blue/members", "POST, DELETE"),
+        ("POST", "/schedule", "GET"),
+        ("DELETE", "/stats", "GET"),
+    ] {
+        let r = call(f.addr(), method, path, None);
+        assert_eq!((r.status, r.code()), (405, "method_not_allowed"), "{method} {path}: {r:?}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+    let mut stream = connect(f.addr());
+    stream.write_all(b"HEAD /votes HTTP/1.1\r\nConnection: close\r\n\r\n").expect("send");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "HEAD gets no body: {text}");
+}
+
+#[test]
+fn a_body_that_is_not_json_is_415() {
+    let f = start(&["blue"]);
+    let body = r#"{"candidate": "blue", "voter": "ana"}"#;
+    for headers in
+        [&[("Content-Type", "text/plain")][..], &[], &[("Content-Type", "application/jsonx")]]
+    {
+        let r = call_with(f.addr(), "POST", "/votes", headers, body);
+        assert_eq!((r.status, r.code()), (415, "unsupported_media_type"), "{headers:?}: {r:?}");
+    }
+    let r = call_with(
+        f.addr(),
+        "POST",
+        "/votes",
+        &[("content-type", "Application/JSON; charset=utf-8")],
+        body,
+    );
+    assert_eq!(r.status, 200, "parameters and case are fine: {r:?}");
+}
+
+#[test]
+fn unknown_routes_are_404() {
+    let f = start(&["blue"]);
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/index.html"),
+        ("GET", "/votes/blue/extra"),
+        ("POST", "/candidates/blue/members/1"),
+        ("GET", "/%2e%2e/etc/passwd"),
+        ("BREW", "/coffee"),
+    ] {
+        let r = call(f.addr(), method, path, None);
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{method} {path}: {r:?}");
+    }
+    let r = call(f.addr(), "GET", "/votes/%zz", None);
+    assert_eq!((r.status, r.code()), (400, "bad_request"), "{r:?}");
+    let r = call(f.addr(), "GET", "/votes?pretty=1", None);
+    assert_eq!(r.status, 200, "a query is ignored: {r:?}");
+}
+
+#[test]
+fn admin_routes_create_change_and_delete_candidates() {
+    let f = start(&["blue"]);
+    let r = call(
+        f.addr(),
+        "POST",
+        "/candidates",
+        Some(json!({"name": "red", "members": [{"kind": "comm", "comm": "stress-ng"}]})),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["votes"], json!({"blue": 0, "red": 0}));
+    let r = call(f.addr(), "POST", "/candidates", Some(json!({"name": "red"})));
+    assert_eq!((r.status, r.code()), (409, "duplicate_candidate"), "{r:?}");
+    let r = call(
+        f.addr(),
+        "POST",
+        "/candidates",
+        Some(json!({"name": "pink", "members": [{"kind": "comm", "comm": "stress-ng"}]})),
+    );
+    assert_eq!((r.status, r.code()), (409, "duplicate_member"), "{r:?}");
+
+    let me = std::process::id() as i32;
+    let r =
+        call(f.addr(), "POST", "/candidates/red/members", Some(json!({"kind": "pid", "pid": me})));
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = call(
+        f.addr(),
+        "POST",
+        "/candidates/red/members",
+        Some(json!({"kind": "cgroup", "path": "/demo/red"})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = call(
+        f.addr(),
+        "POST",
+        "/candidates/red/members",
+        Some(json!({"kind": "pid", "pid": i32::MAX})),
+    );
+    assert_eq!((r.status, r.code()), (422, "no_such_process"), "{r:?}");
+    let r =
+        call(f.addr(), "POST", "/candidates/nope/members", Some(json!({"kind": "pid", "pid": me})));
+    assert_eq!((r.status, r.code()), (404, "unknown_candidate"), "{r:?}");
+
+    let r = call(f.addr(), "GET", "/candidates", None);
+    assert_eq!(r.status, 200);
+    let start_time = crate::ballot::proc_start_time(me).expect("this process exists");
+    assert_eq!(
+        r.body,
+        json!([
+            {"name": "blue", "votes": 0, "members": [], "live": []},
+            {"name": "red", "votes": 0, "members": [
+                {"kind": "comm", "comm": "stress-ng"},
+                {"kind": "pid", "pid": me, "start_time": start_time},
+                {"kind": "cgroup", "path": "/demo/red"},
+            ], "live": []},
+        ])
+    );
+
+    let r = call(
+        f.addr(),
+        "DELETE",
+        "/candidates/red/members",
+        Some(json!({"kind": "pid", "pid": me})),
+    );
+    assert_eq!(r.status, 200, "a bare pid removes the member: {r:?}");
+    let r = call(
+        f.addr(),
+        "DELETE",
+        "/candidates/red/members",
+        Some(json!({"kind": "pid", "pid": me})),
+    );
+    assert_eq!((r.status, r.code()), (404, "absent_member"), "{r:?}");
+    let members = &call(f.addr(), "GET", "/candidates", None).body[1]["members"];
+    assert_eq!(members.as_array().map(Vec::len), Some(2), "{members}");
+
+    vote(f.addr(), "red", "ana");
+    vote(f.addr(), "blue", "bo");
+    let r = call(f.addr(), "POST", "/votes/reset", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["votes"], json!({"blue": 0, "red": 0}));
+    assert_eq!(r.body["leader"], Value::Null);
+
+    let r = call(f.addr(), "DELETE", "/candidates/red", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["votes"], json!({"blue": 0}));
+    let r = call(f.addr(), "DELETE", "/candidates/red", None);
+    assert_eq!((r.status, r.code()), (404, "unknown_candidate"), "{r:?}");
+    let r = call(f.addr(), "DELETE", "/candidates/bl%75e", None);
+    assert_eq!(r.status, 200, "percent-encoded names are decoded: {r:?}");
+}
+
+#[test]
+fn admin_routes_need_the_token_when_one_is_set() {
+    let f = start_with(&["blue"], test_limits(), |c| c.admin_token = Some("s3cret".into()));
+    assert_eq!(f.handle.admin_token.as_deref(), Some("s3cret"));
+    let reset = |headers: &[(&str, &str)]| call_with(f.addr(), "POST", "/votes/reset", headers, "");
+    let r = reset(&[]);
+    assert_eq!((r.status, r.code()), (401, "unauthorized"), "{r:?}");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    for wrong in ["Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret", "Bearer "] {
+        let r = reset(&[("Authorization", wrong)]);
+        assert_eq!(r.status, 401, "{wrong}: {r:?}");
+    }
+    let r = call_with(f.addr(), "DELETE", "/candidates/blue", &[], "");
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = call_with(
+        f.addr(),
+        "POST",
+        "/candidates",
+        &[("Content-Type", "application/json")],
+        r#"{"name":"x"}"#,
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(f.generation(), 1, "nothing changed");
+    assert_eq!(reset(&[("Authorization", "Bearer s3cret")]).status, 200);
+    assert_eq!(reset(&[("authorization", "bearer s3cret")]).status, 200);
+    assert_eq!(vote(f.addr(), "blue", "ana").status, 200, "voting needs no token");
+    assert_eq!(call(f.addr(), "GET", "/candidates", None).status, 200);
+}
+
+#[test]
+fn a_listener_beyond_loopback_always_has_a_token() {
+    let loopback: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let v6: SocketAddr = "[::1]:1".parse().expect("addr");
+    let anywhere: SocketAddr = "0.0.0.0:1".parse().expect("addr");
+    assert_eq!(admin_token_for(loopback, None).expect("token"), None);
+    assert_eq!(admin_token_for(v6, None).expect("token"), None);
+    assert_eq!(admin_token_for(anywhere, Some("t".into())).expect("token").as_deref(), Some("t"));
+    let a = admin_token_for(anywhere, None).expect("token").expect("generated");
+    let b = admin_token_for(anywhere, None).expect("token").expect("generated");
+    assert_eq!(a.len(), 32);
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+    assert_ne!(a, b);
+    let store = Arc::new(Store::open(None, vec![], Board::new()).expect("store").0);
+    for bad in ["", "two words"] {
+        let mut cfg = ServerConfig::new(loopback);
+        cfg.admin_token = Some(bad.into());
+        assert!(spawn(cfg, Arc::clone(&store), Board::new()).is_err(), "{bad:?}");
+    }
+    assert!(constant_time_eq(b"abc", b"abc"));
+    assert!(!constant_time_eq(b"abc", b"abd"));
+    assert!(!constant_time_eq(b"abc", b"abcd"));
+}
+
+#[test]
+fn votes_of_one_voter_are_rate_limited_when_asked() {
+    let f = start_with(&["blue"], test_limits(), |c| c.vote_interval_ms = 60_000);
+    assert_eq!(vote(f.addr(), "blue", "ana").status, 200);
+    let r = vote(f.addr(), "blue", "ana");
+    assert_eq!((r.status, r.code()), (429, "rate_limited"), "{r:?}");
+    let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(vote(f.addr(), "blue", "bo").status, 200, "other voters are not limited");
+    assert_eq!(vote(f.addr(), "nope", "cy").status, 404);
+    assert_eq!(vote(f.addr(), "blue", "cy").status, 200, "a refused vote does not count");
+    assert_eq!(f.store.standing().candidates[0].votes, 3);
+
+    let f = start(&["blue"]);
+    for _ in 0..3 {
+        assert_eq!(vote(f.addr(), "blue", "ana").status, 200, "no interval, no limit");
+    }
+}
+
+#[test]
+fn votes_survive_a_restart_on_the_same_journal() {
+    let f = start(&["blue", "green"]);
+    vote(f.addr(), "green", "a");
+    vote(f.addr(), "green", "b");
+    vote(f.addr(), "blue", "c");
+    call(f.addr(), "POST", "/candidates", Some(json!({"name": "red"})));
+    vote(f.addr(), "red", "d");
+    let before = call(f.addr(), "GET", "/votes", None).body;
+    let Fixture { mut handle, store, journal, _dir, .. } = f;
+    handle.shutdown();
+    drop(handle);
+    drop(store);
+
+    let board = Board::new();
+    let initial = vec![("blue".into(), vec![]), ("green".into(), vec![])];
+    let (store, warnings) =
+        Store::open(Some(&journal), initial, Arc::clone(&board)).expect("reopen");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let cfg = ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
+    let handle = spawn_with(cfg, test_limits(), Arc::new(store), board).expect("spawn");
+    let after = call(handle.addr, "GET", "/votes", None).body;
+    assert_eq!(after["votes"], before["votes"]);
+    assert_eq!(after["votes"], json!({"blue": 1, "green": 2, "red": 1}));
+    assert_eq!(after["leader"], "green");
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_is_500_and_changes_nothing() {
+    let f = start(&["blue"]);
+    f.store.set_journal_for_test(Journal::failing_for_test(&f.journal.with_extension("ro")));
+    let r = vote(f.addr(), "blue", "ana");
+    assert_eq!((r.status, r.code()), (500, "journal_error"), "{r:?}");
+    assert_eq!(f.generation(), 1);
+    assert_eq!(call(f.addr(), "GET", "/votes", None).body["votes"], json!({"blue": 0}));
+}
+
+#[test]
+fn reads_show_what_the_scheduler_side_observed() {
+    let f = start(&["blue", "green"]);
+    vote(f.addr(), "green", "ana");
+    let metrics = Metrics { nr_online_cpus: 2, nr_user_dispatches: 17, ..Default::default() };
+    f.board.observations.store(Arc::new(Observations {
+        members: BTreeMap::from([(
+            "green".to_owned(),
+            vec![
+                LiveMember { pid: 42, comm: "stress-ng".into() },
+                LiveMember { pid: 43, comm: "yes".into() },
+            ],
+        )]),
+        candidate_shares: BTreeMap::from([(
+            "green".to_owned(),
+            Share { share: 0.75, cpu_ns: 1_500_000 },
+        )]),
+        pid_shares: BTreeMap::from([
+            (42, Share { share: 0.5, cpu_ns: 1_000_000 }),
+            (43, Share { share: 0.25, cpu_ns: 500_000 }),
+            (7, Share { share: 0.125, cpu_ns: 250_000 }),
+        ]),
+        window_ms: 1000,
+        metrics,
+    }));
+    let r = call(f.addr(), "GET", "/candidates", None);
+    assert_eq!(
+        r.body[1]["live"],
+        json!([{"pid": 42, "comm": "stress-ng"}, {"pid": 43, "comm": "yes"}])
+    );
+    assert_eq!(r.body[0]["live"], json!([]));
+    let r = call(f.addr(), "GET", "/schedule", None);
+    assert_eq!(
+        r.body,
+        json!({
+            "window_ms": 1000,
+            "leader": "green",
+            "candidates": {
+                "blue": {"share": 0.0, "cpu_ns": 0},
+                "green": {"share": 0.75, "cpu_ns": 1_500_000},
+            },
+            "pids": {
+                "7": {"share": 0.125, "cpu_ns": 250_000, "candidate": null},
+                "42": {"share": 0.5, "cpu_ns": 1_000_000, "candidate": "green"},
+                "43": {"share": 0.25, "cpu_ns": 500_000, "candidate": "green"},
+            },
+        })
+    );
+    let r = call(f.addr(), "GET", "/stats", None);
+    assert_eq!(r.body, serde_json::to_value(metrics).expect("serializable"));
+}
+
+#[test]
+fn hostile_input_gets_a_4xx_and_the_server_keeps_serving() {
+    let limits = Limits { request_timeout: Duration::from_secs(1), ..test_limits() };
+    let f = start_with(&["blue"], limits, |_| {});
+    for (bytes, status) in [
+        (&b"\x00\x01\x02garbage\r\n\r\n"[..], 400),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"GET /votes HTTP/1.1\r\nX: \xc3\x28\r\n\r\n", 400),
+        (b"GET /vo\xfftes HTTP/1.1\r\n\r\n", 400),
+        (b"POST /votes HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411),
+        (b"POST /votes HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 400),
+        (b"GET /votes%00 HTTP/1.1\r\n\r\n", 404),
+    ] {
+        let r = raw(f.addr(), bytes);
+        assert_eq!(r.status, status, "{}: {r:?}", String::from_utf8_lossy(bytes));
+    }
+    let long = format!("GET /votes HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+    assert_eq!(raw(f.addr(), long.as_bytes()).status, 431);
+    let endless = format!("GET /{}", "a".repeat(20_000));
+    assert_eq!(raw(f.addr(), endless.as_bytes()).status, 431, "no end of head in sight");
+
+    // A client that stops half-way holds nobody else up, and is cut off.
+    let mut stalled = connect(f.addr());
+    stalled.write_all(b"POST /votes HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"cand").expect("send");
+    let mut idle = connect(f.addr());
+    idle.write_all(b"GET /vo").expect("send");
+    let t = Instant::now();
+    assert_eq!(call(f.addr(), "GET", "/votes", None).status, 200);
+    assert!(t.elapsed() < Duration::from_millis(900), "served while others stall");
+    assert_eq!(vote(f.addr(), "blue", "ana").status, 200);
+    let r = read_reply(&mut BufReader::new(stalled));
+    assert_eq!((r.status, r.code()), (408, "request_timeout"), "{r:?}");
+    assert_eq!(read_reply(&mut BufReader::new(idle)).status, 408);
+    // A client that closes mid-body or before a request gets nothing.
+    let mut gone = connect(f.addr());
+    gone.write_all(
+        b"POST /votes HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{",
+    )
+    .expect("send");
+    gone.shutdown(Shutdown::Write).expect("half-close");
+    drop(connect(f.addr()));
+    assert_eq!(vote(f.addr(), "blue", "bo").status, 200);
+    assert_eq!(f.store.standing().candidates[0].votes, 2);
+}
+
+#[test]
+fn one_connection_carries_several_requests_and_100_continue() {
+    let f = start(&["blue"]);
+    let mut stream = connect(f.addr());
+    let body = r#"{"candidate":"blue","voter":"ana"}"#;
+    let one = format!(
+        "POST /votes HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Two pipelined requests, then a third after the replies.
+    stream.write_all(format!("{one}GET /votes HTTP/1.1\r\n\r\n").as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let r = read_reply(&mut reader);
+    assert_eq!((r.status, r.header("connection")), (200, Some("keep-alive")));
+    let r = read_reply(&mut reader);
+    assert_eq!((r.status, r.body["votes"]["blue"].as_u64()), (200, Some(1)));
+    let head = format!(
+        "POST /votes HTTP/1.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    assert_eq!(read_reply(&mut reader).status, 100);
+    stream.write_all(body.as_bytes()).expect("send body");
+    let r = read_reply(&mut reader);
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert_eq!(r.body["votes"]["blue"], 2);
+}
+
+#[test]
+fn connections_beyond_the_cap_get_503() {
+    let limits = Limits { max_connections: 2, ..test_limits() };
+    let f = start_with(&["blue"], limits, |_| {});
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(f.addr())).collect();
+    let r = call(f.addr(), "GET", "/votes", None);
+    assert_eq!((r.status, r.code()), (503, "unavailable"), "{r:?}");
+    drop(held);
+    let t = Instant::now();
+    loop {
+        let r = call(f.addr(), "GET", "/votes", None);
+        if r.status == 200 {
+            break;
+        }
+        assert!(t.elapsed() < CLIENT_TIMEOUT, "the slots never came back: {r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shutdown_closes_open_connections_and_stops_listening() {
+    let mut f = start(&["blue"]);
+    let addr = f.addr();
+    let mut idle = connect(addr);
+    idle.write_all(b"GET /vo").expect("send");
+    let t = Instant::now();
+    f.handle.shutdown();
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT).is_err(), "still listening");
+    f.handle.shutdown();
+}
+
+#[test]
+fn path_segments_are_percent_decoded_strictly() {
+    assert_eq!(
+        split_path("/candidates/a%2Db/").ok(),
+        Some(vec!["candidates".into(), "a-b".into()])
+    );
+    assert!(split_path("/a%2").is_err());
+    assert!(split_path("/a%+f").is_err());
+    assert!(split_path("/a%ff").is_err(), "not UTF-8");
+    assert_eq!(split_path("//").ok(), Some(vec![]));
+}
