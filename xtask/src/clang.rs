@@ -1,6 +1,6 @@
 //! Finding a clang that can build the BPF program (scx's headers need clang
-//! >= 18). Shared with the root crate's `build.rs`, which includes this file,
-//! so that the xtask and a plain `cargo build` pick the same compiler.
+//! 18 or newer). Shared with the root crate's `build.rs`, which includes this
+//! file, so that the xtask and a plain `cargo build` pick the same compiler.
 
 use std::process::Command;
 

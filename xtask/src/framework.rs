@@ -15,8 +15,11 @@ pub const MIN_EQUAL_RATIO: f64 = 0.6;
 /// time of nice-10 burners.
 pub const MIN_NICE_RATIO: f64 = 1.5;
 
-/// The cases of the suite, each with its judge.
-pub const CASES: &[(&str, &str, fn(&CaseFacts) -> Vec<String>)] = &[
+/// A case's judge: its problems, none when it passed.
+pub type Judge = fn(&CaseFacts) -> Vec<String>;
+
+/// The cases of the suite, each with its title and judge.
+pub const CASES: &[(&str, &str, Judge)] = &[
     ("stress-fifo", "fifo, partial mode, under CPU + memory stress: never ejected, user-space path used", stress),
     ("stress-vruntime", "vruntime, partial mode, under CPU + memory stress: never ejected, user-space path used", stress),
     ("full-vruntime", "vruntime, full mode, under stress: never ejected, a shell command stays prompt", full),
