@@ -9,28 +9,27 @@ set -u
 BIN=$1
 SECS=$2
 shift 2
-SYS=/sys/kernel/sched_ext
+. "$(dirname "$0")/lib.sh"
 pids=()
 
 cleanup() {
 	[ -n "${sched:-}" ] && kill -INT "$sched" 2>/dev/null && wait "$sched"
 	[ ${#pids[@]} -gt 0 ] && kill -KILL "${pids[@]}" 2>/dev/null && wait "${pids[@]}" 2>/dev/null
-	echo "demo: state $(cat $SYS/state 2>/dev/null), everything stopped"
+	echo "demo: state $(sched_state), everything stopped"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cpu_ns() { local f; read -r f _ < "/proc/$1/schedstat" 2>/dev/null && echo "$f" || echo 0; }
-
 echo "demo: kernel $(uname -r), $(nproc) CPUs; starting scx_ballot $*"
 timeout --foreground --preserve-status -s INT -k 10 $((SECS + 120)) "$BIN" "$@" &
 sched=$!
-for ((i = 0; i < 900; i++)); do
-	[ "$(cat $SYS/state 2>/dev/null)" = enabled ] && break
-	kill -0 "$sched" 2>/dev/null || { echo "demo: scx_ballot exited before attaching"; sched=; exit 1; }
-	sleep 0.1
-done
-echo "demo: sched_ext state $(cat $SYS/state), ops $(cat $SYS/root/ops)"
+if ! wait_state enabled 900 "$sched"; then
+	echo "demo: scx_ballot exited or did not attach within 90 s"
+	kill_all "$sched"
+	sched=
+	exit 1
+fi
+echo "demo: sched_ext state $(sched_state), ops $(cat $SYS/root/ops)"
 
 names=("burner-ext-1 (SCHED_EXT)" "burner-ext-2 (SCHED_EXT)" "burner-fair (fair class)")
 "$BIN" exec -- sh -c 'while :; do :; done' & pids+=($!)
@@ -47,10 +46,9 @@ for ((t = 1; t <= SECS; t++)); do
 		d=$((now - last[i])); last[i]=$now; total[i]=$((total[i] + d))
 		line+="  ${names[i]%% *} $((d / 10000000))%"
 	done
-	echo "$line   [state $(cat $SYS/state 2>/dev/null)]"
+	echo "$line   [state $(sched_state)]"
 done
 echo "demo: CPU time over ${SECS}s:"
 for i in "${!pids[@]}"; do
-	ext=$(awk '/^ext\.enabled/ { print $3 }' "/proc/${pids[i]}/sched" 2>/dev/null)
-	printf "  %-28s %6d ms  (pid %d, ext.enabled=%s)\n" "${names[i]}" $((total[i] / 1000000)) "${pids[i]}" "${ext:-?}"
+	printf "  %-28s %6d ms  (pid %d, ext.enabled=%s)\n" "${names[i]}" $((total[i] / 1000000)) "${pids[i]}" "$(ext_enabled "${pids[i]}")"
 done

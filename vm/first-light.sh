@@ -26,11 +26,8 @@ run_case() { # run_case NAME [SCHEDULER FLAGS...]
 	: > "$res"
 	say "case $name: starting scx_ballot $*"
 
-	timeout --foreground --preserve-status -s INT -k 10 180 \
-		"$BIN" --stats 1 "$@" > "$dir/scheduler.log" 2>&1 &
-	local sched=$!
 	local t_start=$SECONDS
-	if wait_state enabled 900 "$sched"; then
+	if start_scheduler "$dir/scheduler.log" "$@"; then
 		echo "attach_secs=$((SECONDS - t_start))" >> "$res"
 	fi
 	echo "state_after_load=$(sched_state)" >> "$res"
@@ -61,10 +58,8 @@ run_case() { # run_case NAME [SCHEDULER FLAGS...]
 
 	# Stop the scheduler first: under a scheduler that does not dispatch, the
 	# SCHED_EXT burner cannot even run to take its SIGKILL until it is gone.
-	kill -INT "$sched" 2>/dev/null
-	wait "$sched"
-	echo "scheduler_exit=$?" >> "$res"
-	wait_state disabled 300
+	stop_scheduler
+	echo "scheduler_exit=$SCHED_EXIT" >> "$res"
 	echo "state_after_unload=$(sched_state)" >> "$res"
 	kill -KILL "$ext" "$fair" 2>/dev/null
 	wait "$ext" "$fair" 2>/dev/null

@@ -161,9 +161,12 @@ impl Election {
         (start, c.vclock)
     }
 
-    fn class_of(&self, task: &QueuedTask) -> Arc<str> {
-        let m = self.membership.load();
-        let name = m.by_tgid.get(&task.tgid).cloned().unwrap_or_else(|| self.unaffiliated.clone());
+    fn class_of(&self, membership: &Membership, task: &QueuedTask) -> Arc<str> {
+        let name = membership
+            .by_tgid
+            .get(&task.tgid)
+            .cloned()
+            .unwrap_or_else(|| self.unaffiliated.clone());
         // A candidate deleted since the last scan schedules as unaffiliated.
         if self.classes.contains_key(&name) { name } else { self.unaffiliated.clone() }
     }
@@ -191,8 +194,10 @@ impl Policy for Election {
 
     fn schedule(&mut self, d: &mut dyn Dispatcher) -> Result<()> {
         self.refresh();
+        // One snapshot of the membership per round, not one per task.
+        let membership = self.membership.load_full();
         while let Some(task) = d.dequeue_task()? {
-            let class = self.class_of(&task);
+            let class = self.class_of(&membership, &task);
             self.hold(task.pid, &class);
             // A newer enqueue of the same task replaces the older one.
             self.tasks.insert(task.pid, (task, class));
