@@ -144,6 +144,23 @@ pub struct SchedOpts {
     /// tests use it to prove that such a broken scheduler is caught.
     #[arg(long, hide = true)]
     pub debug_no_dispatch: bool,
+
+    /// Testing aid, with `--policy election`: run the election (server,
+    /// ballot, membership) but break the policy on purpose, so the VM
+    /// scenarios can prove their snapshots catch it. `fifo` schedules with
+    /// the fifo policy; `ignore-votes` keeps the election policy but treats
+    /// every candidate as having no votes.
+    #[arg(long, value_enum, hide = true, value_name = "MUTANT")]
+    pub debug_mutant: Option<Mutant>,
+}
+
+/// A deliberately broken election policy (`--debug-mutant`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mutant {
+    /// The fifo policy instead of the election.
+    Fifo,
+    /// The election policy, blind to votes.
+    IgnoreVotes,
 }
 
 impl SchedOpts {

@@ -15,7 +15,7 @@ use clap::Parser;
 use log::{error, info, warn};
 
 use scx_ballot::ballot::{self, Event, Store};
-use scx_ballot::cli::{Cli, Command, SchedOpts};
+use scx_ballot::cli::{Cli, Command, Mutant, SchedOpts};
 use scx_ballot::election::membership::Tracker;
 use scx_ballot::election::view::{Board, Member};
 use scx_ballot::policy::{PolicyName, election};
@@ -86,6 +86,7 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         membership: tracker.membership.clone(),
         mode: opts.mode,
         min_share: opts.min_share,
+        ignore_votes: opts.debug_mutant == Some(Mutant::IgnoreVotes),
     };
     Ok(ElectionSide { inputs, tracker, _server: server })
 }
@@ -104,7 +105,12 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
     };
     let inputs = election.as_ref().map(|e| &e.inputs);
     let slice_ns = opts.slice_us * 1000;
-    let mut policy = opts.policy.build(slice_ns, inputs)?;
+    let policy_name = match (opts.debug_mutant, opts.policy) {
+        (Some(Mutant::Fifo), PolicyName::Election) => PolicyName::Fifo,
+        (Some(_), PolicyName::Election) | (None, _) => opts.policy,
+        (Some(_), _) => anyhow::bail!("--debug-mutant needs --policy election"),
+    };
+    let mut policy = policy_name.build(slice_ns, inputs)?;
     let init = opts.init_opts(policy.builtin_idle());
     if !init.partial {
         if let Err(e) = bpf::lock_memory() {
@@ -134,6 +140,6 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
             return Ok(());
         }
         info!("the kernel asked for a restart (CPU hotplug); attaching again");
-        policy = opts.policy.build(slice_ns, inputs)?;
+        policy = policy_name.build(slice_ns, inputs)?;
     }
 }

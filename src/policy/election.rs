@@ -82,6 +82,9 @@ pub struct Inputs {
     pub mode: Mode,
     /// In winner mode, the share each other class keeps (0..0.5).
     pub min_share: f64,
+    /// Testing aid (`--debug-mutant ignore-votes`): weigh every class as if
+    /// nobody had voted.
+    pub ignore_votes: bool,
 }
 
 pub struct Election {
@@ -89,6 +92,7 @@ pub struct Election {
     membership: Arc<ArcSwap<Membership>>,
     mode: Mode,
     min_share: f64,
+    ignore_votes: bool,
     slice_ns: u64,
     generation: Option<u64>,
     classes: HashMap<Arc<str>, Class>,
@@ -103,12 +107,13 @@ pub struct Election {
 
 impl Election {
     pub fn new(inputs: Inputs, slice_ns: u64) -> Self {
-        let Inputs { board, membership, mode, min_share } = inputs;
+        let Inputs { board, membership, mode, min_share, ignore_votes } = inputs;
         Election {
             board,
             membership,
             mode,
             min_share,
+            ignore_votes,
             slice_ns,
             generation: None,
             classes: HashMap::new(),
@@ -128,7 +133,13 @@ impl Election {
             return;
         }
         self.generation = Some(standing.generation);
-        let weights = weights(&standing, self.mode, self.min_share);
+        let weights = if self.ignore_votes {
+            let mut blind = Standing::clone(&standing);
+            blind.candidates.iter_mut().for_each(|c| c.votes = 0);
+            weights(&blind, self.mode, self.min_share)
+        } else {
+            weights(&standing, self.mode, self.min_share)
+        };
         self.classes.clear();
         for (name, weight) in weights {
             self.classes.insert(Arc::from(name.as_str()), Class { weight, vclock: self.vnow });
@@ -258,6 +269,23 @@ mod tests {
     }
 
     #[test]
+    fn the_ignore_votes_mutant_weighs_everyone_the_same() {
+        let board = Board::new();
+        board.standing.store(Arc::new(standing(1, &[("blue", 9), ("red", 1)])));
+        let inputs = Inputs {
+            board,
+            membership: Arc::new(ArcSwap::from_pointee(Membership::default())),
+            mode: Mode::Winner,
+            min_share: 0.05,
+            ignore_votes: true,
+        };
+        let mut p = Election::new(inputs, 1000);
+        p.refresh();
+        assert_eq!(p.classes.len(), 3);
+        assert!(p.classes.values().all(|c| c.weight == 1));
+    }
+
+    #[test]
     fn no_votes_means_equal_weights() {
         let w = weights(&standing(1, &[("blue", 0), ("red", 0)]), Mode::Winner, 0.05);
         assert!(w.values().all(|&x| x == 1));
@@ -283,7 +311,7 @@ mod tests {
             m.by_tgid.insert(pid, Arc::from("red"));
         }
         let membership = Arc::new(ArcSwap::from_pointee(m));
-        let mut p = Election::new(Inputs { board, membership, mode, min_share: 0.05 }, 1000);
+        let mut p = Election::new(Inputs { board, membership, mode, min_share: 0.05, ignore_votes: false }, 1000);
         let mut d = FakeDispatcher { cpus: 2, ..Default::default() };
         // All four wake up; CPUs 0 and 1 are idle.
         d.idle_cpus.extend([0, 1]);
@@ -341,6 +369,7 @@ mod tests {
             membership: Arc::new(ArcSwap::from_pointee(m)),
             mode: Mode::Winner,
             min_share: 0.05,
+            ignore_votes: false,
         };
         let mut p = Election::new(inputs, 1000);
         let mut d = FakeDispatcher::default();
@@ -366,6 +395,7 @@ mod tests {
             membership: Arc::new(ArcSwap::from_pointee(Membership::default())),
             mode: Mode::Winner,
             min_share: 0.05,
+            ignore_votes: false,
         };
         let mut p = Election::new(inputs, 1000);
         let mut d = FakeDispatcher::default();
