@@ -68,6 +68,11 @@ u64 nr_online_cpus, nr_running, nr_queued, nr_scheduled;
 u64 nr_user_dispatches, nr_kernel_dispatches, nr_cancel_dispatches;
 u64 nr_bounce_dispatches, nr_failed_dispatches, nr_sched_congested;
 u64 nr_rescued;
+/*
+ * Decisions for any CPU (BALLOT_CPU_ANY) read from the user ring buffer so
+ * far: with what user space sent, it tells how many are still in transit.
+ */
+u64 nr_any_drained;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -282,6 +287,8 @@ static void dispatch_from_user(const struct dispatched_task *d)
 	s32 cpu = d->cpu;
 	bool ok;
 
+	if (cpu == BALLOT_CPU_ANY)
+		__sync_fetch_and_add(&nr_any_drained, 1);
 	p = bpf_task_from_pid(d->pid);
 	if (!p) {
 		count(&nr_cancel_dispatches);
@@ -440,6 +447,16 @@ int ballot_pick_idle_cpu(struct select_cpu_arg *arg)
 	bpf_rcu_read_unlock();
 	bpf_task_release(p);
 	return cpu;
+}
+
+/*
+ * How many tasks wait in the shared queue for a CPU to take them. Run by
+ * user space through BPF_PROG_TEST_RUN.
+ */
+SEC("syscall")
+int ballot_shared_depth(void *ctx)
+{
+	return scx_bpf_dsq_nr_queued(BALLOT_SHARED_DSQ);
 }
 
 /*

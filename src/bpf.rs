@@ -133,6 +133,8 @@ pub struct BpfScheduler<'obj> {
     struct_ops: Option<libbpf_rs::Link>,
     /// CPUs named by decisions since the last notify (-1: any CPU).
     kick_targets: Vec<i32>,
+    /// Decisions for any CPU sent so far (see `backlog`).
+    any_sent: u64,
 }
 
 /// The bytes of a plain-old-data argument struct of a syscall program.
@@ -232,6 +234,7 @@ impl<'obj> BpfScheduler<'obj> {
             dispatched,
             struct_ops: Some(struct_ops),
             kick_targets: Vec::with_capacity(64),
+            any_sent: 0,
         })
     }
 
@@ -265,6 +268,9 @@ impl<'obj> BpfScheduler<'obj> {
         // write_unaligned makes no alignment assumption.
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), raw) };
         self.dispatched.submit(sample)?;
+        if task.cpu == RL_CPU_ANY {
+            self.any_sent += 1;
+        }
         let target = if task.cpu >= 0 { task.cpu } else { -1 };
         if !self.kick_targets.contains(&target) {
             self.kick_targets.push(target);
@@ -281,6 +287,18 @@ impl<'obj> BpfScheduler<'obj> {
             Ok(out) => out.return_value as i32,
             Err(_) => -1,
         }
+    }
+
+    /// Decisions for any CPU that no CPU has taken yet: waiting in the
+    /// shared queue, or still in the user ring buffer.
+    pub fn backlog(&mut self) -> u64 {
+        let input = ProgramInput::default();
+        let queued = match self.skel.progs.ballot_shared_depth.test_run(input) {
+            Ok(out) => out.return_value.max(0) as u64,
+            Err(_) => 0,
+        };
+        let in_transit = self.any_sent.saturating_sub(self.bss_mut().nr_any_drained);
+        queued + in_transit
     }
 
     /// Tells the BPF side how many tasks the policy still holds and wakes

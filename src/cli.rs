@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 
+use clap::builder::ArgPredicate;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bpf::InitOpts;
@@ -17,7 +18,8 @@ use crate::policy::PolicyName;
         Without a subcommand it loads the BPF scheduler and runs until Ctrl-C (SIGINT) or \
         SIGTERM, then detaches and prints why the scheduler exited. In partial mode (the \
         default) only SCHED_EXT tasks are scheduled by it: start them with \
-        `scx_ballot exec -- CMD`.",
+        `scx_ballot exec -- CMD`. With --no-sched it runs only the election (the voting \
+        server and its ballot page) and loads nothing into the kernel.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -48,9 +50,34 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct SchedOpts {
-    /// The scheduling policy: who runs next, where and for how long.
-    #[arg(long, value_enum, default_value_t = PolicyName::Vruntime)]
+    /// The scheduling policy: who runs next, where and for how long
+    /// (`election` with --no-sched).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = PolicyName::Vruntime,
+        default_value_if("no_sched", ArgPredicate::IsPresent, "election")
+    )]
     pub policy: PolicyName,
+
+    /// Dry run: run the election only (the ballot and its journal, the
+    /// voting server with the ballot page, the membership tracker and its
+    /// CPU shares) without loading the BPF scheduler, until Ctrl-C or
+    /// SIGTERM. It needs neither root nor a sched_ext kernel, so the voting
+    /// server and page can be tried and tested on any Linux machine. The
+    /// trade-off: votes are counted and journaled but move no CPU, since
+    /// nothing is scheduled by scx_ballot; the shares shown are what the
+    /// kernel's own scheduler gave the candidates' processes. Implies
+    /// `--policy election` (any other policy is refused); flags that only
+    /// tune scheduling are refused with it.
+    #[arg(
+        long,
+        conflicts_with_all = [
+            "full", "slice_max_us", "starvation_ms", "timeout_ms", "debug", "mode", "min_share",
+            "slice_us", "stats", "exit_dump_len", "debug_no_dispatch", "debug_mutant",
+        ]
+    )]
+    pub no_sched: bool,
 
     /// Schedule every task of the system, not only SCHED_EXT ones. The whole
     /// machine then depends on this process; the BPF side still runs the
@@ -232,6 +259,29 @@ mod tests {
         assert!(parse(&["--min-share", "0"]).is_err());
         assert!(parse(&["--min-share", "80"]).is_err());
         assert!(parse(&["--listen", "not-an-address"]).is_err());
+    }
+
+    #[test]
+    fn no_sched_implies_the_election_and_refuses_scheduling_flags() {
+        let cli = parse(&["--no-sched", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(cli.sched.no_sched);
+        assert_eq!(cli.sched.policy, PolicyName::Election);
+        assert_eq!(cli.sched.listen.port(), 0);
+        let cli =
+            parse(&["--no-sched", "--policy", "election", "--vote-interval-ms", "60000"]).unwrap();
+        assert_eq!((cli.sched.policy, cli.sched.vote_interval_ms), (PolicyName::Election, 60000));
+        // Parsed as asked, refused by main with a reason.
+        let fifo = parse(&["--no-sched", "--policy", "fifo"]).unwrap();
+        assert_eq!(fifo.sched.policy, PolicyName::Fifo);
+        assert_eq!(parse(&[]).unwrap().sched.policy, PolicyName::Vruntime, "the default stays");
+        let scheduling_only: [&[&str]; 4] =
+            [&["--full"], &["--slice-us", "100"], &["--mode", "proportional"], &["--stats", "1"]];
+        for flag in scheduling_only {
+            let args: Vec<&str> =
+                std::iter::once("--no-sched").chain(flag.iter().copied()).collect();
+            let err = parse(&args).expect_err(&format!("{flag:?}"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{flag:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! `scx_ballot` loads the BPF dispatcher and runs a user-space policy until
 //! Ctrl-C; with `--policy election` it also runs the voting server.
+//! `scx_ballot --no-sched` runs the election alone, loading nothing.
 //! `scx_ballot exec -- CMD` starts CMD as a SCHED_EXT task.
 
 use std::mem::MaybeUninit;
@@ -29,6 +30,7 @@ fn main() {
         Some(Command::Exec { argv, candidate }) => {
             exec::exec_in_sched_ext(&argv, candidate.as_deref()).map(|_| ())
         }
+        None if cli.sched.no_sched => run_election_only(&cli.sched),
         None => run_scheduler(&cli.sched),
     };
     if let Err(e) = result {
@@ -89,6 +91,33 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         ignore_votes: opts.debug_mutant == Some(Mutant::IgnoreVotes),
     };
     Ok(ElectionSide { inputs, tracker, _server: server })
+}
+
+/// `--no-sched`: the election side alone (ballot, voting server, membership
+/// tracker) until Ctrl-C or SIGTERM. No BPF is loaded, so there is no
+/// preflight: it needs neither root nor sched_ext.
+fn run_election_only(opts: &SchedOpts) -> Result<()> {
+    if opts.policy != PolicyName::Election {
+        anyhow::bail!(
+            "--no-sched runs the election only; it cannot run --policy {}",
+            format!("{:?}", opts.policy).to_lowercase()
+        );
+    }
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .context("installing the SIGINT/SIGTERM handler")?;
+    let election = start_election(opts)?;
+    info!(
+        "dry run (--no-sched): no scheduler is loaded; votes are counted but move no CPU; \
+         Ctrl-C stops"
+    );
+    // The handler lives as long as the process, so its sender never drops.
+    let _ = stop_rx.recv();
+    info!("stopping the election");
+    drop(election);
+    Ok(())
 }
 
 fn run_scheduler(opts: &SchedOpts) -> Result<()> {

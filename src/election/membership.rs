@@ -186,8 +186,12 @@ struct ScanState {
     board: Arc<Board>,
     membership: Arc<ArcSwap<Membership>>,
     metrics: Arc<ArcSwap<Metrics>>,
-    /// `SCX_BALLOT_CANDIDATE` of processes already read, by (pid, start).
-    env_cache: HashMap<(i32, u64), Option<String>>,
+    /// `SCX_BALLOT_CANDIDATE` of processes already read, by (pid, start,
+    /// comm). The comm is part of the key because it changes at exec: a
+    /// process seen between `scx_ballot exec` switching to SCHED_EXT and
+    /// its exec of the command still has the old environment (and during
+    /// the exec an empty one, which is never cached).
+    env_cache: HashMap<(i32, u64, String), Option<String>>,
     /// CPU time at the start of the current window, by (pid, start).
     last_cpu: HashMap<(i32, u64), u64>,
     last_share_at: Instant,
@@ -228,14 +232,18 @@ impl ScanState {
                         .and_then(|t| parse_cgroup(&t).map(str::to_string))
                 },
                 &mut || {
-                    env_cache
-                        .entry((pid, start_time))
-                        .or_insert_with(|| {
-                            std::fs::read(proc_dir.join("environ"))
-                                .ok()
-                                .and_then(|e| candidate_from_environ(&e))
-                        })
-                        .clone()
+                    let key = (pid, start_time, info.comm.clone());
+                    if let Some(found) = env_cache.get(&key) {
+                        return found.clone();
+                    }
+                    let environ = std::fs::read(proc_dir.join("environ")).unwrap_or_default();
+                    let found = candidate_from_environ(&environ);
+                    // An empty environment is a process in the middle of an
+                    // exec (its new one is not set up yet): ask again later.
+                    if !environ.is_empty() {
+                        env_cache.insert(key, found.clone());
+                    }
+                    found
                 },
             );
             let name = found.map(|n| names.entry(n).or_insert_with(|| Arc::from(n)).clone());
@@ -249,7 +257,7 @@ impl ScanState {
                 watched.push((info, name));
             }
         }
-        self.env_cache.retain(|k, _| seen.contains(k));
+        self.env_cache.retain(|k, _| seen.contains(&(k.0, k.1)));
         for c in &standing.candidates {
             for rule in &c.members {
                 if let Member::Pid { pid, start_time } = rule {

@@ -17,9 +17,11 @@
 //! new leader runs at the next free CPU instead of paying for its past.
 //!
 //! Tasks are not sent to the shared queue all at once: the policy keeps
-//! them and puts the best one on a CPU when one is free (the CPU a task just
-//! left, or an idle CPU), so a vote acknowledged now decides the very next
-//! dispatch. The BPF side still runs any task left waiting longer than
+//! them, puts the best one on any idle CPU, and keeps only about one
+//! decision per CPU ready in the shared queue (ordered by tag), so a CPU
+//! that frees up (including the one the policy itself just ran on) finds
+//! work at once, and a vote acknowledged now acts within about one slice
+//! per CPU. The BPF side still runs any task left waiting longer than
 //! `--starvation-ms`.
 
 use std::cmp::Reverse;
@@ -30,7 +32,7 @@ use anyhow::Result;
 use arc_swap::ArcSwap;
 
 use crate::ballot::standing_leader;
-use crate::bpf::{DispatchedTask, QueuedTask};
+use crate::bpf::{DispatchedTask, QueuedTask, RL_CPU_ANY};
 use crate::election::membership::Membership;
 use crate::election::view::{Board, Mode, Standing};
 use crate::sched::{Dispatcher, Policy};
@@ -229,6 +231,16 @@ impl Policy for Election {
             }
             self.place(d, cpu)?;
         }
+        // No CPU is idle right now (the one this policy runs on counts as
+        // busy while it runs). Keep about one decision per CPU ready in the
+        // shared queue, best first (it is ordered by finish tag), so a CPU
+        // that frees up never waits for a round trip; the rest stay held,
+        // so a change in the standing acts within one slice per CPU.
+        let cap = d.nr_online_cpus();
+        let mut backlog = d.backlog();
+        while backlog < cap && self.place(d, RL_CPU_ANY)? {
+            backlog += 1;
+        }
         Ok(())
     }
 
@@ -398,7 +410,8 @@ mod tests {
             ignore_votes: false,
         };
         let mut p = Election::new(inputs, 1000);
-        let mut d = FakeDispatcher::default();
+        // One CPU, busy, and one decision already ready in the shared queue.
+        let mut d = FakeDispatcher { cpus: 1, backlog: 1, ..Default::default() };
         let mut t = task(9, 100, 0, 0);
         t.wakeup = true;
         d.queue.push_back(t);
@@ -408,6 +421,40 @@ mod tests {
         d.idle_cpus.push_back(1);
         p.schedule(&mut d).unwrap();
         assert_eq!(d.dispatched[0].cpu, 1);
+        assert_eq!(p.nr_pending(), 0);
+    }
+
+    #[test]
+    fn the_shared_queue_holds_about_one_decision_per_cpu_best_first() {
+        let board = Board::new();
+        board.standing.store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
+        let mut m = Membership::default();
+        m.by_tgid.insert(1, Arc::from("red"));
+        m.by_tgid.insert(2, Arc::from("red"));
+        m.by_tgid.insert(3, Arc::from("blue"));
+        let inputs = Inputs {
+            board,
+            membership: Arc::new(ArcSwap::from_pointee(m)),
+            mode: Mode::Winner,
+            min_share: 0.05,
+            ignore_votes: false,
+        };
+        let mut p = Election::new(inputs, 1000);
+        // Two CPUs, none idle (one runs this policy), nothing ready.
+        let mut d = FakeDispatcher { cpus: 2, ..Default::default() };
+        d.queue.extend([task(1, 100, 0, 1), task(2, 100, 0, 1), task(3, 100, 0, 1)]);
+        p.schedule(&mut d).unwrap();
+        let pids: Vec<i32> = d.dispatched.iter().map(|t| t.pid).collect();
+        assert_eq!(pids, [3, 1], "the leader's task first, then red's oldest");
+        assert!(d.dispatched.iter().all(|t| t.cpu == RL_CPU_ANY));
+        assert!(d.dispatched[0].vtime < d.dispatched[1].vtime);
+        assert_eq!(p.nr_pending(), 1);
+        // Nothing changes until a CPU takes one.
+        p.schedule(&mut d).unwrap();
+        assert_eq!(d.dispatched.len(), 2);
+        d.backlog = 1;
+        p.schedule(&mut d).unwrap();
+        assert_eq!(d.dispatched[2].pid, 2);
         assert_eq!(p.nr_pending(), 0);
     }
 }

@@ -24,6 +24,11 @@ pub trait Dispatcher {
     fn select_cpu(&mut self, pid: i32, prev_cpu: i32, flags: u64) -> i32;
     /// CPUs online.
     fn nr_online_cpus(&mut self) -> u64;
+    /// Decisions for any CPU ([`crate::bpf::RL_CPU_ANY`]) that no CPU has
+    /// taken yet. A policy that holds tasks keeps this near the number of
+    /// CPUs, so a CPU that frees up always finds work, even the one the
+    /// policy itself runs on.
+    fn backlog(&mut self) -> u64;
 }
 
 /// A scheduling policy.
@@ -66,6 +71,10 @@ impl Dispatcher for BpfScheduler<'_> {
 
     fn nr_online_cpus(&mut self) -> u64 {
         *self.nr_online_cpus_mut()
+    }
+
+    fn backlog(&mut self) -> u64 {
+        BpfScheduler::backlog(self)
     }
 }
 
@@ -137,6 +146,9 @@ pub mod fake {
         /// Answers of `select_cpu`, in order; -1 once used up.
         pub idle_cpus: VecDeque<i32>,
         pub cpus: u64,
+        /// Decisions for any CPU not taken yet: each such decision adds
+        /// one; a test empties it to play CPUs taking them.
+        pub backlog: u64,
     }
 
     impl Dispatcher for FakeDispatcher {
@@ -144,6 +156,9 @@ pub mod fake {
             Ok(self.queue.pop_front())
         }
         fn dispatch_task(&mut self, task: &DispatchedTask) -> Result<()> {
+            if task.cpu == crate::bpf::RL_CPU_ANY {
+                self.backlog += 1;
+            }
             self.dispatched.push(*task);
             Ok(())
         }
@@ -152,6 +167,9 @@ pub mod fake {
         }
         fn nr_online_cpus(&mut self) -> u64 {
             self.cpus.max(1)
+        }
+        fn backlog(&mut self) -> u64 {
+            self.backlog
         }
     }
 

@@ -73,10 +73,12 @@ impl Request {
     }
 }
 
-/// A JSON response.
+/// A response: JSON for the API, HTML for the ballot page.
 #[derive(Debug)]
 pub(super) struct Response {
     pub status: u16,
+    /// The `Content-Type` header.
+    pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
 }
@@ -329,10 +331,11 @@ impl Conn {
     /// Writes `response`, announcing whether the connection stays open.
     fn send(&mut self, response: &Response, close: bool, head_only: bool) -> io::Result<()> {
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
              Cache-Control: no-store\r\nConnection: {}\r\n",
             response.status,
             reason(response.status),
+            response.content_type,
             response.body.len(),
             if close { "close" } else { "keep-alive" },
         )

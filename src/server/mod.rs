@@ -7,6 +7,10 @@
 //! as `{"error": "<message>", "code": "<code>"}` with a 4xx/5xx status, and
 //! changes nothing.
 //!
+//! `GET /` is the ballot page (`ballot.html`, compiled in): one HTML file
+//! with its CSS and script inline, which uses only the JSON routes below,
+//! the way any other client would.
+//!
 //! Admin routes (creating, deleting and changing candidates, resetting the
 //! votes) need `Authorization: Bearer <token>` when a token is set. A server
 //! listening beyond loopback always has one: without `admin_token`, a random
@@ -287,6 +291,8 @@ impl From<StoreError> for ApiError {
 /// A route: what a method on a path does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route<'a> {
+    /// `GET /` (or `GET /index.html`): the ballot page
+    Page,
     /// `GET /votes`
     Tally,
     /// `POST /votes` `{"candidate", "voter"}`
@@ -309,9 +315,10 @@ enum Route<'a> {
     Stats,
 }
 
-/// The route table. `GET /` is kept for a web page later.
+/// The route table: every route the server answers, in one place.
 fn resolve<'a>(method: &str, path: &[&'a str]) -> Option<Route<'a>> {
     Some(match (method, path) {
+        ("GET", [] | ["index.html"]) => Route::Page,
         ("GET", ["votes"]) => Route::Tally,
         ("POST", ["votes"]) => Route::Vote,
         ("POST", ["votes", "reset"]) => Route::Reset,
@@ -431,6 +438,7 @@ impl Api {
             body.read(self.max_body)?
         };
         match route {
+            Route::Page => Ok(page_response()),
             Route::Tally => Ok(json_response(200, &Tally::of(&self.board.standing.load()))),
             Route::Vote => {
                 let VoteBody { candidate, voter } = parse(&raw)?;
@@ -547,7 +555,29 @@ impl Api {
 
 fn json_response(status: u16, value: &impl Serialize) -> Response {
     let body = serde_json::to_vec(value).expect("API values have string keys and always serialize");
-    Response { status, headers: Vec::new(), body }
+    Response { status, content_type: "application/json", headers: Vec::new(), body }
+}
+
+/// The ballot page: HTML with inline CSS and script, nothing else.
+const BALLOT_PAGE: &str = include_str!("ballot.html");
+
+/// What the page may load and where it may connect: nothing but itself and
+/// this server, so even a mistake in it cannot pull in another site.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+fn page_response() -> Response {
+    Response {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        headers: vec![
+            ("Content-Security-Policy", PAGE_CSP.to_owned()),
+            ("X-Content-Type-Options", "nosniff".to_owned()),
+            ("Referrer-Policy", "no-referrer".to_owned()),
+        ],
+        body: BALLOT_PAGE.as_bytes().to_vec(),
+    }
 }
 
 fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {

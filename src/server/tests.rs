@@ -19,7 +19,10 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
+    /// The body as JSON (`Null` when it is empty or not JSON).
     body: Value,
+    /// The body as text.
+    text: String,
 }
 
 impl Reply {
@@ -66,9 +69,16 @@ fn read_reply(reader: &mut BufReader<TcpStream>) -> Reply {
         .unwrap_or(0);
     let mut body = vec![0; len];
     reader.read_exact(&mut body).expect("body");
-    let body =
-        if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("JSON") };
-    Reply { status, headers, body }
+    let is_json = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("content-type") && v == "application/json");
+    let text = String::from_utf8(body).expect("UTF-8 body");
+    let body = if text.is_empty() || !is_json {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).expect("JSON")
+    };
+    Reply { status, headers, body, text }
 }
 
 /// Sends raw bytes and reads one reply.
@@ -323,8 +333,9 @@ fn a_body_that_is_not_json_is_415() {
 fn unknown_routes_are_404() {
     let f = start(&["blue"]);
     for (method, path) in [
-        ("GET", "/"),
-        ("GET", "/index.html"),
+        ("GET", "/index.htm"),
+        ("GET", "/ballot.html"),
+        ("GET", "/favicon.ico"),
         ("GET", "/votes/blue/extra"),
         ("POST", "/candidates/blue/members/1"),
         ("GET", "/%2e%2e/etc/passwd"),
@@ -337,6 +348,87 @@ fn unknown_routes_are_404() {
     assert_eq!((r.status, r.code()), (400, "bad_request"), "{r:?}");
     let r = call(f.addr(), "GET", "/votes?pretty=1", None);
     assert_eq!(r.status, 200, "a query is ignored: {r:?}");
+}
+
+#[test]
+fn the_ballot_page_is_served_at_the_root() {
+    let f = start(&["blue"]);
+    for path in ["/", "/index.html", "/?voter=ana"] {
+        let r = call(f.addr(), "GET", path, None);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"), "{path}");
+        assert_eq!(r.text, BALLOT_PAGE, "{path}");
+        let csp = r.header("content-security-policy").expect("a CSP");
+        assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    }
+    let r = call(f.addr(), "POST", "/", None);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "errors stay JSON");
+}
+
+#[test]
+fn the_ballot_page_loads_nothing_from_elsewhere() {
+    let page = BALLOT_PAGE.to_ascii_lowercase();
+    assert!(page.starts_with("<!doctype html>"));
+    assert!(page.contains(r#"<meta name="viewport" content="width=device-width"#));
+    let forbidden = ["http://", "https://", "//cdn", "<link rel=\"stylesheet", "@import", "url("];
+    for forbidden in forbidden.into_iter().chain(["<img", "<iframe", "<object", "<embed"]) {
+        assert!(!page.contains(forbidden), "the page must be self-contained, found {forbidden:?}");
+    }
+    // Every `src=` or `href=` is inline data, never a URL.
+    for attr in ["src=", "href="] {
+        for (i, _) in page.match_indices(attr) {
+            let value = &page[i + attr.len()..];
+            let shown = &value[..40.min(value.len())];
+            assert!(value.starts_with("\"data:"), "{attr} at {i} loads something: {shown}");
+        }
+    }
+    // Exactly one script and one style, both inline.
+    assert_eq!(page.matches("<script").count(), 1);
+    assert!(page.contains("<script>"), "the script is inline");
+    assert_eq!(page.matches("<style").count(), 1);
+}
+
+#[test]
+fn the_ballot_page_calls_only_documented_api_routes() {
+    let script = BALLOT_PAGE.split("<script>").nth(1).expect("a script");
+    let calls: Vec<(&str, &str)> = script
+        .match_indices("api(\"")
+        .map(|(i, m)| {
+            let rest = &script[i + m.len()..];
+            let method = &rest[..rest.find('"').expect("closing quote")];
+            let path = rest.split('"').nth(2).expect("a path argument");
+            (method, path)
+        })
+        .collect();
+    let mut seen: Vec<String> = calls.iter().map(|(m, p)| format!("{m} {p}")).collect();
+    seen.sort();
+    assert_eq!(seen, ["GET /candidates", "GET /schedule", "GET /votes", "POST /votes"]);
+    for (method, path) in calls {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let route =
+            resolve(method, &segments).unwrap_or_else(|| panic!("{method} {path} is no route"));
+        assert!(!route.is_admin() && route != Route::Page, "{method} {path}");
+    }
+    assert_eq!(script.matches("fetch(").count(), 1, "every request goes through api()");
+}
+
+#[test]
+fn the_ballot_page_has_the_hooks_the_browser_test_uses() {
+    for hook in [
+        "dataset.candidate",
+        "dataset.tally",
+        "dataset.share",
+        "dataset.processes",
+        "dataset.pid",
+        r#"id="conn""#,
+        r#"id="message""#,
+        r#"id="voter-name""#,
+        "localStorage",
+        "Retry-After",
+    ] {
+        assert!(BALLOT_PAGE.contains(hook), "the page lost {hook}");
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Host tools: checks what the build and the VM need and installs what is
-//! missing, saying so one line per thing.
+//! Host tools: checks what the build, the VM and the browser test need and
+//! installs what is missing, saying so one line per thing.
 //!
 //! Debian packages are checked with `dpkg-query` and installed with
 //! `apt-get` (one `apt-get update` per process, and only when something is
@@ -192,6 +192,23 @@ pub fn ensure_kernel_fetch_deps(sh: &Shell) -> Result<()> {
             "debian-archive-keyring",
             "verifies the kernel packages",
         )],
+        &[],
+    )
+}
+
+/// Makes sure the browser test's browser is installed: Debian's Chromium
+/// (bookworm main), run headless and driven over the DevTools protocol, and
+/// a font for the text in its screenshots.
+pub fn ensure_browser_deps(sh: &Shell) -> Result<()> {
+    ensure_apt(
+        sh,
+        &[
+            pkg(
+                "chromium",
+                "the real browser the ballot page is tested in (headless, DevTools protocol)",
+            ),
+            pkg("fonts-dejavu-core", "a font for the page's text in the screenshots"),
+        ],
         &[],
     )
 }

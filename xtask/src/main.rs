@@ -4,6 +4,7 @@
 //! never links the BPF skeleton: it drives the `scx_ballot` binary as a
 //! process, the way a user would.
 
+mod browser;
 mod clang;
 mod compile;
 mod deps;
@@ -12,7 +13,9 @@ mod facts;
 mod first_light;
 mod framework;
 mod kernel;
+mod reap;
 mod run;
+mod scenario;
 mod test;
 mod vm;
 mod vm_test;
@@ -32,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run every test: the workspace's unit tests, then the VM tests.
+    /// Run every test: the workspace's unit tests, the browser test, then
+    /// the VM tests.
     Test(test::TestCmd),
     /// Boot a sched_ext kernel in a VM and check, in it, who got the CPU.
     VmTest(vm_test::VmTestCmd),
@@ -45,10 +49,25 @@ enum Cmd {
     Deps(deps::DepsCmd),
     /// Boot the VM once with a tiny guest command (no scheduler).
     VmCheck(vm::VmCheckCmd),
+    /// Check the ballot page in headless Chromium against
+    /// `scx_ballot --no-sched`; saves target/browser-test/ballot.png.
+    BrowserTest(browser::BrowserTestCmd),
+    /// (In the VM) run the scenarios of a plan; used by `vm-test`.
+    #[command(hide = true)]
+    GuestScenarios(scenario::guest::GuestScenariosCmd),
+    /// (In the VM) a scenario workload process; used by `guest-scenarios`.
+    #[command(hide = true)]
+    GuestWorker(scenario::guest::GuestWorkerCmd),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The guest commands run inside the VM: no project shell, no cwd change.
+    match cli.cmd {
+        Cmd::GuestScenarios(cmd) => return cmd.run(),
+        Cmd::GuestWorker(cmd) => return cmd.run(),
+        _ => {}
+    }
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     match cli.cmd {
@@ -58,6 +77,8 @@ fn main() -> Result<()> {
         Cmd::Kernel(cmd) => cmd.run(&sh),
         Cmd::Deps(cmd) => cmd.run(&sh),
         Cmd::VmCheck(cmd) => cmd.run(&sh),
+        Cmd::BrowserTest(cmd) => cmd.run(&sh),
+        Cmd::GuestScenarios(_) | Cmd::GuestWorker(_) => unreachable!("handled above"),
     }
 }
 

@@ -1,11 +1,12 @@
 //! `cargo xtask test`: every test there is, in one command: the host-side
-//! unit tests of the whole workspace, then the VM tests.
+//! unit tests of the whole workspace, the ballot page in a real browser
+//! (`browser-test`), then the VM tests.
 
 use anyhow::{Context, Result};
 use clap::Args;
 use xshell::{Shell, cmd};
 
-use crate::{compile, vm_test};
+use crate::{browser, compile, vm_test};
 
 #[derive(Args)]
 pub struct TestCmd {
@@ -21,6 +22,7 @@ impl TestCmd {
             .env("BPF_CLANG", &clang)
             .run()
             .context("unit tests failed")?;
+        browser::BrowserTestCmd { chromium: None }.run(sh)?;
         println!("==> VM tests");
         self.vm.run(sh)
     }

@@ -25,8 +25,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -35,6 +34,7 @@ use xshell::{Shell, cmd};
 
 use crate::deps::{self, VmTools};
 use crate::kernel::{self, Kernel, KernelChoice};
+use crate::reap::{self, kill_group};
 use crate::{cache_dir, project_root};
 
 /// Modules the guest need not load: disk, watchdog, CD and button drivers
@@ -805,36 +805,10 @@ struct Shared {
     echo: Echo,
 }
 
-/// The process group of the VM now running, 0 if none.
-static VM_PGID: AtomicI32 = AtomicI32::new(0);
-
-/// Installs (once) the Ctrl-C/SIGTERM handler: kill the running VM, if any,
-/// then exit 130. A handler installed elsewhere first wins.
-fn install_interrupt_handler() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let _ = ctrlc::set_handler(|| {
-            kill_group(VM_PGID.load(Ordering::SeqCst));
-            eprintln!("\ninterrupted");
-            std::process::exit(130);
-        });
-    });
-}
-
-fn kill_group(pgid: i32) {
-    if pgid > 0 {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
 /// Runs `command` in its own process group with stdin from /dev/null (so QEMU
 /// never touches the terminal), tees its output into `log` and the terminal,
-/// and kills the group when `timeout` expires.
+/// and kills the group when `timeout` expires (or on Ctrl-C, see `reap`).
 fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) -> Result<Run> {
-    install_interrupt_handler();
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -848,7 +822,7 @@ fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) 
     let started = Instant::now();
     let mut child = command.spawn().context("starting vng")?;
     let pgid = i32::try_from(child.id()).expect("pids fit in i32");
-    VM_PGID.store(pgid, Ordering::SeqCst);
+    let interrupt = reap::kill_on_interrupt(pgid);
 
     let shared = Arc::new(Mutex::new(Shared {
         log: log_file,
@@ -888,7 +862,7 @@ fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) 
     };
     // virtiofsd or QEMU may outlive vng for a moment; they hold the pipes.
     kill_group(pgid);
-    VM_PGID.store(0, Ordering::SeqCst);
+    drop(interrupt);
     for _ in 0..2 {
         if done_rx.recv_timeout(Duration::from_secs(5)).is_err() {
             break;

@@ -18,7 +18,7 @@ use clap::Args;
 use xshell::Shell;
 
 use crate::facts::CaseFacts;
-use crate::{election_suite, first_light, framework};
+use crate::{election_suite, first_light, framework, scenario};
 use crate::vm::{self, VmOpts};
 use crate::{compile, project_root};
 
@@ -37,12 +37,25 @@ pub struct VmTestCmd {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(3..=600))]
     pub stress_secs: u32,
 
-    /// Which suites to run (all when none is named).
-    #[arg(value_enum)]
-    pub suites: Vec<Suite>,
+    /// Run every scenario this many times in the one boot and report, per
+    /// scenario, how many runs matched its snapshot (a stability check).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub repeat: u32,
+
+    /// Run the selected scenarios against a deliberately broken election
+    /// (`fifo`: the fifo policy decides; `ignore-votes`: the election policy
+    /// is blind to votes). The snapshots must then differ: this shows the
+    /// suite catching a regression, and the command fails.
+    #[arg(long, value_parser = ["fifo", "ignore-votes"])]
+    pub mutant: Option<String>,
+
+    /// What to run: suite names (`first-light`, `framework`, `election`,
+    /// `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
+    /// e.g. `landslide`). Everything when none is given.
+    pub filters: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Suite {
     /// The scheduler attaches, runs a SCHED_EXT task, unloads; negative control.
     FirstLight,
@@ -50,7 +63,11 @@ pub enum Suite {
     Framework,
     /// Votes move the CPU: winner and proportional modes, durable tally.
     Election,
+    /// Scripted voting scenarios, snapshot-tested (`vm/scenarios/`).
+    Scenarios,
 }
+
+const SUITES: [Suite; 4] = [Suite::FirstLight, Suite::Framework, Suite::Election, Suite::Scenarios];
 
 impl Suite {
     fn dir_name(self) -> &'static str {
@@ -58,6 +75,7 @@ impl Suite {
             Suite::FirstLight => "first-light",
             Suite::Framework => "framework",
             Suite::Election => "election",
+            Suite::Scenarios => "scenarios",
         }
     }
 }
@@ -73,22 +91,33 @@ impl VmTestCmd {
         let bin = compile::build_scheduler(sh)?;
         let (tools, kernel, accel) = self.vm.prepare(sh)?;
 
-        let suites = if self.suites.is_empty() {
-            vec![Suite::FirstLight, Suite::Framework, Suite::Election]
-        } else {
-            self.suites.clone()
-        };
+        let all_scenarios = scenario::load()?;
+        let (suites, chosen) = self.select(&all_scenarios)?;
+        let selection = scenario::Selection::new(chosen, self.mutant.clone());
         let out = fresh_dir(&project_root().join("target/vm-test"))?;
+        let scenario_out = out.join(Suite::Scenarios.dir_name());
+        if suites.contains(&Suite::Scenarios) {
+            selection.write_plan(&scenario_out, self.repeat)?;
+        }
         let mut spec = self.vm.spec(kernel, accel, "vm/guest-tests.sh", &out);
+        let scenario_secs = if suites.contains(&Suite::Scenarios) { selection.estimate_secs(self.repeat) } else { 0 };
+        spec.timeout = spec.timeout.max(std::time::Duration::from_secs(scenario_secs + 600));
         spec.args = vec![
             path_arg(&bin)?,
             path_arg(&out)?,
             self.window_secs.to_string(),
             self.stress_secs.to_string(),
+            path_arg(&std::env::current_exe().context("locating the xtask binary")?)?,
         ];
         spec.args.extend(suites.iter().map(|s| s.dir_name().to_string()));
-        println!("==> booting the VM once for the suites {:?} ({accel}, {} vCPUs)", spec.args[4..].to_vec(), spec.cpus);
+        let names: Vec<String> = selection.scenarios.iter().chain(&selection.controls).map(|s| s.run_name()).collect();
+        println!("==> booting the VM once for the suites {:?} ({accel}, {} vCPUs)", spec.args[5..].to_vec(), spec.cpus);
+        if suites.contains(&Suite::Scenarios) {
+            println!("    scenarios, {} time(s): {}", self.repeat, names.join(" "));
+        }
+        let started = std::time::Instant::now();
         let outcome = vm::boot(sh, &tools, &spec)?;
+        let vm_secs = started.elapsed().as_secs_f64();
 
         let mut checks = Vec::new();
         let mut vm_problems = Vec::new();
@@ -152,6 +181,17 @@ impl VmTestCmd {
             }
         }
 
+        if suites.contains(&Suite::Scenarios) {
+            let results = scenario::judge_runs(&selection, &scenario_out, self.repeat);
+            let problems = scenario::report(&selection, &results, self.repeat);
+            let name = if self.mutant.is_some() {
+                "scenarios: every snapshot matches (run with a broken election: expected to fail)"
+            } else {
+                "scenarios: every snapshot matches; every broken-election control is caught"
+            };
+            checks.push(Check { name, problems });
+        }
+
         let mut console = vm::read_console(&spec.console_log).unwrap_or_default();
         console.extend(vm::read_console(&out.join("dmesg.txt")).unwrap_or_default());
         let alarms = vm::scan_console(&console);
@@ -172,11 +212,39 @@ impl VmTestCmd {
         if failed > 0 {
             print_diagnostics(&outcome.console_tail, &out, &suites);
         }
-        println!("vm-test: {} passed, {} failed", checks.len() - failed, failed);
+        println!("vm-test: {} passed, {} failed (the VM ran {vm_secs:.0} s)", checks.len() - failed, failed);
         if failed > 0 {
             bail!("{failed} VM check(s) failed; the whole console is in {}", spec.console_log.display());
         }
         Ok(())
+    }
+}
+
+impl VmTestCmd {
+    /// The suites and scenarios the filters name (all without filters).
+    fn select(&self, all: &[scenario::spec::Scenario]) -> Result<(Vec<Suite>, Vec<scenario::spec::Scenario>)> {
+        if self.filters.is_empty() {
+            return Ok((SUITES.to_vec(), all.to_vec()));
+        }
+        let mut suites: Vec<Suite> = SUITES.iter().copied().filter(|s| self.filters.iter().any(|f| f == s.dir_name())).collect();
+        let chosen = scenario::select_scenarios(all, &self.filters);
+        for f in &self.filters {
+            let named_suite = SUITES.iter().any(|s| s.dir_name() == f);
+            if !named_suite && !all.iter().any(|s| s.name.contains(f.as_str())) {
+                let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+                bail!(
+                    "{f:?} names no suite and no scenario; suites: first-light framework election scenarios; scenarios: {}",
+                    names.join(" ")
+                );
+            }
+        }
+        if !chosen.is_empty() && !suites.contains(&Suite::Scenarios) {
+            suites.push(Suite::Scenarios);
+        }
+        if self.mutant.is_some() && !suites.contains(&Suite::Scenarios) {
+            bail!("--mutant applies to scenarios; name some (or `scenarios`)");
+        }
+        Ok((suites, chosen))
     }
 }
 
@@ -194,7 +262,8 @@ fn print_diagnostics(console_tail: &[String], out: &Path, suites: &[Suite]) {
     for line in &console_tail[start..] {
         println!("  {line}");
     }
-    for suite in suites {
+    // Scenario runs print their own failures (report), with their logs.
+    for suite in suites.iter().filter(|s| **s != Suite::Scenarios) {
         for log in scheduler_logs(&out.join(suite.dir_name())) {
             println!("--- scheduler output, {} ---", log.display());
             match std::fs::read_to_string(&log) {

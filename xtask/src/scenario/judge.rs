@@ -1,0 +1,321 @@
+//! From a trace to what is stable about it: per phase and per worker group
+//! (role and candidate, never a PID), the share in coarse buckets, the
+//! rank, and who got only the minimum or nothing. That text is the
+//! scenario's snapshot.
+//!
+//! - `share`: burners of candidates only: the group's part of the CPU time
+//!   of all candidates' burners, which is what the election distributes.
+//! - `served`: sleepy workers only: CPU time got over CPU time wanted
+//!   (`run_ms` per `run_ms + sleep_ms`, per process alive). Their share
+//!   would follow how well they are served, so it is not snapshotted.
+//! - `cpu`: outsiders only (fair class, not ours): CPU time per process
+//!   over the window, as a fraction of one CPU.
+//!
+//! Group sizes can be per CPU, so these fractions do not depend on the
+//! number of vCPUs.
+
+use std::fmt::Write as _;
+
+use super::spec::{Kind, Scenario};
+use super::trace::Trace;
+
+/// Share buckets: (lower bound in percent, name). The bounds sit between
+/// the shares the election aims at (5, 25, 33, 50, 67, 75, 90-95 %), far
+/// enough from each for run-to-run noise.
+const SHARE: &[(f64, &str)] = &[
+    (0.0, "nothing"),
+    (0.5, "minimum"),
+    (12.0, "quarter"),
+    (29.0, "third"),
+    (42.0, "half"),
+    (58.0, "two-thirds"),
+    (70.0, "three-quarters"),
+    (82.0, "most"),
+];
+/// A sleeper served at once still loses its wake-up latency (about half a
+/// slice under TCG): 70-85% is "served".
+const SERVED: &[(f64, &str)] = &[(0.0, "nothing"), (0.5, "starved"), (40.0, "partly"), (60.0, "served")];
+const CPU: &[(f64, &str)] = &[(0.0, "nothing"), (0.5, "little"), (40.0, "part"), (80.0, "full")];
+
+fn bucket(table: &[(f64, &'static str)], percent: f64) -> &'static str {
+    table.iter().rev().find(|(lo, _)| percent >= *lo).map(|(_, n)| *n).unwrap_or(table[0].1)
+}
+
+/// One group in one phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub group: String,
+    pub procs: usize,
+    pub cpu_ms: f64,
+    /// Percent of the SCHED_EXT workers' CPU time (candidates only).
+    pub share: Option<f64>,
+    pub served: Option<f64>,
+    pub cpu: Option<f64>,
+    pub rank: Option<usize>,
+    /// Mean run-queue wait per time it ran, in microseconds.
+    pub wait_us: Option<f64>,
+}
+
+impl Row {
+    pub fn share_bucket(&self) -> Option<&'static str> {
+        self.share.map(|s| bucket(SHARE, s))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PhaseTable {
+    pub name: String,
+    pub seconds: f64,
+    pub tally: String,
+    pub state: String,
+    pub rows: Vec<Row>,
+}
+
+/// The per-phase tables of a trace.
+pub fn tables(s: &Scenario, t: &Trace) -> Vec<PhaseTable> {
+    let mut out = Vec::new();
+    for (pi, p) in t.phases.iter().enumerate() {
+        let window_ms = p.end_ms.saturating_sub(p.measure_start_ms).max(1) as f64;
+        let mut rows: Vec<Row> = Vec::new();
+        for g in &s.groups {
+            let idx: Vec<usize> = t.workers.iter().enumerate().filter(|(_, w)| w.group == g.id).map(|(i, _)| i).collect();
+            let alive: Vec<usize> = idx.iter().copied().filter(|&i| p.alive.get(i).copied().unwrap_or(false)).collect();
+            let cpu_ns: u64 = idx.iter().map(|&i| p.cpu_ns.get(i).copied().unwrap_or(0)).sum();
+            let runs: u64 = idx.iter().map(|&i| p.runs.get(i).copied().unwrap_or(0)).sum();
+            let wait_ns: u64 = idx.iter().map(|&i| p.wait_ns.get(i).copied().unwrap_or(0)).sum();
+            let cpu_ms = cpu_ns as f64 / 1e6;
+            let per_proc = if alive.is_empty() { 0.0 } else { cpu_ms / window_ms / alive.len() as f64 * 100.0 };
+            let served = (g.kind == Kind::Sleepy).then(|| {
+                let duty = g.run_ms as f64 / (g.run_ms + g.sleep_ms) as f64;
+                if alive.is_empty() { 0.0 } else { per_proc / duty }
+            });
+            rows.push(Row {
+                group: g.id.clone(),
+                procs: alive.len(),
+                cpu_ms,
+                share: None,
+                served,
+                cpu: g.candidate.is_none().then_some(per_proc),
+                rank: None,
+                wait_us: (runs > 0).then(|| wait_ns as f64 / runs as f64 / 1000.0),
+            });
+        }
+        let shared = |g: &super::spec::Group| g.candidate.is_some() && g.kind == Kind::Burner;
+        let ext_total: f64 = s.groups.iter().zip(&rows).filter(|(g, _)| shared(g)).map(|(_, r)| r.cpu_ms).sum();
+        for (g, r) in s.groups.iter().zip(rows.iter_mut()) {
+            if shared(g) {
+                r.share = Some(if ext_total > 0.0 { r.cpu_ms / ext_total * 100.0 } else { 0.0 });
+            }
+        }
+        // Dense rank by share bucket: equal buckets share a rank, so a
+        // fair split never depends on which side was a hair ahead.
+        let mut order: Vec<usize> = SHARE.iter().enumerate().map(|(i, _)| i).collect();
+        order.reverse();
+        let present: Vec<&str> = order
+            .iter()
+            .map(|&i| SHARE[i].1)
+            .filter(|b| rows.iter().any(|r| r.share_bucket() == Some(*b)))
+            .collect();
+        for r in rows.iter_mut() {
+            r.rank = r.share_bucket().and_then(|b| present.iter().position(|x| *x == b)).map(|i| i + 1);
+        }
+        out.push(PhaseTable {
+            name: p.name.clone(),
+            seconds: s.phases.get(pi).map(|x| x.seconds).unwrap_or(0.0),
+            tally: tally_text(p.tally.as_ref()),
+            state: p.state.clone(),
+            rows,
+        });
+    }
+    out
+}
+
+fn tally_text(tally: Option<&serde_json::Value>) -> String {
+    let Some(t) = tally else { return "no election".into() };
+    let votes: Vec<String> = t
+        .get("votes")
+        .and_then(|v| v.as_object())
+        .map(|m| m.iter().filter(|(_, n)| n.as_u64() != Some(0)).map(|(k, n)| format!("{k} {n}")).collect())
+        .unwrap_or_default();
+    let leader = t.get("leader").and_then(|l| l.as_str()).unwrap_or("none");
+    let candidates = t.get("votes").and_then(|v| v.as_object()).map(|m| m.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    format!(
+        "votes: {}; leader: {leader}; candidates: {}",
+        if votes.is_empty() { "none".into() } else { votes.join(", ") },
+        if candidates.is_empty() { "none".into() } else { candidates }
+    )
+}
+
+/// The snapshot text: only what is stable from run to run.
+pub fn snapshot(s: &Scenario, t: &Trace) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", s.description);
+    let _ = writeln!(
+        out,
+        "policy: {}, mode: {}{}",
+        s.policy.name(),
+        s.mode.name(),
+        s.min_share.map(|m| format!(", min share {m}%")).unwrap_or_default()
+    );
+    if let Some(e) = &t.error {
+        let _ = writeln!(out, "error: {}", e.lines().next().unwrap_or(""));
+    }
+    for (i, table) in tables(s, t).iter().enumerate() {
+        let _ = writeln!(out, "\nphase {} \"{}\": {}", i + 1, table.name, table.tally);
+        let _ = writeln!(out, "  {:<18} {:<15} {:<5} {:<8} {}", "worker", "share", "rank", "served", "cpu");
+        for r in &table.rows {
+            let share = r.share_bucket().unwrap_or("-");
+            let rank = r.rank.map(|x| x.to_string()).unwrap_or("-".into());
+            let served = r.served.map(|x| bucket(SERVED, x)).unwrap_or("-");
+            let cpu = r.cpu.map(|x| bucket(CPU, x)).unwrap_or("-");
+            let _ = writeln!(out, "  {:<18} {:<15} {:<5} {:<8} {}", r.group, share, rank, served, cpu).map(|_| ());
+        }
+        let starved: Vec<&str> = table.rows.iter().filter(|r| r.share_bucket() == Some("nothing")).map(|r| r.group.as_str()).collect();
+        let minimum: Vec<&str> = table.rows.iter().filter(|r| r.share_bucket() == Some("minimum")).map(|r| r.group.as_str()).collect();
+        let list = |v: &[&str]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+        let _ = writeln!(out, "  only the minimum: {}; nothing: {}", list(&minimum), list(&starved));
+        if table.state != "enabled" {
+            let _ = writeln!(out, "  scheduler state: {}", table.state);
+        }
+    }
+    let exit = match t.scheduler_exit {
+        Some(0) => "exited 0".to_string(),
+        Some(c) => format!("exited {c}"),
+        None => "did not exit".to_string(),
+    };
+    let _ = writeln!(out, "\nscheduler: {exit}, state afterwards {}", t.state_after);
+    // Trailing spaces would be lost in review tools: drop them.
+    out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
+}
+
+/// The measured table, with numbers, for the summary and for failures.
+pub fn numbers(s: &Scenario, t: &Trace) -> String {
+    let mut out = String::new();
+    for (i, table) in tables(s, t).iter().enumerate() {
+        let _ = writeln!(out, "    phase {} \"{}\" ({} s, {}), state {}", i + 1, table.name, table.seconds, table.tally, table.state);
+        for r in &table.rows {
+            let mut line = format!("      {:<18} procs {:>2}  cpu {:>7.0} ms", r.group, r.procs, r.cpu_ms);
+            if let Some(x) = r.share {
+                line += &format!("  share {x:5.1}% ({}, rank {})", bucket(SHARE, x), r.rank.unwrap_or(0));
+            }
+            if let Some(x) = r.served {
+                line += &format!("  served {x:5.1}% ({})", bucket(SERVED, x));
+            }
+            if let Some(x) = r.cpu {
+                line += &format!("  cpu/proc {x:5.1}% ({})", bucket(CPU, x));
+            }
+            if let Some(w) = r.wait_us {
+                line += &format!("  wait/run {w:.0} us");
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::spec::{Count, Group, Join, Mode, Phase, Policy};
+    use crate::scenario::trace::{PhaseRecord, Worker};
+
+    fn scenario() -> Scenario {
+        let g = |id: &str, cand: Option<&str>, kind| Group {
+            id: id.into(),
+            candidate: cand.map(Into::into),
+            kind,
+            count: Count::Fixed(1),
+            join: Join::Exec,
+            run_ms: 2,
+            sleep_ms: 8,
+        };
+        Scenario {
+            name: "t".into(),
+            description: "test".into(),
+            policy: Policy::Election,
+            mode: Mode::Winner,
+            min_share: None,
+            candidates: vec!["blue".into(), "red".into()],
+            groups: vec![
+                g("blue/burner", Some("blue"), Kind::Burner),
+                g("red/burner", Some("red"), Kind::Burner),
+                g("red/sleepy", Some("red"), Kind::Sleepy),
+                g("outsider/burner", None, Kind::Burner),
+            ],
+            phases: vec![Phase { name: "p".into(), seconds: 1.0, settle_ms: 0, votes: vec![], register: vec![], remove: vec![], stop: vec![] }],
+            mutant: None,
+        }
+    }
+
+    fn trace(cpu_ms: [u64; 4]) -> Trace {
+        let workers = ["blue/burner", "red/burner", "red/sleepy", "outsider/burner"]
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Worker { group: g.to_string(), index: 1, pid: 100 + i as i32, started_ms: 0, stopped_ms: None })
+            .collect();
+        Trace {
+            workers,
+            phases: vec![PhaseRecord {
+                name: "p".into(),
+                start_ms: 0,
+                measure_start_ms: 0,
+                end_ms: 1000,
+                cpu_ns: cpu_ms.iter().map(|m| m * 1_000_000).collect(),
+                wait_ns: vec![0; 4],
+                runs: vec![1; 4],
+                alive: vec![true; 4],
+                tally: Some(serde_json::json!({"votes": {"blue": 3, "red": 0}, "leader": "blue", "generation": 4})),
+                state: "enabled".into(),
+            }],
+            scheduler_exit: Some(0),
+            state_after: "disabled".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn buckets_ranks_and_roles() {
+        // blue 900 ms, red's burner 60 ms and sleepy 40 ms of 1 s.
+        let t = tables(&scenario(), &trace([900, 60, 40, 990]));
+        let rows = &t[0].rows;
+        assert_eq!(rows[0].share_bucket(), Some("most"));
+        assert_eq!(rows[1].share_bucket(), Some("minimum"));
+        assert_eq!((rows[0].rank, rows[1].rank, rows[2].rank), (Some(1), Some(2), None));
+        assert_eq!(rows[2].share, None, "a sleeper's share is not snapshotted");
+        // The sleepy worker wants 20% of a CPU and got 4%.
+        assert!((rows[2].served.unwrap() - 20.0).abs() < 1e-6);
+        assert_eq!(rows[3].share, None);
+        assert_eq!(bucket(CPU, rows[3].cpu.unwrap()), "full");
+        assert_eq!(t[0].tally, "votes: blue 3; leader: blue; candidates: blue, red");
+    }
+
+    #[test]
+    fn a_fair_split_ranks_equal_whoever_is_ahead() {
+        let a = snapshot(&scenario(), &trace([480, 470, 50, 990]));
+        let b = snapshot(&scenario(), &trace([470, 480, 50, 990]));
+        assert_eq!(a, b);
+        assert!(a.contains("blue/burner        half            1"), "{a}");
+    }
+
+    #[test]
+    fn a_change_in_behaviour_changes_the_snapshot() {
+        let fair = snapshot(&scenario(), &trace([480, 470, 50, 990]));
+        let won = snapshot(&scenario(), &trace([900, 60, 40, 990]));
+        assert_ne!(fair, won);
+        assert!(won.contains("only the minimum: red/burner; nothing: none"), "{won}");
+        let mut ejected = trace([900, 60, 40, 990]);
+        ejected.phases[0].state = "disabled".into();
+        assert_ne!(snapshot(&scenario(), &ejected), won);
+    }
+
+    #[test]
+    fn bucket_bounds_are_ordered() {
+        for t in [SHARE, SERVED, CPU] {
+            assert!(t.windows(2).all(|w| w[0].0 < w[1].0));
+            assert_eq!(t[0].0, 0.0);
+        }
+        assert_eq!(bucket(SHARE, 0.1), "nothing");
+        assert_eq!(bucket(SHARE, 75.0), "three-quarters");
+        assert_eq!(bucket(SHARE, 100.0), "most");
+    }
+}

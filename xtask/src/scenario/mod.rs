@@ -1,0 +1,318 @@
+//! The scenario suite: scripted voting scenarios (`vm/scenarios/*.toml`)
+//! run in the VM, recorded from the kernel's accounting, and snapshot-
+//! tested with insta (`vm/scenarios/snapshots/`).
+//!
+//! - [`spec`]: the file format, parsed and checked on the host.
+//! - [`guest`]: the runner and workload inside the VM.
+//! - [`trace`]: what a run records (raw JSON under `target/`).
+//! - [`judge`]: what is stable about a run: the snapshot text.
+//! - [`render`]: an SVG timeline and a Perfetto trace per run.
+//!
+//! Regression controls run with the scenarios: a scenario run against a
+//! deliberately broken election (`--debug-mutant`) must come out different
+//! from its snapshot, or the suite fails.
+
+pub mod guest;
+pub mod judge;
+pub mod render;
+pub mod spec;
+pub mod trace;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::project_root;
+use spec::Scenario;
+use trace::Trace;
+
+/// (scenario, mutant) pairs run as regression controls whenever their
+/// scenario is selected: each must be caught (snapshot differs).
+pub const CONTROLS: &[(&str, &str)] = &[("landslide", "fifo"), ("landslide", "ignore-votes"), ("interactive", "fifo")];
+
+pub fn scenario_dir() -> PathBuf {
+    project_root().join("vm/scenarios")
+}
+
+pub fn snapshot_dir() -> PathBuf {
+    scenario_dir().join("snapshots")
+}
+
+/// What to run: the scenarios, and the controls for them.
+pub struct Selection {
+    pub scenarios: Vec<Scenario>,
+    pub controls: Vec<Scenario>,
+    /// `--mutant`: every scenario runs broken, to show the suite failing.
+    pub mutant: Option<String>,
+}
+
+impl Selection {
+    pub fn new(mut scenarios: Vec<Scenario>, mutant: Option<String>) -> Self {
+        let controls = if mutant.is_some() {
+            Vec::new()
+        } else {
+            CONTROLS
+                .iter()
+                .filter_map(|(name, m)| {
+                    let mut s = scenarios.iter().find(|s| s.name == *name)?.clone();
+                    s.mutant = Some(m.to_string());
+                    Some(s)
+                })
+                .collect()
+        };
+        if let Some(m) = &mutant {
+            scenarios.iter_mut().for_each(|s| s.mutant = Some(m.clone()));
+        }
+        Selection { scenarios, controls, mutant }
+    }
+
+    /// Seconds the guest will spend, roughly (for the VM's time limit).
+    pub fn estimate_secs(&self, repeat: u32) -> u64 {
+        let per = |s: &Scenario| s.seconds() + 15.0;
+        (self.scenarios.iter().map(per).sum::<f64>() * repeat as f64 + self.controls.iter().map(per).sum::<f64>()) as u64
+    }
+
+    pub fn write_plan(&self, out: &Path, repeat: u32) -> Result<PathBuf> {
+        let plan = guest::Plan { repeat, scenarios: self.scenarios.clone(), controls: self.controls.clone() };
+        std::fs::create_dir_all(out)?;
+        let path = out.join("plan.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&plan)?).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// The stored snapshot of a scenario, without insta's header.
+fn stored_snapshot(name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(snapshot_dir().join(format!("{name}.snap"))).ok()?;
+    let body = text.strip_prefix("---\n")?.split_once("\n---\n")?.1;
+    Some(body.trim_end().to_string())
+}
+
+/// Compares through insta (which shows the diff and, outside CI, leaves a
+/// `.snap.new` for `cargo insta review`); true when it matches.
+fn insta_matches(name: &str, text: &str) -> bool {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(snapshot_dir());
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = settings.bind(|| std::panic::catch_unwind(|| insta::assert_snapshot!(name, text)).is_ok());
+    std::panic::set_hook(hook);
+    ok
+}
+
+/// One scenario run as judged on the host.
+pub struct RunResult {
+    pub run: String,
+    pub iteration: u32,
+    pub verdict: Verdict,
+    pub numbers: String,
+    pub svg: PathBuf,
+    pub perfetto: PathBuf,
+    pub trace_path: PathBuf,
+    pub scheduler_log: String,
+    pub wall_ms: u64,
+    pub is_control: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Matches,
+    Differs,
+    /// No stored snapshot yet.
+    New,
+    /// The guest left no trace, or the run reported an error.
+    Broken(String),
+}
+
+impl RunResult {
+    /// Whether this run is what the suite wants: a scenario that matches
+    /// its snapshot, or a control that does not.
+    pub fn ok(&self) -> bool {
+        match (&self.verdict, self.is_control) {
+            (Verdict::Matches, false) => true,
+            (Verdict::Differs, true) => true,
+            // A broken control run (e.g. ejected, crashed) counts as caught
+            // only if it produced a trace that differs; otherwise it is a
+            // harness failure.
+            _ => false,
+        }
+    }
+}
+
+/// Judges what the guest recorded under `out`, writes the pictures next to
+/// the traces, and returns one result per run.
+pub fn judge_runs(sel: &Selection, out: &Path, repeat: u32) -> Vec<RunResult> {
+    let mut results = Vec::new();
+    let runs = (1..=repeat)
+        .flat_map(|i| sel.scenarios.iter().map(move |s| (i, s, false)))
+        .chain(sel.controls.iter().map(|s| (1, s, true)));
+    for (iteration, s, is_control) in runs {
+        let run = s.run_name();
+        let dir = out.join(format!("{run}.{iteration}"));
+        let trace_path = dir.join("trace.json");
+        let svg = dir.join("timeline.svg");
+        let perfetto = dir.join("perfetto.json");
+        let trace: Result<Trace> = std::fs::read(&trace_path)
+            .with_context(|| format!("reading {}", trace_path.display()))
+            .and_then(|b| serde_json::from_slice(&b).context("parsing the trace"));
+        let mut result = RunResult {
+            run: run.clone(),
+            iteration,
+            verdict: Verdict::Broken(String::new()),
+            numbers: String::new(),
+            svg: svg.clone(),
+            perfetto: perfetto.clone(),
+            trace_path: trace_path.clone(),
+            scheduler_log: dir.join("scheduler.log").display().to_string(),
+            wall_ms: 0,
+            is_control,
+        };
+        let t = match trace {
+            Ok(t) => t,
+            Err(e) => {
+                result.verdict = Verdict::Broken(format!("{e:#}"));
+                results.push(result);
+                continue;
+            }
+        };
+        let _ = std::fs::write(&svg, render::svg(&t));
+        let _ = std::fs::write(&perfetto, render::perfetto(&t).to_string());
+        result.numbers = judge::numbers(s, &t);
+        result.wall_ms = t.wall_ms;
+        result.scheduler_log = t.scheduler_log.clone();
+        let text = judge::snapshot(s, &t);
+        let _ = std::fs::write(dir.join("snapshot.txt"), &text);
+        let stored = stored_snapshot(&s.name);
+        result.verdict = if let Some(e) = &t.error {
+            Verdict::Broken(e.clone())
+        } else if s.mutant.is_none() && iteration == 1 {
+            // Through insta once per scenario: its diff, and `.snap.new`
+            // for review where updates are allowed.
+            match (insta_matches(&s.name, &text), stored) {
+                (true, _) => Verdict::Matches,
+                (false, None) => Verdict::New,
+                (false, Some(_)) => Verdict::Differs,
+            }
+        } else {
+            match stored {
+                None => Verdict::New,
+                Some(stored) if stored == text.trim_end() => Verdict::Matches,
+                Some(_) => Verdict::Differs,
+            }
+        };
+        results.push(result);
+    }
+    results
+}
+
+/// Prints the summary table; returns the problems (empty: all good).
+pub fn report(sel: &Selection, results: &[RunResult], repeat: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    println!("\nscenarios ({} run(s) each{}):", repeat, sel.mutant.as_ref().map(|m| format!(", mutant {m}")).unwrap_or_default());
+    println!("  {:<28} {:<10} {:>7}  pictures", "scenario", "result", "wall");
+    for s in sel.scenarios.iter().chain(&sel.controls) {
+        let run = s.run_name();
+        let mine: Vec<&RunResult> = results.iter().filter(|r| r.run == run).collect();
+        let good = mine.iter().filter(|r| r.ok()).count();
+        let is_control = mine.first().is_some_and(|r| r.is_control);
+        let result = match (is_control, repeat) {
+            (true, _) if good == mine.len() => "caught".to_string(),
+            (true, _) => "MISSED".to_string(),
+            (false, 1) if good == 1 => "same".to_string(),
+            (false, 1) => match &mine[0].verdict {
+                Verdict::New => "NEW".into(),
+                Verdict::Broken(_) => "BROKEN".into(),
+                _ => "DIFFERS".into(),
+            },
+            (false, _) => format!("{good}/{} same", mine.len()),
+        };
+        let wall = mine.iter().map(|r| r.wall_ms).max().unwrap_or(0) as f64 / 1000.0;
+        let first = mine.first();
+        println!(
+            "  {:<28} {:<10} {:>6.1}s  {}",
+            run,
+            result,
+            wall,
+            first.map(|r| format!("{} {}", r.svg.display(), r.perfetto.display())).unwrap_or_default()
+        );
+        for r in &mine {
+            if r.ok() {
+                continue;
+            }
+            let what = match (&r.verdict, r.is_control) {
+                (Verdict::Matches, true) => format!(
+                    "control {run}: the broken policy produced the same snapshot as the real one: the scenario cannot tell them apart"
+                ),
+                (Verdict::New, true) => format!("control {run}: no stored snapshot of {} to compare with", s.name),
+                (Verdict::New, false) => format!(
+                    "{run} (run {}): no snapshot stored yet; accept it with `cargo insta review` (or INSTA_UPDATE=always)",
+                    r.iteration
+                ),
+                (Verdict::Differs, _) => format!("{run} (run {}): the snapshot differs", r.iteration),
+                (Verdict::Broken(e), _) => format!("{run} (run {}): {e}", r.iteration),
+                (Verdict::Matches, false) => unreachable!("ok() covers it"),
+            };
+            problems.push(what.clone());
+            println!("    {what}");
+            print!("{}", r.numbers);
+            println!("    snapshot got: {}", r.trace_path.with_file_name("snapshot.txt").display());
+            println!("    scheduler output ({}), last lines:", r.scheduler_log);
+            let log = std::fs::read_to_string(&r.scheduler_log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            for l in &lines[lines.len().saturating_sub(12)..] {
+                println!("      {l}");
+            }
+        }
+    }
+    if let Some(r) = results.iter().find(|r| !r.is_control) {
+        println!("  raw traces: {}", r.trace_path.parent().and_then(Path::parent).unwrap_or(Path::new(".")).display());
+        println!("  open a perfetto.json at https://ui.perfetto.dev (Open trace file); the SVGs in any browser");
+    }
+    if sel.mutant.is_none() && results.iter().any(|r| r.verdict == Verdict::New || (!r.is_control && r.verdict == Verdict::Differs)) {
+        println!("  a deliberate change? review and accept with `cargo insta review` (CI never writes snapshots)");
+    }
+    problems
+}
+
+/// Picks the scenarios matching `filters` (substring of the name; all when
+/// a filter is `scenarios`). None when no filter names scenarios.
+pub fn select_scenarios(all: &[Scenario], filters: &[String]) -> Vec<Scenario> {
+    if filters.iter().any(|f| f == "scenarios") {
+        return all.to_vec();
+    }
+    all.iter().filter(|s| filters.iter().any(|f| s.name.contains(f.as_str()))).cloned().collect()
+}
+
+pub fn load() -> Result<Vec<Scenario>> {
+    let all = spec::load_dir(&scenario_dir())?;
+    if all.is_empty() {
+        bail!("no scenario files in {}", scenario_dir().display());
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_name_shipped_scenarios_and_the_mutant_flag() {
+        let all = load().unwrap();
+        let sel = Selection::new(all.clone(), None);
+        assert_eq!(sel.controls.len(), CONTROLS.len());
+        assert!(sel.controls.iter().all(|c| c.mutant.is_some()));
+        let sel = Selection::new(select_scenarios(&all, &["land".into()]), Some("fifo".into()));
+        assert_eq!(sel.scenarios.len(), 1);
+        assert!(sel.controls.is_empty());
+        assert_eq!(sel.scenarios[0].run_name(), "landslide@fifo");
+    }
+
+    #[test]
+    fn every_scenario_has_a_stored_snapshot() {
+        for s in load().unwrap() {
+            assert!(stored_snapshot(&s.name).is_some(), "vm/scenarios/snapshots/{}.snap is missing", s.name);
+        }
+    }
+}
