@@ -17,11 +17,11 @@
 //! new leader runs at the next free CPU instead of paying for its past.
 //!
 //! Tasks are not sent to the shared queue all at once: the policy keeps
-//! them, puts the best one on any idle CPU, and keeps only about one
-//! decision per CPU ready in the shared queue (ordered by tag), so a CPU
-//! that frees up (including the one the policy itself just ran on) finds
-//! work at once, and a vote acknowledged now acts within about one slice
-//! per CPU. The BPF side still runs any task left waiting longer than
+//! them and puts the best one on any idle CPU. Only when fewer of its tasks
+//! run than there are CPUs (the CPU the policy itself runs on looks busy
+//! while it decides) does it leave the best ones in the shared queue
+//! (ordered by tag) for the next CPU that frees up. A vote acknowledged now
+//! decides the very next dispatch. The BPF side still runs any task left waiting longer than
 //! `--starvation-ms`.
 
 use std::cmp::Reverse;
@@ -231,14 +231,17 @@ impl Policy for Election {
             }
             self.place(d, cpu)?;
         }
-        // No CPU is idle right now (the one this policy runs on counts as
-        // busy while it runs). Keep about one decision per CPU ready in the
-        // shared queue, best first (it is ordered by finish tag), so a CPU
-        // that frees up never waits for a round trip; the rest stay held,
-        // so a change in the standing acts within one slice per CPU.
+        // No CPU is idle, as far as the kernel's idle tracking tells. But
+        // the CPU this policy runs on counts as busy while it runs, and a
+        // CPU may be taken by a fair-class task: when fewer of our tasks run
+        // than there are CPUs, leave the best waiting tasks in the shared
+        // queue (ordered by finish tag) for a CPU that frees up to take.
+        // Only then: a decision waiting there would take a CPU whose slice
+        // just ended before the task that ran there is back for its turn.
         let cap = d.nr_online_cpus();
+        let running = d.nr_running();
         let mut backlog = d.backlog();
-        while backlog < cap && self.place(d, RL_CPU_ANY)? {
+        while running + backlog < cap && self.place(d, RL_CPU_ANY)? {
             backlog += 1;
         }
         Ok(())
@@ -425,7 +428,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shared_queue_holds_about_one_decision_per_cpu_best_first() {
+    fn the_shared_queue_is_used_only_while_a_cpu_is_free_best_first() {
         let board = Board::new();
         board.standing.store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
         let mut m = Membership::default();
@@ -443,6 +446,12 @@ mod tests {
         // Two CPUs, none idle (one runs this policy), nothing ready.
         let mut d = FakeDispatcher { cpus: 2, ..Default::default() };
         d.queue.extend([task(1, 100, 0, 1), task(2, 100, 0, 1), task(3, 100, 0, 1)]);
+        // Both CPUs run our tasks: nothing is left in the shared queue, so a
+        // CPU whose slice ends waits for the policy's decision.
+        d.running = 2;
+        p.schedule(&mut d).unwrap();
+        assert!(d.dispatched.is_empty());
+        d.running = 0;
         p.schedule(&mut d).unwrap();
         let pids: Vec<i32> = d.dispatched.iter().map(|t| t.pid).collect();
         assert_eq!(pids, [3, 1], "the leader's task first, then red's oldest");

@@ -29,6 +29,8 @@ pub trait Dispatcher {
     /// CPUs, so a CPU that frees up always finds work, even the one the
     /// policy itself runs on.
     fn backlog(&mut self) -> u64;
+    /// SCHED_EXT tasks running on a CPU right now.
+    fn nr_running(&mut self) -> u64;
 }
 
 /// A scheduling policy.
@@ -75,6 +77,10 @@ impl Dispatcher for BpfScheduler<'_> {
 
     fn backlog(&mut self) -> u64 {
         BpfScheduler::backlog(self)
+    }
+
+    fn nr_running(&mut self) -> u64 {
+        *self.nr_running_mut()
     }
 }
 
@@ -149,6 +155,8 @@ pub mod fake {
         /// Decisions for any CPU not taken yet: each such decision adds
         /// one; a test empties it to play CPUs taking them.
         pub backlog: u64,
+        /// SCHED_EXT tasks running.
+        pub running: u64,
     }
 
     impl Dispatcher for FakeDispatcher {
@@ -170,6 +178,9 @@ pub mod fake {
         }
         fn backlog(&mut self) -> u64 {
             self.backlog
+        }
+        fn nr_running(&mut self) -> u64 {
+            self.running
         }
     }
 

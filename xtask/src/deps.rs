@@ -233,6 +233,15 @@ static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 /// `backports` (from `<codename>-backports` on bookworm, where the default
 /// suites carry versions too old for us; elsewhere from the default suites).
 fn ensure_apt(sh: &Shell, pkgs: &[Pkg], backports: &[Pkg]) -> Result<()> {
+    if !is_debian() {
+        // Arch, CachyOS, ...: the packages have other names there (README,
+        // "On CachyOS or Arch"); a missing tool fails later by name.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            println!("note: not a Debian system: not installing packages; the README's \"On CachyOS or Arch\" lists what to install");
+        });
+        return Ok(());
+    }
     let names: Vec<&str> = pkgs.iter().chain(backports).map(|p| p.name).collect();
     let installed = installed_packages(sh, &names)?;
     let missing: Vec<&Pkg> = pkgs
@@ -359,6 +368,11 @@ pub fn parse_dpkg_query(text: &str) -> HashSet<String> {
 }
 
 /// Whether this process runs as root.
+/// Whether packages can be checked and installed with dpkg and apt.
+fn is_debian() -> bool {
+    std::path::Path::new("/usr/bin/dpkg-query").exists() && std::path::Path::new("/usr/bin/apt-get").exists()
+}
+
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)

@@ -7,6 +7,7 @@
 mod browser;
 mod clang;
 mod compile;
+mod demo;
 mod deps;
 mod election_suite;
 mod facts;
@@ -40,8 +41,9 @@ enum Cmd {
     Test(test::TestCmd),
     /// Boot a sched_ext kernel in a VM and check, in it, who got the CPU.
     VmTest(vm_test::VmTestCmd),
-    /// Run scx_ballot with a demo workload: on this host if its kernel has
-    /// sched_ext, otherwise in the VM.
+    /// A live election: scx_ballot with the election policy, its voting
+    /// server and demo candidates, on this host if its kernel has sched_ext,
+    /// otherwise in the VM (port forwarded); Ctrl-C stops it.
     Run(run::RunCmd),
     /// Obtain the VM kernel (or check one) against kernel-config/.
     Kernel(kernel::KernelCmd),
@@ -58,6 +60,9 @@ enum Cmd {
     /// (In the VM) a scenario workload process; used by `guest-scenarios`.
     #[command(hide = true)]
     GuestWorker(scenario::guest::GuestWorkerCmd),
+    /// (On a sched_ext host or in the VM) the live election; used by `run`.
+    #[command(hide = true)]
+    Demo(demo::DemoCmd),
 }
 
 fn main() -> Result<()> {
@@ -66,6 +71,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::GuestScenarios(cmd) => return cmd.run(),
         Cmd::GuestWorker(cmd) => return cmd.run(),
+        Cmd::Demo(cmd) => return cmd.run(),
         _ => {}
     }
     let sh = Shell::new()?;
@@ -78,7 +84,7 @@ fn main() -> Result<()> {
         Cmd::Deps(cmd) => cmd.run(&sh),
         Cmd::VmCheck(cmd) => cmd.run(&sh),
         Cmd::BrowserTest(cmd) => cmd.run(&sh),
-        Cmd::GuestScenarios(_) | Cmd::GuestWorker(_) => unreachable!("handled above"),
+        Cmd::GuestScenarios(_) | Cmd::GuestWorker(_) | Cmd::Demo(_) => unreachable!("handled above"),
     }
 }
 

@@ -11,6 +11,28 @@ use std::sync::{Mutex, OnceLock};
 /// The registered process groups.
 static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
+/// What the first Ctrl-C does instead of killing, if anything.
+type Grace = Box<dyn FnOnce() + Send>;
+static GRACE: Mutex<Option<Grace>> = Mutex::new(None);
+
+/// Makes the first Ctrl-C/SIGTERM run `ask_to_stop` (e.g. ask a VM to shut
+/// its workload down cleanly) instead of killing; a second one kills every
+/// registered group as usual. Undone when the guard is dropped.
+pub fn stop_gently_first(ask_to_stop: impl FnOnce() + Send + 'static) -> GentleStop {
+    install_handler();
+    *GRACE.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(ask_to_stop));
+    GentleStop
+}
+
+#[must_use = "the gentle stop is forgotten as soon as this is dropped"]
+pub struct GentleStop;
+
+impl Drop for GentleStop {
+    fn drop(&mut self) {
+        GRACE.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 /// While alive, Ctrl-C/SIGTERM kills the process group `pgid`.
 #[must_use = "the group is forgotten as soon as this is dropped"]
 pub struct OnInterrupt {
@@ -54,6 +76,12 @@ fn install_handler() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let installed = ctrlc::set_handler(|| {
+            let gentle = GRACE.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(ask_to_stop) = gentle {
+                eprintln!("\nstopping cleanly (Ctrl-C again to kill)");
+                ask_to_stop();
+                return;
+            }
             for &pgid in groups().iter() {
                 kill_group(pgid);
             }

@@ -377,15 +377,22 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// One request to the voting server; the body of a 2xx answer as JSON.
+/// One request to the guest's voting server.
 fn api(method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
-    let mut s = TcpStream::connect_timeout(&API.parse().expect("a socket address"), Duration::from_secs(5))?;
+    api_at(API, method, path, body)
+}
+
+/// One request to the voting server at `addr`; the body of a 2xx answer as
+/// JSON.
+pub fn api_at(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not an address"))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {API}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut answer = String::new();
