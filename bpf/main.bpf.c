@@ -307,8 +307,18 @@ static void dispatch_from_user(const struct dispatched_task *d)
 
 	if (cpu == BALLOT_CPU_ANY) {
 		ok = scx_bpf_dsq_insert_vtime(p, BALLOT_SHARED_DSQ, slice, d->vtime, d->flags);
-		cpu = scx_bpf_task_cpu(p);
+		/*
+		 * Claim an idle CPU for it (clearing its idle state, so the policy
+		 * does not also put a task there), or wake none: a busy CPU takes
+		 * it when it frees up.
+		 */
+		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 		count(&nr_user_dispatches);
+		if (cpu < 0) {
+			if (!ok)
+				count(&nr_failed_dispatches);
+			goto out;
+		}
 	} else {
 		if (cpu < 0 || !bpf_cpumask_test_cpu(cpu, p->cpus_ptr)) {
 			/* Not allowed there (affinity changed): keep its CPU. */
@@ -384,7 +394,22 @@ void BPF_STRUCT_OPS(ballot_dispatch, s32 cpu, struct task_struct *prev)
 
 	if (scx_bpf_dsq_move_to_local(BALLOT_SCHED_DSQ, 0))
 		return;
-	scx_bpf_dsq_move_to_local(BALLOT_SHARED_DSQ, 0);
+	if (scx_bpf_dsq_move_to_local(BALLOT_SHARED_DSQ, 0))
+		return;
+	/*
+	 * Nothing to run here while the policy holds tasks back: wake it with
+	 * an empty record (pid 0), so a CPU going idle gets a decision without
+	 * the policy having to poll for it.
+	 */
+	if (nr_scheduled) {
+		struct queued_task *note = bpf_ringbuf_reserve(&queued, sizeof(*note), 0);
+
+		if (note) {
+			__builtin_memset(note, 0, sizeof(*note));
+			note->cpu = cpu;
+			bpf_ringbuf_submit(note, 0);
+		}
+	}
 }
 
 void BPF_STRUCT_OPS(ballot_runnable, struct task_struct *p, u64 enq_flags)
@@ -450,13 +475,18 @@ int ballot_pick_idle_cpu(struct select_cpu_arg *arg)
 }
 
 /*
- * How many tasks wait in the shared queue for a CPU to take them. Run by
+ * How many tasks wait in the shared queue for a CPU to take them (low 16
+ * bits), and in the local queue of the CPU that runs this program, i.e. the
+ * caller's (high 16 bits): a task the caller preempted waits there. Run by
  * user space through BPF_PROG_TEST_RUN.
  */
 SEC("syscall")
 int ballot_shared_depth(void *ctx)
 {
-	return scx_bpf_dsq_nr_queued(BALLOT_SHARED_DSQ);
+	u32 shared = scx_bpf_dsq_nr_queued(BALLOT_SHARED_DSQ);
+	u32 local = scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL);
+
+	return (shared > 0xffff ? 0xffff : shared) | (local > 0xffff ? 0xffff : local) << 16;
 }
 
 /*

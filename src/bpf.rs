@@ -215,7 +215,9 @@ impl<'obj> BpfScheduler<'obj> {
         let sink = inbox.clone();
         let mut rbb = RingBufferBuilder::new();
         rbb.add(&skel.maps.queued, move |data: &[u8]| {
-            if let Some(task) = decode_queued(data) {
+            // pid 0: a CPU went idle while the policy holds tasks; the
+            // wakeup is the message.
+            if let Some(task) = decode_queued(data).filter(|t| t.pid != 0) {
                 sink.borrow_mut().push_back(task);
             }
             0
@@ -289,16 +291,18 @@ impl<'obj> BpfScheduler<'obj> {
         }
     }
 
-    /// Decisions for any CPU that no CPU has taken yet: waiting in the
-    /// shared queue, or still in the user ring buffer.
-    pub fn backlog(&mut self) -> u64 {
+    /// Decisions for any CPU that no CPU has taken yet (waiting in the
+    /// shared queue, or still in the user ring buffer), and tasks waiting in
+    /// the local queue of the CPU the caller runs on (a task it preempted).
+    pub fn backlog(&mut self) -> (u64, u64) {
         let input = ProgramInput::default();
-        let queued = match self.skel.progs.ballot_shared_depth.test_run(input) {
-            Ok(out) => out.return_value.max(0) as u64,
+        let word = match self.skel.progs.ballot_shared_depth.test_run(input) {
+            Ok(out) => out.return_value,
             Err(_) => 0,
         };
+        let (queued, local_here) = (u64::from(word & 0xffff), u64::from(word >> 16));
         let in_transit = self.any_sent.saturating_sub(self.bss_mut().nr_any_drained);
-        queued + in_transit
+        (queued + in_transit, local_here)
     }
 
     /// Tells the BPF side how many tasks the policy still holds and wakes

@@ -29,7 +29,9 @@ pub trait Dispatcher {
     /// CPUs, so a CPU that frees up always finds work, even the one the
     /// policy itself runs on.
     fn backlog(&mut self) -> u64;
-    /// SCHED_EXT tasks running on a CPU right now.
+    /// SCHED_EXT tasks running on a CPU right now, plus those waiting in
+    /// the local queue of the CPU the policy runs on (a task the policy
+    /// preempted by running is not running, but that CPU is not free).
     fn nr_running(&mut self) -> u64;
 }
 
@@ -76,11 +78,12 @@ impl Dispatcher for BpfScheduler<'_> {
     }
 
     fn backlog(&mut self) -> u64 {
-        BpfScheduler::backlog(self)
+        BpfScheduler::backlog(self).0
     }
 
     fn nr_running(&mut self) -> u64 {
-        *self.nr_running_mut()
+        let (_, local_here) = BpfScheduler::backlog(self);
+        *self.nr_running_mut() + local_here
     }
 }
 
@@ -88,7 +91,7 @@ impl Dispatcher for BpfScheduler<'_> {
 /// (a queued task wakes it at once).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How long it sleeps while the policy still holds tasks.
-const BUSY_WAIT: Duration = Duration::from_millis(1);
+const BUSY_WAIT: Duration = Duration::from_millis(5);
 
 /// How often the counters are handed to the `on_metrics` callback.
 const METRICS_EVERY: Duration = Duration::from_millis(250);

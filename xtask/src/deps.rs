@@ -368,6 +368,11 @@ pub fn parse_dpkg_query(text: &str) -> HashSet<String> {
 }
 
 /// Whether this process runs as root.
+/// What `cargo xtask bench` runs on top of the VM tools.
+pub fn ensure_bench_deps(sh: &Shell) -> Result<()> {
+    ensure_apt(sh, &[pkg("rt-tests", "hackbench, the messaging benchmark")], &[])
+}
+
 /// Whether packages can be checked and installed with dpkg and apt.
 fn is_debian() -> bool {
     std::path::Path::new("/usr/bin/dpkg-query").exists() && std::path::Path::new("/usr/bin/apt-get").exists()

@@ -4,6 +4,8 @@
 //! never links the BPF skeleton: it drives the `scx_ballot` binary as a
 //! process, the way a user would.
 
+mod bench;
+mod bench_guest;
 mod browser;
 mod clang;
 mod compile;
@@ -57,6 +59,12 @@ enum Cmd {
     /// (In the VM) run the scenarios of a plan; used by `vm-test`.
     #[command(hide = true)]
     GuestScenarios(scenario::guest::GuestScenariosCmd),
+    /// Scheduling cost and vote latency of each configuration, side by side,
+    /// in one VM run (target/bench/).
+    Bench(bench::BenchCmd),
+    /// (In the VM) the bench's workloads; used by `bench`.
+    #[command(hide = true)]
+    GuestBench(bench_guest::GuestBenchCmd),
     /// (In the VM) a scenario workload process; used by `guest-scenarios`.
     #[command(hide = true)]
     GuestWorker(scenario::guest::GuestWorkerCmd),
@@ -72,6 +80,7 @@ fn main() -> Result<()> {
         Cmd::GuestScenarios(cmd) => return cmd.run(),
         Cmd::GuestWorker(cmd) => return cmd.run(),
         Cmd::Demo(cmd) => return cmd.run(),
+        Cmd::GuestBench(cmd) => return cmd.run(),
         _ => {}
     }
     let sh = Shell::new()?;
@@ -83,8 +92,9 @@ fn main() -> Result<()> {
         Cmd::Kernel(cmd) => cmd.run(&sh),
         Cmd::Deps(cmd) => cmd.run(&sh),
         Cmd::VmCheck(cmd) => cmd.run(&sh),
+        Cmd::Bench(cmd) => cmd.run(&sh),
         Cmd::BrowserTest(cmd) => cmd.run(&sh),
-        Cmd::GuestScenarios(_) | Cmd::GuestWorker(_) | Cmd::Demo(_) => unreachable!("handled above"),
+        Cmd::GuestScenarios(_) | Cmd::GuestWorker(_) | Cmd::Demo(_) | Cmd::GuestBench(_) => unreachable!("handled above"),
     }
 }
 

@@ -162,7 +162,7 @@ pub fn snapshot(s: &Scenario, t: &Trace) -> String {
     }
     for (i, table) in tables(s, t).iter().enumerate() {
         let _ = writeln!(out, "\nphase {} \"{}\": {}", i + 1, table.name, table.tally);
-        let _ = writeln!(out, "  {:<18} {:<15} {:<5} {:<8} {}", "worker", "share", "rank", "served", "cpu");
+        let _ = writeln!(out, "  {:<18} {:<15} {:<5} {:<8} cpu", "worker", "share", "rank", "served");
         for r in &table.rows {
             let share = r.share_bucket().unwrap_or("-");
             let rank = r.rank.map(|x| x.to_string()).unwrap_or("-".into());

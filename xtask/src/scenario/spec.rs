@@ -396,7 +396,7 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
             }
             known.push(r.clone());
         }
-        for (cand, _) in &p.votes {
+        for cand in p.votes.keys() {
             if !known.contains(cand) {
                 return Err(err(at.clone(), "votes", format!("phase {:?}: votes for {cand:?}, which is not a registered candidate at this point", p.name)));
             }

@@ -1,0 +1,444 @@
+//! The guest side of `cargo xtask bench` (`xtask guest-bench`): for each
+//! configuration, starts the scheduler (or none, for EEVDF), runs every
+//! workload `repeat` times and records raw numbers as JSON. The host takes
+//! medians and ratios.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::guest::api_at;
+
+const STATE: &str = "/sys/kernel/sched_ext/state";
+const API: &str = "127.0.0.1:7447";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    /// `eevdf`, `fifo`, `vruntime`, `election`, `scx_rustland`, ...
+    pub name: String,
+    /// The scheduler binary; None for EEVDF (no sched_ext scheduler).
+    pub binary: Option<PathBuf>,
+    /// scx_ballot (takes `--policy`, `--full`, `exec`), or another one.
+    pub ballot: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub configs: Vec<Config>,
+    pub repeat: u32,
+    /// hackbench groups and loops.
+    pub hackbench: (u32, u32),
+    /// Million rounds of work per CPU-throughput worker.
+    pub cpu_work: u64,
+    /// Seconds the wake-up latency ticker runs.
+    pub latency_secs: u64,
+    /// Leader changes measured for vote -> effect.
+    pub flips: u32,
+    /// Seconds of vote load for the server throughput.
+    pub vote_secs: u64,
+}
+
+/// Raw results of one configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Raw {
+    pub name: String,
+    /// hackbench seconds, SCHED_EXT in partial mode (all tasks for EEVDF).
+    pub messaging_s: Vec<f64>,
+    /// hackbench seconds with the scheduler in full mode.
+    pub messaging_full_s: Vec<f64>,
+    /// Seconds for the fixed CPU work.
+    pub cpu_s: Vec<f64>,
+    pub wake_p50_us: Vec<f64>,
+    pub wake_p99_us: Vec<f64>,
+    /// Vote acknowledged -> first run of a task of the new leader, in ms.
+    pub vote_effect_ms: Vec<f64>,
+    pub votes_per_s: Vec<f64>,
+    pub sched_peak_rss_kib: Option<u64>,
+    pub sched_cpu_s: Option<f64>,
+    /// Why this configuration failed (crashed, ejected), if it did.
+    pub failure: Option<String>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GuestBenchCmd {
+    plan: PathBuf,
+    /// The xtask's shared output folder.
+    out: PathBuf,
+    /// scx_ballot, for `exec` (switching workloads to SCHED_EXT).
+    scx_ballot: PathBuf,
+}
+
+fn say(msg: &str) {
+    println!("[bench] {msg}");
+}
+
+fn state() -> String {
+    std::fs::read_to_string(STATE).map(|s| s.trim().to_string()).unwrap_or_else(|_| "absent".into())
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+impl GuestBenchCmd {
+    pub fn run(self) -> Result<()> {
+        let plan: Plan = serde_json::from_slice(&std::fs::read(&self.plan)?).context("reading the plan")?;
+        let me = std::env::current_exe()?;
+        let mut all = Vec::new();
+        for c in &plan.configs {
+            say(&format!("configuration {} ({} CPUs)", c.name, cpus()));
+            let mut raw = Raw { name: c.name.clone(), ..Default::default() };
+            let b = Bench { plan: &plan, cfg: c, me: &me, ballot: &self.scx_ballot, out: &self.out };
+            if let Err(e) = b.run(&mut raw) {
+                say(&format!("{}: {e:#}", c.name));
+                raw.failure = Some(format!("{e:#}"));
+            }
+            all.push(raw);
+            std::fs::write(self.out.join("raw.json"), serde_json::to_vec_pretty(&all)?)?;
+        }
+        Ok(())
+    }
+}
+
+struct Bench<'a> {
+    plan: &'a Plan,
+    cfg: &'a Config,
+    me: &'a Path,
+    ballot: &'a Path,
+    out: &'a Path,
+}
+
+struct Sched {
+    child: Child,
+}
+
+impl Sched {
+    /// (peak RSS KiB, CPU seconds) of the scheduler process so far.
+    fn footprint(&self) -> (Option<u64>, Option<f64>) {
+        // `timeout` wraps it: the scheduler is its child.
+        let pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id()))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
+            .unwrap_or(self.child.id());
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok());
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        // utime and stime are fields 14 and 15 (12 and 13 after the comm).
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        let cpu = match (ticks(11), ticks(12)) {
+            (Some(u), Some(s)) => Some((u + s) as f64 / 100.0),
+            _ => None,
+        };
+        (rss, cpu)
+    }
+
+    fn stop(mut self) -> Result<()> {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                wait_state("disabled", 30)?;
+                if st.success() {
+                    return Ok(());
+                }
+                bail!("the scheduler exited with {st}");
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("the scheduler did not stop within 30 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn wait_state(want: &str, secs: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while state() != want {
+        if Instant::now() > deadline {
+            bail!("sched_ext state is {} after {secs} s, expected {want}", state());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+impl Bench<'_> {
+    fn start(&self, full: bool) -> Result<Option<Sched>> {
+        let Some(bin) = &self.cfg.binary else { return Ok(None) };
+        let log = std::fs::File::create(self.out.join(format!("{}{}.log", self.cfg.name, if full { "-full" } else { "" })))?;
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--foreground", "--preserve-status", "-s", "INT", "-k", "10", "900"]).arg(bin);
+        if self.cfg.ballot {
+            cmd.args(["--policy", &self.cfg.name]);
+            if self.cfg.name == "election" {
+                let file = self.out.join("candidates.toml");
+                std::fs::write(&file, "[[candidate]]\nname = \"blue\"\n\n[[candidate]]\nname = \"red\"\n")?;
+                cmd.args(["--listen", API, "--candidates"]).arg(file);
+            }
+            if full {
+                cmd.arg("--full");
+            }
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().context("starting the scheduler")?;
+        let mut sched = Sched { child };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while state() != "enabled" {
+            if let Some(st) = sched.child.try_wait()? {
+                bail!("the scheduler exited while starting ({st})");
+            }
+            if Instant::now() > deadline {
+                let _ = sched.child.kill();
+                bail!("the scheduler did not attach within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.cfg.name == "election" {
+            while api_at(API, "GET", "/votes", None).is_err() {
+                if Instant::now() > deadline {
+                    bail!("the voting server does not answer");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(Some(sched))
+    }
+
+    /// A command, switched to SCHED_EXT when a scheduler runs in partial
+    /// mode (optionally for a candidate).
+    fn ext(&self, sched: bool, candidate: Option<&str>, prog: &Path, args: &[String]) -> Command {
+        if !sched {
+            let mut c = Command::new(prog);
+            c.args(args);
+            return c;
+        }
+        let mut c = Command::new(self.ballot);
+        c.arg("exec");
+        if let Some(name) = candidate {
+            c.args(["--candidate", name]);
+        }
+        c.arg("--").arg(prog).args(args);
+        c
+    }
+
+    fn check(&self, sched: &Option<Sched>) -> Result<()> {
+        if sched.is_some() && state() != "enabled" {
+            bail!("the scheduler is gone (sched_ext state {}): ejected or crashed", state());
+        }
+        Ok(())
+    }
+
+    fn run(&self, raw: &mut Raw) -> Result<()> {
+        let sched = self.start(false)?;
+        let on = sched.is_some();
+        let (g, l) = self.plan.hackbench;
+        for i in 0..self.plan.repeat {
+            raw.messaging_s.push(self.hackbench(on, g, l)?);
+            raw.cpu_s.push(self.cpu_work(on)?);
+            let (p50, p99) = self.wake_latency(on, i)?;
+            raw.wake_p50_us.push(p50);
+            raw.wake_p99_us.push(p99);
+            self.check(&sched)?;
+        }
+        if self.cfg.name == "election" {
+            raw.vote_effect_ms = self.vote_effect()?;
+            raw.votes_per_s.push(self.vote_load()?);
+            self.check(&sched)?;
+        }
+        if let Some(s) = sched {
+            let (rss, cpu) = s.footprint();
+            raw.sched_peak_rss_kib = rss;
+            raw.sched_cpu_s = cpu;
+            s.stop()?;
+            if self.cfg.ballot {
+                let full = self.start(true)?;
+                for _ in 0..self.plan.repeat {
+                    raw.messaging_full_s.push(self.hackbench(false, g, l)?);
+                    self.check(&full)?;
+                }
+                if let Some(f) = full {
+                    f.stop()?;
+                }
+            } else {
+                raw.notes.push("full mode: not measured (only scx_ballot is restarted with --full)".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn hackbench(&self, on: bool, groups: u32, loops: u32) -> Result<f64> {
+        let args = vec!["-g".to_string(), groups.to_string(), "-l".into(), loops.to_string()];
+        let out = self
+            .ext(on, None, Path::new("hackbench"), &args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running hackbench (Debian package rt-tests)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let secs = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Time:").and_then(|v| v.trim().parse::<f64>().ok()))
+            .with_context(|| format!("hackbench printed no time: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok(secs)
+    }
+
+    fn spawn_all(&self, on: bool, candidate: Option<&str>, n: u32, args: &[String]) -> Result<Vec<Child>> {
+        (0..n)
+            .map(|_| {
+                self.ext(on, candidate, self.me, args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting a worker")
+            })
+            .collect()
+    }
+
+    fn cpu_work(&self, on: bool) -> Result<f64> {
+        let args: Vec<String> = ["guest-worker", "--kind", "burner", "--iterations"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([self.plan.cpu_work.to_string(), "--max-secs".into(), "300".into()])
+            .collect();
+        let start = Instant::now();
+        let mut kids = self.spawn_all(on, None, 2 * cpus(), &args)?;
+        for k in &mut kids {
+            k.wait()?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    fn wake_latency(&self, on: bool, i: u32) -> Result<(f64, f64)> {
+        let burn: Vec<String> = ["guest-worker", "--kind", "burner", "--max-secs", "120"].iter().map(|s| s.to_string()).collect();
+        let mut load = self.spawn_all(on, None, cpus(), &burn)?;
+        let report = self.out.join(format!("{}-ticker-{i}.json", self.cfg.name));
+        let tick: Vec<String> = vec![
+            "guest-worker".into(),
+            "--kind".into(),
+            "ticker".into(),
+            "--max-secs".into(),
+            self.plan.latency_secs.to_string(),
+            "--report".into(),
+            report.display().to_string(),
+        ];
+        let status = self.ext(on, None, self.me, &tick).stdin(Stdio::null()).status();
+        for k in &mut load {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        status.context("running the ticker")?;
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).context("reading the ticker's report")?)?;
+        Ok((v["p50_us"].as_f64().unwrap_or(f64::NAN), v["p99_us"].as_f64().unwrap_or(f64::NAN)))
+    }
+
+    /// Leader flips: from the vote's acknowledgement to the first time a
+    /// task of the new leader gets on a CPU (its run count in
+    /// /proc/PID/schedstat moves).
+    fn vote_effect(&self) -> Result<Vec<f64>> {
+        let burn: Vec<String> = ["guest-worker", "--kind", "burner", "--max-secs", "300"].iter().map(|s| s.to_string()).collect();
+        let mut blue = self.spawn_all(true, Some("blue"), 2 * cpus(), &burn)?;
+        let mut red = self.spawn_all(true, Some("red"), 2 * cpus(), &burn)?;
+        let result = (|| -> Result<Vec<f64>> {
+            std::thread::sleep(Duration::from_millis(1500)); // membership scan
+            let pids = |kids: &Vec<Child>| kids.iter().map(|k| k.id()).collect::<Vec<u32>>();
+            let (bp, rp) = (pids(&blue), pids(&red));
+            let runs = |p: &[u32]| -> u64 {
+                p.iter()
+                    .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok())
+                    .filter_map(|s| s.split_whitespace().nth(2).and_then(|x| x.parse::<u64>().ok()))
+                    .sum()
+            };
+            let mut out = Vec::new();
+            let mut n = 0u64;
+            for flip in 0..self.plan.flips {
+                let (name, mine) = if flip % 2 == 0 { ("blue", &bp) } else { ("red", &rp) };
+                // Let the current leader settle in first.
+                std::thread::sleep(Duration::from_millis(300));
+                // Vote until this candidate leads; time the vote that did it.
+                loop {
+                    n += 1;
+                    let body = serde_json::json!({"candidate": name, "voter": format!("bench-{n}")}).to_string();
+                    let tally = api_at(API, "POST", "/votes", Some(&body))?;
+                    let acked = Instant::now();
+                    if tally["leader"].as_str() != Some(name) {
+                        continue;
+                    }
+                    // Runs that start after the acknowledgement.
+                    let before = runs(mine);
+                    while runs(mine) == before {
+                        if acked.elapsed() > Duration::from_secs(5) {
+                            bail!("no task of the new leader ran within 5 s of the vote");
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    out.push(acked.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+            }
+            Ok(out)
+        })();
+        for k in blue.iter_mut().chain(red.iter_mut()) {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        result
+    }
+
+    /// Votes per second from 4 keep-alive connections on loopback.
+    fn vote_load(&self) -> Result<f64> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let secs = self.plan.vote_secs;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || -> Result<u64> {
+                    let mut stream = std::net::TcpStream::connect(API)?;
+                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut reader = BufReader::new(stream.try_clone()?);
+                    let end = Instant::now() + Duration::from_secs(secs);
+                    let mut ok = 0u64;
+                    let mut i = 0u64;
+                    while Instant::now() < end {
+                        let body = format!("{{\"candidate\":\"blue\",\"voter\":\"load-{t}-{i}\"}}");
+                        i += 1;
+                        write!(stream, "POST /votes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+                        let mut status = String::new();
+                        reader.read_line(&mut status)?;
+                        let mut len = 0usize;
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h)?;
+                            if h == "\r\n" || h.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut buf = vec![0u8; len];
+                        reader.read_exact(&mut buf)?;
+                        if status.contains(" 200 ") {
+                            ok += 1;
+                        } else {
+                            bail!("vote answered {}", status.trim());
+                        }
+                    }
+                    Ok(ok)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in threads {
+            total += t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        }
+        Ok(total as f64 / secs as f64)
+    }
+}
