@@ -336,14 +336,24 @@ out:
 	bpf_task_release(p);
 }
 
+/*
+ * ops.dispatch() may insert at most dispatch_max_batch tasks per call: the
+ * decisions drained from user space and the rescued tasks together stay
+ * below it (the rest wait for the next call, on any CPU).
+ */
+#define BALLOT_DISPATCH_BATCH	128
+#define BALLOT_DRAIN_MAX	64
+#define BALLOT_RESCUE_MAX	32
+
 static long drain_one(struct bpf_dynptr *dynptr, void *ctx)
 {
 	const struct dispatched_task *d;
+	u32 *drained = ctx;
 
 	d = bpf_dynptr_data(dynptr, 0, sizeof(*d));
 	if (d)
 		dispatch_from_user(d);
-	return 0;
+	return ++*drained >= BALLOT_DRAIN_MAX;
 }
 
 /*
@@ -357,7 +367,7 @@ static void rescue_overdue(void)
 	struct task_ctx *tctx;
 	int i;
 
-	bpf_for(i, 0, 64) {
+	bpf_for(i, 0, BALLOT_RESCUE_MAX) {
 		if (bpf_map_pop_elem(&custody, &note))
 			return;
 		p = bpf_task_from_pid(note.pid);
@@ -386,10 +396,12 @@ static void rescue_overdue(void)
 
 void BPF_STRUCT_OPS(ballot_dispatch, s32 cpu, struct task_struct *prev)
 {
+	u32 drained = 0;
+
 	if (debug_no_dispatch)
 		return;
 
-	bpf_user_ringbuf_drain(&dispatched, drain_one, NULL, BPF_RB_NO_WAKEUP);
+	bpf_user_ringbuf_drain(&dispatched, drain_one, &drained, BPF_RB_NO_WAKEUP);
 	rescue_overdue();
 
 	if (scx_bpf_dsq_move_to_local(BALLOT_SCHED_DSQ, 0))
@@ -574,4 +586,5 @@ SCX_OPS_DEFINE(ballot_ops,
 	       .init		= (void *)ballot_init,
 	       .exit		= (void *)ballot_exit,
 	       .timeout_ms	= 5000,
+	       .dispatch_max_batch = BALLOT_DISPATCH_BATCH,
 	       .name		= "scx_ballot");

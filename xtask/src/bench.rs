@@ -70,7 +70,7 @@ impl BenchCmd {
             configs,
             repeat: self.repeat,
             hackbench: (self.groups, self.loops),
-            cpu_work: 300,
+            cpu_work: 40,
             latency_secs: 3,
             flips: 20,
             vote_secs: 3,

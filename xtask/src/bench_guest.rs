@@ -402,6 +402,8 @@ impl Bench<'_> {
                 std::thread::spawn(move || -> Result<u64> {
                     let mut stream = std::net::TcpStream::connect(API)?;
                     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    // One write per request, sent at once (no Nagle wait).
+                    stream.set_nodelay(true)?;
                     let mut reader = BufReader::new(stream.try_clone()?);
                     let end = Instant::now() + Duration::from_secs(secs);
                     let mut ok = 0u64;
@@ -409,7 +411,11 @@ impl Bench<'_> {
                     while Instant::now() < end {
                         let body = format!("{{\"candidate\":\"blue\",\"voter\":\"load-{t}-{i}\"}}");
                         i += 1;
-                        write!(stream, "POST /votes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+                        let request = format!(
+                            "POST /votes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        stream.write_all(request.as_bytes())?;
                         let mut status = String::new();
                         reader.read_line(&mut status)?;
                         let mut len = 0usize;

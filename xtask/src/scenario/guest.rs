@@ -390,11 +390,12 @@ pub fn api_at(addr: &str, method: &str, path: &str, body: Option<&str>) -> Resul
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
-    write!(
-        s,
+    s.set_nodelay(true)?;
+    let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    s.write_all(request.as_bytes())?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)?;
     let (head, payload) = answer.split_once("\r\n\r\n").context("an HTTP answer without a body")?;
