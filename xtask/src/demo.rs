@@ -41,9 +41,9 @@ pub struct DemoCmd {
     /// The candidates file; the demo's own (blue and red) by default.
     #[arg(long)]
     candidates: Option<PathBuf>,
-    /// CPU burners started per candidate per CPU (0 for none). With your
-    /// own --candidates the default is none: your processes join by the
-    /// file's rules.
+    /// CPU burners started per candidate per CPU (0 for none; default 2).
+    /// With your own --candidates the default is none: your processes join
+    /// by the file's rules.
     #[arg(long)]
     workers_per_cpu: Option<u32>,
     /// Flags for scx_ballot.
@@ -128,7 +128,7 @@ impl DemoCmd {
             }
         };
         println!("demo: sched_ext state enabled; candidates: {}", names.join(", "));
-        let per_cpu = self.workers_per_cpu.unwrap_or(if demo_file { 1 } else { 0 });
+        let per_cpu = self.workers_per_cpu.unwrap_or(if demo_file { 2 } else { 0 });
         for name in &names {
             for _ in 0..per_cpu * cpus {
                 let child = Command::new(&self.scx_ballot)

@@ -51,9 +51,9 @@ pub struct RunCmd {
     #[arg(long, value_name = "FILE")]
     pub candidates: Option<PathBuf>,
 
-    /// CPU burners per candidate per CPU (default 1 for the demo
-    /// candidates, 0 with --candidates). More burners mean more contention,
-    /// so votes show more.
+    /// CPU burners per candidate per CPU (default 2 for the demo
+    /// candidates, 0 with --candidates). With no more burners than CPUs the
+    /// losers get more than their minimum (README, "Limit").
     #[arg(long, value_name = "N")]
     pub workers_per_cpu: Option<u32>,
 
