@@ -62,6 +62,9 @@ enum Cmd {
     /// Scheduling cost and vote latency of each configuration, side by side,
     /// in one VM run (target/bench/).
     Bench(bench::BenchCmd),
+    /// Judge scenario runs already recorded (no VM): `rejudge DIR --runs N`.
+    #[command(hide = true)]
+    Rejudge(scenario::RejudgeCmd),
     /// (In the VM) the bench's workloads; used by `bench`.
     #[command(hide = true)]
     GuestBench(bench_guest::GuestBenchCmd),
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
         Cmd::GuestWorker(cmd) => return cmd.run(),
         Cmd::Demo(cmd) => return cmd.run(),
         Cmd::GuestBench(cmd) => return cmd.run(),
+        Cmd::Rejudge(cmd) => return cmd.run(),
         _ => {}
     }
     let sh = Shell::new()?;
@@ -94,7 +98,7 @@ fn main() -> Result<()> {
         Cmd::VmCheck(cmd) => cmd.run(&sh),
         Cmd::Bench(cmd) => cmd.run(&sh),
         Cmd::BrowserTest(cmd) => cmd.run(&sh),
-        Cmd::GuestScenarios(_) | Cmd::GuestWorker(_) | Cmd::Demo(_) | Cmd::GuestBench(_) => unreachable!("handled above"),
+        Cmd::GuestScenarios(_) | Cmd::GuestWorker(_) | Cmd::Demo(_) | Cmd::GuestBench(_) | Cmd::Rejudge(_) => unreachable!("handled above"),
     }
 }
 

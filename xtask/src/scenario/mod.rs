@@ -316,3 +316,26 @@ mod tests {
         }
     }
 }
+
+/// `xtask rejudge DIR --runs N`: judges scenario runs already recorded in
+/// DIR (e.g. after a VM run was cut short, or after changing the buckets),
+/// without booting anything. Controls are not judged.
+#[derive(clap::Args, Debug)]
+pub struct RejudgeCmd {
+    /// The scenario output folder (with plan.json), e.g. target/vm-test/scenarios.
+    dir: PathBuf,
+    /// How many runs of each scenario to judge (1..=N).
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
+}
+
+impl RejudgeCmd {
+    pub fn run(self) -> Result<()> {
+        let plan: guest::Plan = serde_json::from_slice(&std::fs::read(self.dir.join("plan.json")).context("reading plan.json")?)
+            .context("parsing plan.json")?;
+        let sel = Selection { scenarios: plan.scenarios, controls: Vec::new(), mutant: None };
+        let results = judge_runs(&sel, &self.dir, self.runs);
+        let problems = report(&sel, &results, self.runs);
+        if problems.is_empty() { Ok(()) } else { bail!("{} run(s) differ or are missing", problems.len()) }
+    }
+}
