@@ -400,14 +400,19 @@ impl Bench<'_> {
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 std::thread::spawn(move || -> Result<u64> {
-                    let mut stream = std::net::TcpStream::connect(API)?;
-                    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    // One write per request, sent at once (no Nagle wait).
-                    stream.set_nodelay(true)?;
-                    let mut reader = BufReader::new(stream.try_clone()?);
+                    let connect = || -> Result<(std::net::TcpStream, BufReader<std::net::TcpStream>)> {
+                        let stream = std::net::TcpStream::connect(API)?;
+                        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        // One write per request, sent at once (no Nagle wait).
+                        stream.set_nodelay(true)?;
+                        let reader = BufReader::new(stream.try_clone()?);
+                        Ok((stream, reader))
+                    };
+                    let (mut stream, mut reader) = connect()?;
                     let end = Instant::now() + Duration::from_secs(secs);
                     let mut ok = 0u64;
                     let mut i = 0u64;
+                    let mut reconnects = 0u32;
                     while Instant::now() < end {
                         let body = format!("{{\"candidate\":\"blue\",\"voter\":\"load-{t}-{i}\"}}");
                         i += 1;
@@ -415,9 +420,16 @@ impl Bench<'_> {
                             "POST /votes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                             body.len()
                         );
-                        stream.write_all(request.as_bytes())?;
                         let mut status = String::new();
-                        reader.read_line(&mut status)?;
+                        if stream.write_all(request.as_bytes()).is_err() || reader.read_line(&mut status)? == 0 {
+                            // The server ended the keep-alive connection: open another.
+                            reconnects += 1;
+                            if reconnects > 10_000 {
+                                bail!("the server keeps closing connections");
+                            }
+                            (stream, reader) = connect()?;
+                            continue;
+                        }
                         let mut len = 0usize;
                         loop {
                             let mut h = String::new();
