@@ -421,8 +421,10 @@ impl Bench<'_> {
                             body.len()
                         );
                         let mut status = String::new();
-                        if stream.write_all(request.as_bytes()).is_err() || reader.read_line(&mut status)? == 0 {
-                            // The server ended the keep-alive connection: open another.
+                        let sent = stream.write_all(request.as_bytes()).is_ok();
+                        if !sent || !matches!(reader.read_line(&mut status), Ok(n) if n > 0) {
+                            // The server ended the keep-alive connection (closed
+                            // or reset after its last request): open another.
                             reconnects += 1;
                             if reconnects > 10_000 {
                                 bail!("the server keeps closing connections");
