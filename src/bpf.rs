@@ -411,11 +411,10 @@ fn khugepaged_pid() -> i32 {
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
     for entry in dir.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
-            if comm.trim() == "khugepaged" {
+        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm"))
+            && comm.trim() == "khugepaged" {
                 return pid;
             }
-        }
     }
     0
 }

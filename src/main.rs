@@ -141,11 +141,10 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
     };
     let mut policy = policy_name.build(slice_ns, inputs)?;
     let init = opts.init_opts(policy.builtin_idle());
-    if !init.partial {
-        if let Err(e) = bpf::lock_memory() {
+    if !init.partial
+        && let Err(e) = bpf::lock_memory() {
             warn!("could not lock the scheduler's memory ({e}); a page fault may stall it");
         }
-    }
     let stats = opts.stats.map(Duration::from_secs_f64);
     let metrics_sink = election.as_ref().map(|e| e.tracker.metrics.clone());
     let mut publish = |m| {

@@ -120,11 +120,10 @@ pub fn match_candidate<'s>(
             }
         }
     }
-    if p.policy == SCHED_EXT_POLICY {
-        if let Some(name) = env_candidate() {
+    if p.policy == SCHED_EXT_POLICY
+        && let Some(name) = env_candidate() {
             return standing.candidates.iter().find(|c| c.name == name).map(|c| c.name.as_str());
         }
-    }
     None
 }
 

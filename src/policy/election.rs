@@ -35,7 +35,7 @@ use crate::ballot::standing_leader;
 use crate::bpf::{DispatchedTask, QueuedTask, RL_CPU_ANY};
 use crate::election::membership::Membership;
 use crate::election::view::{Board, Mode, Standing};
-use crate::sched::{Dispatcher, Policy};
+use crate::sched::{CpuUse, Dispatcher, Policy};
 
 /// The class of SCHED_EXT tasks that belong to no candidate.
 pub const UNAFFILIATED: &str = "";
@@ -238,9 +238,11 @@ impl Policy for Election {
         // queue (ordered by finish tag) for a CPU that frees up to take.
         // Only then: a decision waiting there would take a CPU whose slice
         // just ended before the task that ran there is back for its turn.
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
         let cap = d.nr_online_cpus();
-        let running = d.nr_running();
-        let mut backlog = d.backlog();
+        let CpuUse { running, mut backlog } = d.cpu_use();
         while running + backlog < cap && self.place(d, RL_CPU_ANY)? {
             backlog += 1;
         }

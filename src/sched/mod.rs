@@ -24,15 +24,21 @@ pub trait Dispatcher {
     fn select_cpu(&mut self, pid: i32, prev_cpu: i32, flags: u64) -> i32;
     /// CPUs online.
     fn nr_online_cpus(&mut self) -> u64;
+    /// How busy the CPUs are right now, for a policy that holds tasks and
+    /// wants a CPU that frees up to always find work (one BPF call).
+    fn cpu_use(&mut self) -> CpuUse;
+}
+
+/// See [`Dispatcher::cpu_use`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuUse {
+    /// SCHED_EXT tasks running on a CPU, plus those waiting in the local
+    /// queue of the CPU the policy runs on (a task the policy preempted by
+    /// running is not running, but that CPU is not free).
+    pub running: u64,
     /// Decisions for any CPU ([`crate::bpf::RL_CPU_ANY`]) that no CPU has
-    /// taken yet. A policy that holds tasks keeps this near the number of
-    /// CPUs, so a CPU that frees up always finds work, even the one the
-    /// policy itself runs on.
-    fn backlog(&mut self) -> u64;
-    /// SCHED_EXT tasks running on a CPU right now, plus those waiting in
-    /// the local queue of the CPU the policy runs on (a task the policy
-    /// preempted by running is not running, but that CPU is not free).
-    fn nr_running(&mut self) -> u64;
+    /// taken yet.
+    pub backlog: u64,
 }
 
 /// A scheduling policy.
@@ -77,13 +83,9 @@ impl Dispatcher for BpfScheduler<'_> {
         *self.nr_online_cpus_mut()
     }
 
-    fn backlog(&mut self) -> u64 {
-        BpfScheduler::backlog(self).0
-    }
-
-    fn nr_running(&mut self) -> u64 {
-        let (_, local_here) = BpfScheduler::backlog(self);
-        *self.nr_running_mut() + local_here
+    fn cpu_use(&mut self) -> CpuUse {
+        let (backlog, local_here) = BpfScheduler::backlog(self);
+        CpuUse { running: *self.nr_running_mut() + local_here, backlog }
     }
 }
 
@@ -128,12 +130,11 @@ pub fn run_with_metrics(
             last_metrics = Instant::now();
             on_metrics(bpf.metrics());
         }
-        if let Some(every) = stats {
-            if last_stats.elapsed() >= every {
+        if let Some(every) = stats
+            && last_stats.elapsed() >= every {
                 last_stats = Instant::now();
                 info!("{}", bpf.metrics());
             }
-        }
     }
     info!("{}", bpf.metrics());
     bpf.shutdown_and_report()
@@ -179,11 +180,8 @@ pub mod fake {
         fn nr_online_cpus(&mut self) -> u64 {
             self.cpus.max(1)
         }
-        fn backlog(&mut self) -> u64 {
-            self.backlog
-        }
-        fn nr_running(&mut self) -> u64 {
-            self.running
+        fn cpu_use(&mut self) -> CpuUse {
+            CpuUse { running: self.running, backlog: self.backlog }
         }
     }
 

@@ -77,8 +77,8 @@ impl BenchCmd {
         };
         let plan_path = out.join("plan.json");
         std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
-        let mut spec = self.vm.spec(kernel, accel, "vm/guest-tests.sh", &out);
-        spec.script = std::env::current_exe().context("locating the xtask binary")?;
+        let me = std::env::current_exe().context("locating the xtask binary")?;
+        let mut spec = self.vm.spec(kernel, accel, me, &out);
         spec.args = vec!["guest-bench".into(), path_arg(&plan_path)?, path_arg(&out)?, path_arg(&bin)?];
         spec.timeout = spec.timeout.max(std::time::Duration::from_secs(600 + 240 * plan.configs.len() as u64 * u64::from(self.repeat)));
         println!(

@@ -11,9 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::guest::api_at;
+use crate::guest::{Scheduler, api as api_at, bounded, online_cpus as cpus, state, wait_api, wait_state};
 
-const STATE: &str = "/sys/kernel/sched_ext/state";
 const API: &str = "127.0.0.1:7447";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,14 +76,6 @@ fn say(msg: &str) {
     println!("[bench] {msg}");
 }
 
-fn state() -> String {
-    std::fs::read_to_string(STATE).map(|s| s.trim().to_string()).unwrap_or_else(|_| "absent".into())
-}
-
-fn cpus() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
 impl GuestBenchCmd {
     pub fn run(self) -> Result<()> {
         let plan: Plan = serde_json::from_slice(&std::fs::read(&self.plan)?).context("reading the plan")?;
@@ -113,18 +104,17 @@ struct Bench<'a> {
     out: &'a Path,
 }
 
-struct Sched {
-    child: Child,
-}
+struct Sched(Scheduler);
 
 impl Sched {
     /// (peak RSS KiB, CPU seconds) of the scheduler process so far.
     fn footprint(&self) -> (Option<u64>, Option<f64>) {
         // `timeout` wraps it: the scheduler is its child.
-        let pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id()))
+        let wrapper = self.0.child.id();
+        let pid = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
-            .unwrap_or(self.child.id());
+            .unwrap_or(wrapper);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let rss = status
             .lines()
@@ -143,42 +133,24 @@ impl Sched {
     }
 
     fn stop(mut self) -> Result<()> {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                wait_state("disabled", 30)?;
-                if st.success() {
-                    return Ok(());
-                }
-                bail!("the scheduler exited with {st}");
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("the scheduler did not stop within 30 s of SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = self.0.stop() else {
+            bail!("the scheduler did not stop within 30 s of SIGINT");
+        };
+        if !wait_state("disabled", Duration::from_secs(30)) {
+            bail!("sched_ext state is {} 30 s after the scheduler exited, expected disabled", state());
         }
-    }
-}
-
-fn wait_state(want: &str, secs: u64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while state() != want {
-        if Instant::now() > deadline {
-            bail!("sched_ext state is {} after {secs} s, expected {want}", state());
+        if !status.success() {
+            bail!("the scheduler exited with {status}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        Ok(())
     }
-    Ok(())
 }
 
 impl Bench<'_> {
     fn start(&self, full: bool) -> Result<Option<Sched>> {
         let Some(bin) = &self.cfg.binary else { return Ok(None) };
-        let log = std::fs::File::create(self.out.join(format!("{}{}.log", self.cfg.name, if full { "-full" } else { "" })))?;
-        let mut cmd = Command::new("timeout");
-        cmd.args(["--foreground", "--preserve-status", "-s", "INT", "-k", "10", "900"]).arg(bin);
+        let log = self.out.join(format!("{}{}.log", self.cfg.name, if full { "-full" } else { "" }));
+        let mut cmd = bounded(bin, 900);
         if self.cfg.ballot {
             cmd.args(["--policy", &self.cfg.name]);
             if self.cfg.name == "election" {
@@ -190,26 +162,9 @@ impl Bench<'_> {
                 cmd.arg("--full");
             }
         }
-        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().context("starting the scheduler")?;
-        let mut sched = Sched { child };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while state() != "enabled" {
-            if let Some(st) = sched.child.try_wait()? {
-                bail!("the scheduler exited while starting ({st})");
-            }
-            if Instant::now() > deadline {
-                let _ = sched.child.kill();
-                bail!("the scheduler did not attach within 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let sched = Sched(Scheduler::start(cmd, &log, Duration::from_secs(120), None)?);
         if self.cfg.name == "election" {
-            while api_at(API, "GET", "/votes", None).is_err() {
-                if Instant::now() > deadline {
-                    bail!("the voting server does not answer");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_api(API, Duration::from_secs(120))?;
         }
         Ok(Some(sched))
     }

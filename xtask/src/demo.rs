@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::scenario::guest::api_at;
-
-const STATE: &str = "/sys/kernel/sched_ext/state";
+use crate::guest::{Scheduler, api as api_at, online_cpus, state, uname_r};
 
 #[derive(Args, Debug)]
 pub struct DemoCmd {
@@ -51,10 +49,6 @@ pub struct DemoCmd {
     sched_args: Vec<String>,
 }
 
-fn state() -> String {
-    std::fs::read_to_string(STATE).map(|s| s.trim().to_string()).unwrap_or_else(|_| "absent".into())
-}
-
 impl DemoCmd {
     pub fn run(self) -> Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -66,27 +60,30 @@ impl DemoCmd {
         let demo_file = self.candidates.is_none();
         let candidates = self.candidates.clone().unwrap_or_else(|| crate::project_root().join("vm/demo-candidates.toml"));
         let log_path = self.out.join("scx_ballot.log");
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let cpus = online_cpus();
         println!("demo: kernel {}, {cpus} CPUs; starting scx_ballot --policy election {}", uname_r(), self.sched_args.join(" "));
-        let mut sched = Command::new(&self.scx_ballot)
-            .args(["--policy", "election", "--listen", &self.listen, "--candidates"])
+        let mut cmd = Command::new(&self.scx_ballot);
+        cmd.args(["--policy", "election", "--listen", &self.listen, "--candidates"])
             .arg(&candidates)
             .arg("--votes-file")
             .arg(self.out.join("votes.journal"))
-            .args(&self.sched_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting scx_ballot")?;
+            .args(&self.sched_args);
         let mut workers: Vec<Child> = Vec::new();
-        let result = self.live(&mut sched, &mut workers, &stop, &stop_file, demo_file, cpus);
-        for w in &mut workers {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-        let status = stop_scheduler(&mut sched);
+        let (result, status) = match Scheduler::start(cmd, &log_path, Duration::from_secs(90), Some(&stop)) {
+            Ok(mut sched) => {
+                let result = self.live(&mut sched.child, &mut workers, &stop, &stop_file, demo_file, cpus);
+                for w in &mut workers {
+                    let _ = w.kill();
+                    let _ = w.wait();
+                }
+                let status = match sched.stop() {
+                    Some(st) => format!("exited {}", st.code().map(|c| c.to_string()).unwrap_or_else(|| st.to_string())),
+                    None => "did not stop within 30 s of SIGINT and was killed".into(),
+                };
+                (result, status)
+            }
+            Err(e) => (Err(e), "did not attach".to_string()),
+        };
         println!("demo: {} worker(s) stopped; scx_ballot {}; sched_ext state {}", workers.len(), status, state());
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = text
@@ -110,15 +107,6 @@ impl DemoCmd {
         cpus: u32,
     ) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(90);
-        while state() != "enabled" {
-            if let Some(st) = sched.try_wait()? {
-                bail!("scx_ballot exited while starting ({st}); see {}", self.out.join("scx_ballot.log").display());
-            }
-            if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
-                bail!("scx_ballot did not attach within 90 s (sched_ext state {})", state());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let local = self.listen.replace("0.0.0.0", "127.0.0.1");
         let names: Vec<String> = loop {
             match api_at(&local, "GET", "/candidates", None) {
@@ -192,26 +180,6 @@ pub fn format_line(votes: &serde_json::Value, schedule: &serde_json::Value) -> S
     }
     let leader = votes["leader"].as_str().unwrap_or("none");
     format!("{} | leader {leader}", parts.join(" | "))
-}
-
-fn stop_scheduler(sched: &mut Child) -> String {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sched.id() as i32), nix::sys::signal::Signal::SIGINT);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match sched.try_wait() {
-            Ok(Some(st)) => return format!("exited {}", st.code().map(|c| c.to_string()).unwrap_or_else(|| st.to_string())),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = sched.kill();
-                let _ = sched.wait();
-                return "did not stop within 30 s of SIGINT and was killed".into();
-            }
-        }
-    }
-}
-
-fn uname_r() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

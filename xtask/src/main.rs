@@ -15,6 +15,7 @@ mod election_suite;
 mod facts;
 mod first_light;
 mod framework;
+mod guest;
 mod kernel;
 mod reap;
 mod run;

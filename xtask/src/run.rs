@@ -16,6 +16,7 @@ use xshell::{Shell, cmd};
 
 use crate::vm::VmOpts;
 use crate::vm_test::{fresh_dir, path_arg};
+use crate::guest::uname_r;
 use crate::{compile, deps, project_root, reap, vm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -153,8 +154,8 @@ impl RunCmd {
         let (tools, kernel, accel) = self.vm.prepare(sh)?;
         let out = fresh_dir(&project_root().join("target/run"))?;
         let url = format!("http://127.0.0.1:{}/", self.port);
-        let mut spec = self.vm.spec(kernel, accel, "vm/guest-tests.sh", &out);
-        spec.script = std::env::current_exe().context("locating the xtask binary")?;
+        let me = std::env::current_exe().context("locating the xtask binary")?;
+        let mut spec = self.vm.spec(kernel, accel, me, &out);
         spec.args = self.demo_args(bin, &out, "0.0.0.0:7447", &url)?;
         spec.forward_ports = vec![(self.port, 7447)];
         spec.timeout = std::time::Duration::from_secs(match self.seconds {
@@ -184,10 +185,6 @@ impl RunCmd {
             ),
         }
     }
-}
-
-fn uname_r() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -96,7 +96,9 @@ impl VmOpts {
         Ok((tools, kernel, accel))
     }
 
-    pub fn spec(&self, kernel: Kernel, accel: Accel, script: &str, out: &Path) -> VmSpec {
+    /// `script` is relative to the project root, or absolute (e.g. the
+    /// xtask binary itself, for the commands it runs in the guest).
+    pub fn spec(&self, kernel: Kernel, accel: Accel, script: impl AsRef<Path>, out: &Path) -> VmSpec {
         let mut spec = VmSpec::new(kernel, accel, project_root().join(script));
         spec.cpus = self.cpus;
         spec.rwdirs = vec![out.to_path_buf()];

@@ -5,8 +5,6 @@
 //! The runner only measures and records (a [`Trace`] per run, as JSON);
 //! every judgement is made on the host.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,12 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::{Group, Join, Kind, Scenario, Stop};
 use super::trace::{Event, PhaseRecord, Sample, Trace, Worker};
+use crate::guest::{Scheduler, bounded, online_cpus, state as sched_state, wait_api, wait_state};
 
 /// Where the voting server listens in the guest.
 const API: &str = "127.0.0.1:7447";
 /// How often the timeline is sampled.
 const SAMPLE_MS: u64 = 100;
-const STATE: &str = "/sys/kernel/sched_ext/state";
 
 /// What the host hands the guest runner.
 #[derive(Serialize, Deserialize)]
@@ -77,14 +75,6 @@ fn say(msg: &str) {
     println!("[guest {:02}:{:02}:{:02}] {msg}", t / 3600 % 24, t / 60 % 60, t % 60);
 }
 
-fn online_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
-}
-
-fn sched_state() -> String {
-    std::fs::read_to_string(STATE).map(|s| s.trim().to_string()).unwrap_or_else(|_| "absent".into())
-}
-
 /// (CPU time, run-queue wait, times run) of a process, from
 /// `/proc/PID/schedstat`.
 fn schedstat(pid: i32) -> Option<(u64, u64, u64)> {
@@ -105,7 +95,7 @@ struct Runner<'a> {
     me: &'a Path,
     dir: &'a Path,
     start: Instant,
-    sched: Option<Child>,
+    sched: Option<Scheduler>,
     procs: Vec<Running>,
     trace: Trace,
 }
@@ -231,36 +221,12 @@ impl<'a> Runner<'a> {
                 args.extend(["--debug-mutant".into(), m.clone()]);
             }
         }
-        let log = std::fs::File::create(self.dir.join("scheduler.log"))?;
         // Bounded twice: `timeout` in the guest, the VM's limit on the host.
-        let child = Command::new("timeout")
-            .args(["--foreground", "--preserve-status", "-s", "INT", "-k", "10", "600"])
-            .arg(self.bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting scx_ballot")?;
-        self.sched = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while sched_state() != "enabled" {
-            if let Some(status) = self.sched.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("scx_ballot exited during start ({status}); see {}", self.trace.scheduler_log);
-            }
-            if Instant::now() > deadline {
-                bail!("scx_ballot did not attach within 90 s (state {})", sched_state());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut cmd = bounded(self.bin, 600);
+        cmd.args(&args);
+        self.sched = Some(Scheduler::start(cmd, &self.dir.join("scheduler.log"), Duration::from_secs(90), None)?);
         if s.policy == super::spec::Policy::Election {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while api("GET", "/votes", None).is_err() {
-                if Instant::now() > deadline {
-                    bail!("the voting server did not answer on {API} within 30 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_api(API, Duration::from_secs(30))?;
         }
         self.event("attached", format!("policy {}", s.policy.name()));
         Ok(())
@@ -352,26 +318,11 @@ impl<'a> Runner<'a> {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
-        if let Some(mut child) = self.sched.take() {
+        if let Some(mut sched) = self.sched.take() {
             // SIGINT to `timeout`, which forwards it to scx_ballot.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(s)) => break Some(s),
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                    _ => {
-                        let _ = child.kill();
-                        break child.wait().ok();
-                    }
-                }
-            };
-            self.trace.scheduler_exit = status.and_then(|s| s.code());
+            self.trace.scheduler_exit = sched.stop().and_then(|s| s.code());
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sched_state() != "disabled" && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_state("disabled", Duration::from_secs(30));
         self.trace.state_after = sched_state();
         self.trace.wall_ms = self.now_ms();
     }
@@ -379,31 +330,7 @@ impl<'a> Runner<'a> {
 
 /// One request to the guest's voting server.
 fn api(method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
-    api_at(API, method, path, body)
-}
-
-/// One request to the voting server at `addr`; the body of a 2xx answer as
-/// JSON.
-pub fn api_at(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
-    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not an address"))?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.unwrap_or("");
-    s.set_nodelay(true)?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
-    let (head, payload) = answer.split_once("\r\n\r\n").context("an HTTP answer without a body")?;
-    let status: u16 = head.split_whitespace().nth(1).and_then(|x| x.parse().ok()).context("an HTTP answer without a status")?;
-    if !(200..300).contains(&status) {
-        bail!("{method} {path}: HTTP {status}: {payload}");
-    }
-    serde_json::from_str(payload).with_context(|| format!("{method} {path}: the answer is not JSON: {payload}"))
+    crate::guest::api(API, method, path, body)
 }
 
 #[derive(Args, Debug)]

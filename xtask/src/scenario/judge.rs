@@ -109,11 +109,10 @@ pub fn tables(s: &Scenario, t: &Trace) -> Vec<PhaseTable> {
         }
         // Dense rank by share bucket: equal buckets share a rank, so a
         // fair split never depends on which side was a hair ahead.
-        let mut order: Vec<usize> = SHARE.iter().enumerate().map(|(i, _)| i).collect();
-        order.reverse();
-        let present: Vec<&str> = order
+        let present: Vec<&str> = SHARE
             .iter()
-            .map(|&i| SHARE[i].1)
+            .rev()
+            .map(|(_, name)| *name)
             .filter(|b| rows.iter().any(|r| r.share_bucket() == Some(*b)))
             .collect();
         for r in rows.iter_mut() {

@@ -133,9 +133,7 @@ impl RunResult {
         match (&self.verdict, self.is_control) {
             (Verdict::Matches, false) => true,
             (Verdict::Differs, true) => true,
-            // A broken control run (e.g. ejected, crashed) counts as caught
-            // only if it produced a trace that differs; otherwise it is a
-            // harness failure.
+            // A run that left no usable trace proves nothing either way.
             _ => false,
         }
     }
