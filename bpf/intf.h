@@ -18,6 +18,9 @@ typedef long long s64;
 #define TASK_COMM_LEN 16
 #endif
 
+/* The scheduling policy number of SCHED_EXT. */
+#define BALLOT_SCHED_EXT 7
+
 /* How many task records the queued/dispatched ring buffers hold. */
 #define BALLOT_MAX_QUEUED 4096
 
@@ -30,6 +33,20 @@ enum ballot_consts {
 	BALLOT_CPU_ANY = -1,
 };
 
+/* When ops.select_cpu() may put a waking task on an idle CPU by itself. */
+enum ballot_idle {
+	/* Never: the policy decides every dispatch. */
+	BALLOT_IDLE_NEVER = 0,
+	/*
+	 * Only while nothing waits: the policy holds no task, none is on its
+	 * way to it and the shared queue is empty. The policy would give the
+	 * idle CPU to this task anyway; the round trip is saved.
+	 */
+	BALLOT_IDLE_WHEN_CLEAR = 1,
+	/* Always (cheapest; the policy sees fewer decisions). */
+	BALLOT_IDLE_ALWAYS = 2,
+};
+
 /*
  * A runnable task, sent from BPF to user space (ring buffer "queued").
  */
@@ -39,6 +56,8 @@ struct queued_task {
 	s32 cpu;		/* CPU the task last ran on */
 	u32 wakeup;		/* 1: it woke up; 0: it left a CPU (its slice ended, or
 				 * it was preempted), which now needs another task */
+	u32 sched_ext;		/* 1: its policy is SCHED_EXT (always, in partial mode) */
+	u32 pad;
 	u64 nr_cpus_allowed;	/* how many CPUs its affinity allows */
 	u64 flags;		/* enqueue flags */
 	u64 start_ts;		/* when it last started running (ns) */

@@ -49,10 +49,10 @@ const volatile s32 usersched_tgid;
 const volatile s32 khugepaged_pid;
 
 /*
- * Let ops.select_cpu() put a waking task straight on an idle CPU without
- * asking user space (cheaper; the policy then sees fewer decisions).
+ * When ops.select_cpu() puts a waking task straight on an idle CPU without
+ * asking user space (enum ballot_idle).
  */
-const volatile bool builtin_idle = true;
+const volatile u32 idle_dispatch = BALLOT_IDLE_ALWAYS;
 
 /*
  * Testing aid: when set, tasks are queued but never dispatched. The VM tests
@@ -183,7 +183,11 @@ s32 BPF_STRUCT_OPS(ballot_select_cpu, struct task_struct *p, s32 prev_cpu,
 	bool is_idle = false;
 	s32 cpu;
 
-	if (!builtin_idle || debug_no_dispatch)
+	if (idle_dispatch == BALLOT_IDLE_NEVER || debug_no_dispatch)
+		return prev_cpu;
+	if (idle_dispatch == BALLOT_IDLE_WHEN_CLEAR &&
+	    (nr_scheduled || bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA) ||
+	     scx_bpf_dsq_nr_queued(BALLOT_SHARED_DSQ)))
 		return prev_cpu;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
@@ -233,6 +237,7 @@ static void queue_to_user(struct task_struct *p, u64 enq_flags)
 	task->nr_cpus_allowed = p->nr_cpus_allowed;
 	task->flags = enq_flags;
 	task->wakeup = !!(enq_flags & SCX_ENQ_WAKEUP);
+	task->sched_ext = p->policy == BALLOT_SCHED_EXT;
 	task->start_ts = tctx->start_ts;
 	task->stop_ts = tctx->stop_ts;
 	task->exec_runtime = tctx->exec_runtime;
@@ -436,7 +441,15 @@ void BPF_STRUCT_OPS(ballot_running, struct task_struct *p)
 {
 	struct task_ctx *tctx = lookup_task_ctx(p);
 
-	__sync_fetch_and_add(&nr_running, 1);
+	/*
+	 * The scheduler's own threads are not counted (they are SCHED_EXT
+	 * tasks only in full mode): the policy asks how many of its tasks run
+	 * while it runs itself, and must not count the CPU it decides on as
+	 * taken, or in full mode a held task would wait for the next slice end
+	 * while that CPU goes idle, again and again.
+	 */
+	if (!is_usersched_task(p))
+		__sync_fetch_and_add(&nr_running, 1);
 	if (tctx)
 		tctx->start_ts = scx_bpf_now();
 }
@@ -446,7 +459,8 @@ void BPF_STRUCT_OPS(ballot_stopping, struct task_struct *p, bool runnable)
 	struct task_ctx *tctx = lookup_task_ctx(p);
 	u64 now = scx_bpf_now();
 
-	__sync_fetch_and_sub(&nr_running, 1);
+	if (!is_usersched_task(p))
+		__sync_fetch_and_sub(&nr_running, 1);
 	if (tctx) {
 		tctx->stop_ts = now;
 		tctx->exec_runtime += now - tctx->start_ts;

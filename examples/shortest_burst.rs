@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
-use scx_ballot::bpf::{BpfScheduler, DispatchedTask, InitOpts, RL_CPU_ANY};
+use scx_ballot::bpf::{BpfScheduler, DispatchedTask, IdleDispatch, InitOpts, RL_CPU_ANY};
 use scx_ballot::sched::{self, Dispatcher, Policy};
 
 /// The policy: one decision per runnable task.
@@ -53,11 +53,13 @@ fn main() -> Result<()> {
         starvation_ms: 1000,
         timeout_ms: 5000,
         exit_dump_len: 0,
-        builtin_idle: true,
+        idle_dispatch: IdleDispatch::Always,
         debug: false,
         debug_no_dispatch: false,
     };
-    let mut policy = ShortestBurst { slice_ns: opts.slice_us * 1000 };
+    let mut policy = ShortestBurst {
+        slice_ns: opts.slice_us * 1000,
+    };
     let mut open_object = MaybeUninit::uninit();
     let mut bpf = BpfScheduler::init(&mut open_object, &opts)?;
     sched::run(&mut bpf, &mut policy, &shutdown, None)?;
@@ -72,10 +74,19 @@ mod tests {
     #[test]
     fn the_shortest_burst_gets_the_lowest_vtime() {
         let mut d = FakeDispatcher::default();
-        d.queue.extend([task(1, 100, 0, 9_000_000), task(2, 100, 0, 1_000)]);
-        ShortestBurst { slice_ns: 5_000_000 }.schedule(&mut d).unwrap();
+        d.queue
+            .extend([task(1, 100, 0, 9_000_000), task(2, 100, 0, 1_000)]);
+        ShortestBurst {
+            slice_ns: 5_000_000,
+        }
+        .schedule(&mut d)
+        .unwrap();
         let first = d.dispatched.iter().min_by_key(|t| t.vtime).unwrap();
         assert_eq!(first.pid, 2);
-        assert!(d.dispatched.iter().all(|t| t.cpu == RL_CPU_ANY && t.slice_ns == 5_000_000));
+        assert!(
+            d.dispatched
+                .iter()
+                .all(|t| t.cpu == RL_CPU_ANY && t.slice_ns == 5_000_000)
+        );
     }
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libbpf_rs::{OpenObject, ProgramInput, RingBuffer, RingBufferBuilder, UserRingBuffer};
-use scx_utils::{UserExitInfo, compat, scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_report};
+use scx_utils::{
+    UserExitInfo, compat, scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_report,
+};
 
 use crate::bpf_intf;
 use crate::bpf_skel::{BpfSkel, BpfSkelBuilder};
@@ -25,6 +27,30 @@ use crate::stats::Metrics;
 /// `DispatchedTask::cpu` value meaning "no CPU chosen": the task goes to the
 /// shared queue, ordered by vtime, and the first free CPU runs it.
 pub const RL_CPU_ANY: i32 = bpf_intf::ballot_consts_BALLOT_CPU_ANY;
+
+/// When the BPF side may put a waking task on an idle CPU without asking
+/// the policy (a round trip to user space saved per wake-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleDispatch {
+    /// Never: the policy decides every dispatch.
+    Never,
+    /// Only while nothing waits: the policy holds no task, none is on its
+    /// way to it, and no decision waits in the shared queue. The policy
+    /// would have given the idle CPU to that task anyway.
+    WhenClear,
+    /// Always (cheapest; the policy sees fewer decisions).
+    Always,
+}
+
+impl IdleDispatch {
+    fn raw(self) -> u32 {
+        match self {
+            IdleDispatch::Never => bpf_intf::ballot_idle_BALLOT_IDLE_NEVER,
+            IdleDispatch::WhenClear => bpf_intf::ballot_idle_BALLOT_IDLE_WHEN_CLEAR,
+            IdleDispatch::Always => bpf_intf::ballot_idle_BALLOT_IDLE_ALWAYS,
+        }
+    }
+}
 
 /// The length of a task's command name (`comm`), NUL included.
 pub const TASK_COMM_LEN: usize = 16;
@@ -39,6 +65,8 @@ pub struct QueuedTask {
     pub cpu: i32,
     /// It woke up (true), or it left `cpu`, which now needs another task.
     pub wakeup: bool,
+    /// Its policy is SCHED_EXT (always so in partial mode).
+    pub sched_ext: bool,
     pub nr_cpus_allowed: u64,
     /// The kernel's enqueue flags.
     pub flags: u64,
@@ -61,7 +89,11 @@ pub struct QueuedTask {
 impl QueuedTask {
     /// The command name as text.
     pub fn comm_str(&self) -> &str {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(TASK_COMM_LEN);
         std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
     }
 }
@@ -116,8 +148,8 @@ pub struct InitOpts {
     pub timeout_ms: u32,
     /// Bytes of the kernel's debug dump kept on an error exit (0: default).
     pub exit_dump_len: u32,
-    /// Let the BPF side put waking tasks on idle CPUs by itself.
-    pub builtin_idle: bool,
+    /// When the BPF side puts waking tasks on idle CPUs by itself.
+    pub idle_dispatch: IdleDispatch,
     /// libbpf debug output.
     pub debug: bool,
     /// Testing aid: never dispatch (see `--debug-no-dispatch`).
@@ -165,6 +197,7 @@ fn decode_queued(data: &[u8]) -> Option<QueuedTask> {
         tgid: raw.tgid,
         cpu: raw.cpu,
         wakeup: raw.wakeup != 0,
+        sched_ext: raw.sched_ext != 0,
         nr_cpus_allowed: raw.nr_cpus_allowed,
         flags: raw.flags,
         start_ts: raw.start_ts,
@@ -198,13 +231,17 @@ impl<'obj> BpfScheduler<'obj> {
             ops.timeout_ms = opts.timeout_ms;
         }
 
-        let rodata = skel.maps.rodata_data.as_mut().expect("the BPF program has rodata");
+        let rodata = skel
+            .maps
+            .rodata_data
+            .as_mut()
+            .expect("the BPF program has rodata");
         rodata.slice_ns = opts.slice_us * 1000;
         rodata.slice_max_ns = opts.slice_max_us * 1000;
         rodata.starvation_ns = opts.starvation_ms * 1_000_000;
         rodata.usersched_tgid = std::process::id() as i32;
         rodata.khugepaged_pid = khugepaged_pid();
-        rodata.builtin_idle = opts.builtin_idle;
+        rodata.idle_dispatch = opts.idle_dispatch.raw();
         rodata.debug_no_dispatch = opts.debug_no_dispatch;
 
         let mut skel = scx_ops_load!(skel, ballot_ops, uei).context("loading the BPF scheduler")?;
@@ -223,7 +260,9 @@ impl<'obj> BpfScheduler<'obj> {
             0
         })
         .context("setting up the queued-task ring buffer")?;
-        let queued = rbb.build().context("setting up the queued-task ring buffer")?;
+        let queued = rbb
+            .build()
+            .context("setting up the queued-task ring buffer")?;
         let dispatched = UserRingBuffer::new(&skel.maps.dispatched)
             .context("setting up the dispatched-task ring buffer")?;
 
@@ -255,7 +294,9 @@ impl<'obj> BpfScheduler<'obj> {
     /// Hands a decision to the BPF side; it is carried out at the next
     /// ops.dispatch() on any CPU.
     pub fn dispatch_task(&mut self, task: &DispatchedTask) -> Result<(), libbpf_rs::Error> {
-        let mut sample = self.dispatched.reserve(size_of::<bpf_intf::dispatched_task>())?;
+        let mut sample = self
+            .dispatched
+            .reserve(size_of::<bpf_intf::dispatched_task>())?;
         let raw = bpf_intf::dispatched_task {
             pid: task.pid,
             cpu: task.cpu,
@@ -283,8 +324,15 @@ impl<'obj> BpfScheduler<'obj> {
     /// An idle CPU that `pid` may run on, preferring `prev_cpu`, or a
     /// negative value when none is idle.
     pub fn select_cpu(&mut self, pid: i32, prev_cpu: i32, flags: u64) -> i32 {
-        let mut arg = bpf_intf::select_cpu_arg { pid, prev_cpu, flags };
-        let input = ProgramInput { context_in: Some(pod_bytes(&mut arg)), ..Default::default() };
+        let mut arg = bpf_intf::select_cpu_arg {
+            pid,
+            prev_cpu,
+            flags,
+        };
+        let input = ProgramInput {
+            context_in: Some(pod_bytes(&mut arg)),
+            ..Default::default()
+        };
         match self.skel.progs.ballot_pick_idle_cpu.test_run(input) {
             Ok(out) => out.return_value as i32,
             Err(_) => -1,
@@ -313,7 +361,10 @@ impl<'obj> BpfScheduler<'obj> {
         let targets = std::mem::take(&mut self.kick_targets);
         for &cpu in &targets {
             let mut arg = bpf_intf::kick_arg { cpu };
-            let input = ProgramInput { context_in: Some(pod_bytes(&mut arg)), ..Default::default() };
+            let input = ProgramInput {
+                context_in: Some(pod_bytes(&mut arg)),
+                ..Default::default()
+            };
             let _ = self.skel.progs.ballot_kick.test_run(input);
         }
         self.kick_targets = targets;
@@ -339,7 +390,12 @@ impl<'obj> BpfScheduler<'obj> {
     }
 
     pub fn metrics(&self) -> Metrics {
-        let bss = self.skel.maps.bss_data.as_ref().expect("the BPF program has bss");
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_ref()
+            .expect("the BPF program has bss");
         Metrics {
             nr_online_cpus: bss.nr_online_cpus,
             nr_running: bss.nr_running,
@@ -356,7 +412,11 @@ impl<'obj> BpfScheduler<'obj> {
     }
 
     fn bss_mut(&mut self) -> &mut crate::bpf_skel::types::bss {
-        self.skel.maps.bss_data.as_mut().expect("the BPF program has bss")
+        self.skel
+            .maps
+            .bss_data
+            .as_mut()
+            .expect("the BPF program has bss")
     }
 
     pub fn nr_online_cpus_mut(&mut self) -> &mut u64 {
@@ -408,13 +468,18 @@ impl Drop for BpfScheduler<'_> {
 
 /// khugepaged's pid, or 0 when it is not running.
 fn khugepaged_pid() -> i32 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm"))
-            && comm.trim() == "khugepaged" {
-                return pid;
-            }
+            && comm.trim() == "khugepaged"
+        {
+            return pid;
+        }
     }
     0
 }
@@ -429,7 +494,11 @@ pub fn set_sched_ext() -> std::io::Result<()> {
     // SAFETY: `param` is a valid sched_param that outlives the call; pid 0
     // names the calling thread.
     let rc = unsafe { libc::sched_setscheduler(0, SCHED_EXT, &param) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Size of the heap kept faulted in and never returned to the kernel, so
@@ -461,5 +530,9 @@ pub fn lock_memory() -> std::io::Result<()> {
     drop(reserve);
     // SAFETY: mlockall takes only flags and has no memory-safety effects.
     let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use clap::builder::ArgPredicate;
 use clap::{Args, Parser, Subcommand};
 
-use crate::bpf::InitOpts;
+use crate::bpf::{IdleDispatch, InitOpts};
 use crate::election::view::Mode;
 use crate::policy::PolicyName;
 
@@ -43,7 +43,12 @@ pub enum Command {
         candidate: Option<String>,
 
         /// The command and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         argv: Vec<OsString>,
     },
 }
@@ -191,7 +196,7 @@ pub enum Mutant {
 }
 
 impl SchedOpts {
-    pub fn init_opts(&self, builtin_idle: bool) -> InitOpts {
+    pub fn init_opts(&self, idle_dispatch: IdleDispatch) -> InitOpts {
         InitOpts {
             partial: !self.full,
             slice_us: self.slice_us,
@@ -202,7 +207,7 @@ impl SchedOpts {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(self.timeout_ms),
             exit_dump_len: self.exit_dump_len,
-            builtin_idle,
+            idle_dispatch,
             debug: self.debug,
             debug_no_dispatch: self.debug_no_dispatch,
         }
@@ -212,7 +217,11 @@ impl SchedOpts {
 /// A percentage in (0, 50], as a fraction.
 fn parse_percent(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if v > 0.0 && v <= 50.0 { Ok(v / 100.0) } else { Err(format!("{v} is not in (0, 50]")) }
+    if v > 0.0 && v <= 50.0 {
+        Ok(v / 100.0)
+    } else {
+        Err(format!("{v} is not in (0, 50]"))
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +236,7 @@ mod tests {
     fn defaults_run_the_scheduler_in_partial_mode() {
         let cli = parse(&[]).unwrap();
         assert!(cli.command.is_none());
-        let cfg = cli.sched.init_opts(true);
+        let cfg = cli.sched.init_opts(IdleDispatch::Always);
         assert!(cfg.partial);
         assert_eq!(cli.sched.policy, PolicyName::Vruntime);
         assert_eq!(cfg.slice_us, 5000);
@@ -238,7 +247,10 @@ mod tests {
     fn exec_keeps_the_command_and_its_own_flags() {
         let cli = parse(&["exec", "--", "sh", "-c", "echo --stats"]).unwrap();
         match cli.command {
-            Some(Command::Exec { argv, candidate: None }) => {
+            Some(Command::Exec {
+                argv,
+                candidate: None,
+            }) => {
                 assert_eq!(argv, ["sh", "-c", "echo --stats"])
             }
             other => panic!("unexpected {other:?}"),
@@ -248,12 +260,22 @@ mod tests {
     #[test]
     fn exec_can_name_a_candidate() {
         let cli = parse(&["exec", "--candidate", "blue", "--", "burn"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Exec { candidate: Some(c), .. }) if c == "blue"));
+        assert!(
+            matches!(cli.command, Some(Command::Exec { candidate: Some(c), .. }) if c == "blue")
+        );
     }
 
     #[test]
     fn election_flags() {
-        let cli = parse(&["--policy", "election", "--mode", "proportional", "--min-share", "10"]).unwrap();
+        let cli = parse(&[
+            "--policy",
+            "election",
+            "--mode",
+            "proportional",
+            "--min-share",
+            "10",
+        ])
+        .unwrap();
         assert_eq!(cli.sched.mode, Mode::Proportional);
         assert!((cli.sched.min_share - 0.10).abs() < 1e-9);
         assert!(parse(&["--min-share", "0"]).is_err());
@@ -267,20 +289,42 @@ mod tests {
         assert!(cli.sched.no_sched);
         assert_eq!(cli.sched.policy, PolicyName::Election);
         assert_eq!(cli.sched.listen.port(), 0);
-        let cli =
-            parse(&["--no-sched", "--policy", "election", "--vote-interval-ms", "60000"]).unwrap();
-        assert_eq!((cli.sched.policy, cli.sched.vote_interval_ms), (PolicyName::Election, 60000));
+        let cli = parse(&[
+            "--no-sched",
+            "--policy",
+            "election",
+            "--vote-interval-ms",
+            "60000",
+        ])
+        .unwrap();
+        assert_eq!(
+            (cli.sched.policy, cli.sched.vote_interval_ms),
+            (PolicyName::Election, 60000)
+        );
         // Parsed as asked, refused by main with a reason.
         let fifo = parse(&["--no-sched", "--policy", "fifo"]).unwrap();
         assert_eq!(fifo.sched.policy, PolicyName::Fifo);
-        assert_eq!(parse(&[]).unwrap().sched.policy, PolicyName::Vruntime, "the default stays");
-        let scheduling_only: [&[&str]; 4] =
-            [&["--full"], &["--slice-us", "100"], &["--mode", "proportional"], &["--stats", "1"]];
+        assert_eq!(
+            parse(&[]).unwrap().sched.policy,
+            PolicyName::Vruntime,
+            "the default stays"
+        );
+        let scheduling_only: [&[&str]; 4] = [
+            &["--full"],
+            &["--slice-us", "100"],
+            &["--mode", "proportional"],
+            &["--stats", "1"],
+        ];
         for flag in scheduling_only {
-            let args: Vec<&str> =
-                std::iter::once("--no-sched").chain(flag.iter().copied()).collect();
+            let args: Vec<&str> = std::iter::once("--no-sched")
+                .chain(flag.iter().copied())
+                .collect();
             let err = parse(&args).expect_err(&format!("{flag:?}"));
-            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{flag:?}");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag:?}"
+            );
         }
     }
 
@@ -297,7 +341,7 @@ mod tests {
     #[test]
     fn full_mode_and_policy_are_chosen_by_flags() {
         let cli = parse(&["--full", "--policy", "fifo"]).unwrap();
-        assert!(!cli.sched.init_opts(true).partial);
+        assert!(!cli.sched.init_opts(IdleDispatch::Always).partial);
         assert_eq!(cli.sched.policy, PolicyName::Fifo);
         assert!(parse(&["--policy", "lottery"]).is_err());
     }

@@ -65,12 +65,16 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
     let store = Arc::new(store);
     let on_exit_store = store.clone();
     let on_exit = Box::new(move |candidate: &str, member: &Member| {
-        let event = Event::RemoveMember { candidate: candidate.to_string(), member: member.clone() };
+        let event = Event::RemoveMember {
+            candidate: candidate.to_string(),
+            member: member.clone(),
+        };
         if let Err(e) = on_exit_store.submit(event) {
             warn!("dropping an exited member of {candidate}: {e}");
         }
     });
-    let tracker = Tracker::spawn(board.clone(), on_exit).context("starting the membership tracker")?;
+    let tracker =
+        Tracker::spawn(board.clone(), on_exit).context("starting the membership tracker")?;
     let cfg = ServerConfig {
         listen: opts.listen,
         admin_token: opts.admin_token.clone(),
@@ -86,11 +90,16 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
     let inputs = election::Inputs {
         board,
         membership: tracker.membership.clone(),
+        nudge: tracker.nudge.clone(),
         mode: opts.mode,
         min_share: opts.min_share,
         ignore_votes: opts.debug_mutant == Some(Mutant::IgnoreVotes),
     };
-    Ok(ElectionSide { inputs, tracker, _server: server })
+    Ok(ElectionSide {
+        inputs,
+        tracker,
+        _server: server,
+    })
 }
 
 /// `--no-sched`: the election side alone (ballot, voting server, membership
@@ -140,11 +149,12 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
         (Some(_), _) => anyhow::bail!("--debug-mutant needs --policy election"),
     };
     let mut policy = policy_name.build(slice_ns, inputs)?;
-    let init = opts.init_opts(policy.builtin_idle());
+    let init = opts.init_opts(policy.idle_dispatch());
     if !init.partial
-        && let Err(e) = bpf::lock_memory() {
-            warn!("could not lock the scheduler's memory ({e}); a page fault may stall it");
-        }
+        && let Err(e) = bpf::lock_memory()
+    {
+        warn!("could not lock the scheduler's memory ({e}); a page fault may stall it");
+    }
     let stats = opts.stats.map(Duration::from_secs_f64);
     let metrics_sink = election.as_ref().map(|e| e.tracker.metrics.clone());
     let mut publish = |m| {
@@ -161,7 +171,8 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
             if init.partial { "partial" } else { "full" },
             init.slice_us
         );
-        let uei = sched::run_with_metrics(&mut sched, policy.as_mut(), &shutdown, stats, &mut publish)?;
+        let uei =
+            sched::run_with_metrics(&mut sched, policy.as_mut(), &shutdown, stats, &mut publish)?;
         drop(sched);
         if !uei.should_restart() || shutdown.load(Ordering::Relaxed) {
             info!("scx_ballot detached");

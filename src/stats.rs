@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct Metrics {
     /// CPUs online when the scheduler started.
     pub nr_online_cpus: u64,
-    /// SCHED_EXT tasks running right now.
+    /// SCHED_EXT tasks running right now (the scheduler's own threads,
+    /// SCHED_EXT in full mode, not counted).
     pub nr_running: u64,
     /// Tasks queued to user space so far.
     pub nr_queued: u64,
@@ -61,7 +62,11 @@ mod tests {
 
     #[test]
     fn metrics_round_trip_through_json() {
-        let m = Metrics { nr_user_dispatches: 7, nr_rescued: 1, ..Default::default() };
+        let m = Metrics {
+            nr_user_dispatches: 7,
+            nr_rescued: 1,
+            ..Default::default()
+        };
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains("\"nr_user_dispatches\":7"), "{json}");
         assert_eq!(serde_json::from_str::<Metrics>(&json).unwrap(), m);

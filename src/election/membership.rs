@@ -1,10 +1,17 @@
 //! Which processes belong to which candidate, and how much CPU they got.
 //!
-//! A tracker thread scans `/proc` every [`SCAN_INTERVAL`]: it matches every
-//! process against the candidates' membership rules (first matching
-//! candidate in creation order wins), publishes the result for the election
-//! policy ([`Membership`]) and, once per [`SHARE_WINDOW`], the CPU each
-//! candidate and process got for the HTTP API ([`Observations`]).
+//! A tracker thread scans `/proc`: it matches every process against the
+//! candidates' membership rules (first matching candidate in creation order
+//! wins), publishes the result for the election policy ([`Membership`]) and,
+//! once per [`SHARE_WINDOW`], the CPU each candidate and process got for the
+//! HTTP API ([`Observations`]).
+//!
+//! Reading every process's `stat` costs the more processes there are, so
+//! the tracker scans every [`SCAN_INTERVAL`], and sooner (but at most once
+//! per [`SCAN_GAP`]) when something changed that it has not seen: the
+//! membership rules, or a queued task that the last scan did not see as it
+//! is now (a new process, one that exec'd or switched to SCHED_EXT; the
+//! policy asks through [`Nudge`]).
 //!
 //! A process is a member of candidate NAME when a rule says so:
 //! - `pid`: that process, all its threads, as long as its start time is the
@@ -22,18 +29,23 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::bpf::QueuedTask;
 use crate::election::view::{Board, LiveMember, Member, Observations, Share, Standing};
 use crate::stats::Metrics;
 
-/// How often `/proc` is scanned for members.
-pub const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+/// How often `/proc` is scanned for members when nothing asks sooner.
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest time between two scans.
+pub const SCAN_GAP: Duration = Duration::from_millis(200);
+/// How often the tracker checks whether the membership rules changed.
+const RULES_CHECK: Duration = Duration::from_millis(50);
 /// The window CPU shares are measured over.
 pub const SHARE_WINDOW: Duration = Duration::from_secs(1);
 /// The environment variable `scx_ballot exec --candidate` sets.
@@ -49,6 +61,66 @@ pub struct Membership {
     pub generation: u64,
     /// Candidate of each member process (by tgid).
     pub by_tgid: HashMap<i32, Arc<str>>,
+    /// Every process the scan saw, members or not (by tgid).
+    pub seen: HashMap<i32, Seen>,
+}
+
+/// A process as the last scan saw it: enough to tell when a queued task of
+/// it is not what was classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub comm: String,
+    pub sched_ext: bool,
+}
+
+impl Membership {
+    /// Whether `task` may be classified wrongly by this scan: its process
+    /// is new to it, exec'd since (another comm, seen on its main thread)
+    /// or switched to or from SCHED_EXT.
+    pub fn is_stale_for(&self, task: &QueuedTask) -> bool {
+        match self.seen.get(&task.tgid) {
+            None => true,
+            Some(seen) => {
+                seen.sched_ext != task.sched_ext
+                    || (task.pid == task.tgid && seen.comm != task.comm_str())
+            }
+        }
+    }
+}
+
+/// How the policy asks the tracker for a scan sooner than planned.
+#[derive(Debug, Default)]
+pub struct Nudge {
+    asked: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Nudge {
+    /// Asks for a scan; cheap when one is already asked for.
+    pub fn ask(&self) {
+        if !self.asked.swap(true, Ordering::AcqRel) {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits up to `timeout` for a request (it stays pending until
+    /// [`Nudge::take`]).
+    fn wait(&self, timeout: Duration) {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.pending() {
+            let _ = self.wake.wait_timeout(guard, timeout);
+        }
+    }
+
+    pub(crate) fn pending(&self) -> bool {
+        self.asked.load(Ordering::Acquire)
+    }
+
+    fn take(&self) {
+        self.asked.store(false, Ordering::Release);
+    }
 }
 
 /// What one scan learnt about a process.
@@ -82,14 +154,19 @@ pub fn cgroup_within(path: &str, rule: &str) -> bool {
     let rule = rule.trim_end_matches('/');
     rule.is_empty()
         || path == rule
-        || path.strip_prefix(rule).is_some_and(|rest| rest.starts_with('/'))
+        || path
+            .strip_prefix(rule)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The value of `SCX_BALLOT_CANDIDATE` in a `/proc/PID/environ` blob.
 pub fn candidate_from_environ(environ: &[u8]) -> Option<String> {
     environ.split(|&b| b == 0).find_map(|entry| {
         let entry = std::str::from_utf8(entry).ok()?;
-        entry.strip_prefix(CANDIDATE_ENV)?.strip_prefix('=').map(str::to_string)
+        entry
+            .strip_prefix(CANDIDATE_ENV)?
+            .strip_prefix('=')
+            .map(str::to_string)
     })
 }
 
@@ -121,21 +198,35 @@ pub fn match_candidate<'s>(
         }
     }
     if p.policy == SCHED_EXT_POLICY
-        && let Some(name) = env_candidate() {
-            return standing.candidates.iter().find(|c| c.name == name).map(|c| c.name.as_str());
-        }
+        && let Some(name) = env_candidate()
+    {
+        return standing
+            .candidates
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.name.as_str());
+    }
     None
 }
 
 /// Shares of CPU time over a window: `delta_ns / (window_ns * cpus)`.
 pub fn share_of(delta_ns: u64, window: Duration, cpus: u64) -> Share {
     let total = window.as_nanos() as f64 * cpus.max(1) as f64;
-    Share { share: if total > 0.0 { delta_ns as f64 / total } else { 0.0 }, cpu_ns: delta_ns }
+    Share {
+        share: if total > 0.0 {
+            delta_ns as f64 / total
+        } else {
+            0.0
+        },
+        cpu_ns: delta_ns,
+    }
 }
 
 /// The tracker thread and what it publishes.
 pub struct Tracker {
     pub membership: Arc<ArcSwap<Membership>>,
+    /// Asks for a scan sooner.
+    pub nudge: Arc<Nudge>,
     /// The driver loop writes the framework counters here.
     pub metrics: Arc<ArcSwap<Metrics>>,
     stop: Arc<AtomicBool>,
@@ -161,20 +252,62 @@ impl Tracker {
             on_exit,
             reported_gone: BTreeSet::new(),
         };
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("membership".into()).spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                state.scan();
-                std::thread::sleep(SCAN_INTERVAL);
-            }
-        })?;
-        Ok(Tracker { membership, metrics, stop, thread: Some(thread) })
+        let nudge = Arc::new(Nudge::default());
+        let (flag, asked) = (stop.clone(), nudge.clone());
+        let thread = std::thread::Builder::new()
+            .name("membership".into())
+            .spawn(move || {
+                let mut last: Option<(Instant, Vec<Rules>)> = None;
+                while !flag.load(Ordering::Relaxed) {
+                    let rules = rules_of(&state.board.standing.load());
+                    let since = last.as_ref().map(|(at, _)| at.elapsed());
+                    let due = match (&last, since) {
+                        (Some((_, seen_rules)), Some(since)) => {
+                            since >= SCAN_INTERVAL
+                                || (since >= SCAN_GAP && (asked.pending() || *seen_rules != rules))
+                        }
+                        _ => true,
+                    };
+                    if due {
+                        asked.take();
+                        state.scan();
+                        last = Some((Instant::now(), rules));
+                        continue;
+                    }
+                    match since {
+                        // Asked too soon after the last scan: wait out the gap.
+                        Some(since) if asked.pending() => {
+                            std::thread::sleep(SCAN_GAP.saturating_sub(since))
+                        }
+                        _ => asked.wait(RULES_CHECK),
+                    }
+                }
+            })?;
+        Ok(Tracker {
+            membership,
+            nudge,
+            metrics,
+            stop,
+            thread: Some(thread),
+        })
     }
+}
+
+/// What the membership rules of one candidate are (votes left out).
+type Rules = (String, Vec<Member>);
+
+fn rules_of(standing: &Standing) -> Vec<Rules> {
+    standing
+        .candidates
+        .iter()
+        .map(|c| (c.name.clone(), c.members.clone()))
+        .collect()
 }
 
 impl Drop for Tracker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.nudge.ask();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -204,24 +337,40 @@ impl ScanState {
     fn scan(&mut self) {
         let standing = self.board.standing.load_full();
         let mut by_tgid = HashMap::new();
-        let mut members: std::collections::BTreeMap<String, Vec<LiveMember>> =
-            standing.candidates.iter().map(|c| (c.name.clone(), Vec::new())).collect();
+        let mut seen_procs = HashMap::new();
+        let mut members: std::collections::BTreeMap<String, Vec<LiveMember>> = standing
+            .candidates
+            .iter()
+            .map(|c| (c.name.clone(), Vec::new()))
+            .collect();
         let mut watched: Vec<(ProcInfo, Option<Arc<str>>)> = Vec::new();
         let mut names: HashMap<&str, Arc<str>> = HashMap::new();
         let mut seen = HashSet::new();
 
-        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for entry in dir.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             let proc_dir = entry.path();
-            let Some((comm, start_time, policy)) =
-                std::fs::read_to_string(proc_dir.join("stat")).ok().as_deref().and_then(parse_stat)
+            let Some((comm, start_time, policy)) = std::fs::read_to_string(proc_dir.join("stat"))
+                .ok()
+                .as_deref()
+                .and_then(parse_stat)
             else {
                 continue;
             };
-            let info = ProcInfo { pid, comm, start_time, policy };
+            let info = ProcInfo {
+                pid,
+                comm,
+                start_time,
+                policy,
+            };
             seen.insert((pid, start_time));
             let env_cache = &mut self.env_cache;
+            let mut mid_exec = false;
             let found = match_candidate(
                 &standing,
                 &info,
@@ -239,17 +388,34 @@ impl ScanState {
                     let found = candidate_from_environ(&environ);
                     // An empty environment is a process in the middle of an
                     // exec (its new one is not set up yet): ask again later.
-                    if !environ.is_empty() {
+                    if environ.is_empty() {
+                        mid_exec = true;
+                    } else {
                         env_cache.insert(key, found.clone());
                     }
                     found
                 },
             );
+            // Left out while in the middle of an exec: its tasks then ask
+            // for another scan.
+            if !mid_exec {
+                let sched_ext = info.policy == SCHED_EXT_POLICY;
+                seen_procs.insert(
+                    pid,
+                    Seen {
+                        comm: info.comm.clone(),
+                        sched_ext,
+                    },
+                );
+            }
             let name = found.map(|n| names.entry(n).or_insert_with(|| Arc::from(n)).clone());
             if let Some(name) = &name {
                 by_tgid.insert(pid, name.clone());
                 if let Some(list) = members.get_mut(&**name) {
-                    list.push(LiveMember { pid, comm: info.comm.clone() });
+                    list.push(LiveMember {
+                        pid,
+                        comm: info.comm.clone(),
+                    });
                 }
             }
             if name.is_some() || info.policy == SCHED_EXT_POLICY {
@@ -270,22 +436,32 @@ impl ScanState {
                 }
             }
         }
-        self.membership.store(Arc::new(Membership { generation: standing.generation, by_tgid }));
+        self.membership.store(Arc::new(Membership {
+            generation: standing.generation,
+            by_tgid,
+            seen: seen_procs,
+        }));
 
         let elapsed = self.last_share_at.elapsed();
         if elapsed < SHARE_WINDOW {
             return;
         }
         self.last_share_at = Instant::now();
-        let mut candidate_shares: std::collections::BTreeMap<String, Share> =
-            standing.candidates.iter().map(|c| (c.name.clone(), Share::default())).collect();
+        let mut candidate_shares: std::collections::BTreeMap<String, Share> = standing
+            .candidates
+            .iter()
+            .map(|c| (c.name.clone(), Share::default()))
+            .collect();
         let mut pid_shares = std::collections::BTreeMap::new();
         let mut now_cpu = HashMap::new();
         for (info, name) in &watched {
             let key = (info.pid, info.start_time);
             let cpu = process_cpu_ns(&Path::new("/proc").join(info.pid.to_string()));
             now_cpu.insert(key, cpu);
-            let delta = self.last_cpu.get(&key).map_or(0, |&before| cpu.saturating_sub(before));
+            let delta = self
+                .last_cpu
+                .get(&key)
+                .map_or(0, |&before| cpu.saturating_sub(before));
             pid_shares.insert(info.pid, share_of(delta, elapsed, self.cpus));
             if let Some(name) = name {
                 let entry = candidate_shares.entry(name.to_string()).or_default();
@@ -308,7 +484,9 @@ impl ScanState {
 
 /// CPU time of all threads of a process (ns), from their schedstat.
 fn process_cpu_ns(proc_dir: &Path) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(proc_dir.join("task")) else { return 0 };
+    let Ok(tasks) = std::fs::read_dir(proc_dir.join("task")) else {
+        return 0;
+    };
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
@@ -323,6 +501,58 @@ mod tests {
 
     const STAT: &str = "4242 (stress ng) R 1 4242 4242 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 \
         987654 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 7 0 0 0";
+
+    #[test]
+    fn a_task_asks_for_a_scan_when_its_process_is_not_as_seen() {
+        use crate::sched::fake::task;
+        let mut m = Membership::default();
+        let mut t = task(10, 100, 0, 1); // comm "burn", SCHED_EXT
+        assert!(m.is_stale_for(&t), "a process the scan never saw");
+        m.seen.insert(
+            10,
+            Seen {
+                comm: "burn".into(),
+                sched_ext: true,
+            },
+        );
+        assert!(!m.is_stale_for(&t));
+        m.seen.insert(
+            10,
+            Seen {
+                comm: "sh".into(),
+                sched_ext: true,
+            },
+        );
+        assert!(m.is_stale_for(&t), "it exec'd since");
+        // Threads may name themselves: only the main thread's comm counts.
+        t.pid = 11;
+        assert!(!m.is_stale_for(&t));
+        m.seen.insert(
+            10,
+            Seen {
+                comm: "burn".into(),
+                sched_ext: false,
+            },
+        );
+        assert!(m.is_stale_for(&t), "it switched to SCHED_EXT since");
+    }
+
+    #[test]
+    fn a_nudge_stays_pending_until_taken() {
+        let n = Nudge::default();
+        assert!(!n.pending());
+        n.ask();
+        n.ask();
+        let t = Instant::now();
+        n.wait(Duration::from_secs(5));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a pending ask ends the wait at once"
+        );
+        assert!(n.pending());
+        n.take();
+        assert!(!n.pending());
+    }
 
     #[test]
     fn stat_fields_are_read_after_the_comm() {
@@ -353,14 +583,21 @@ mod tests {
                 CandidateStanding {
                     name: "blue".into(),
                     votes: 0,
-                    members: vec![Member::Pid { pid: 4242, start_time: Some(987654) }],
+                    members: vec![Member::Pid {
+                        pid: 4242,
+                        start_time: Some(987654),
+                    }],
                 },
                 CandidateStanding {
                     name: "red".into(),
                     votes: 0,
                     members: vec![
-                        Member::Comm { comm: "stress ng".into() },
-                        Member::Cgroup { path: "/demo/red".into() },
+                        Member::Comm {
+                            comm: "stress ng".into(),
+                        },
+                        Member::Cgroup {
+                            path: "/demo/red".into(),
+                        },
                     ],
                 },
             ],
@@ -368,16 +605,27 @@ mod tests {
     }
 
     fn proc(pid: i32, comm: &str, start_time: u64, policy: i64) -> ProcInfo {
-        ProcInfo { pid, comm: comm.into(), start_time, policy }
+        ProcInfo {
+            pid,
+            comm: comm.into(),
+            start_time,
+            policy,
+        }
     }
 
     #[test]
     fn a_pid_member_matches_only_with_its_start_time() {
         let s = standing();
         let none = &mut || None;
-        assert_eq!(match_candidate(&s, &proc(4242, "x", 987654, 0), none, &mut || None), Some("blue"));
+        assert_eq!(
+            match_candidate(&s, &proc(4242, "x", 987654, 0), none, &mut || None),
+            Some("blue")
+        );
         // The same PID, recycled by a later process: not blue.
-        assert_eq!(match_candidate(&s, &proc(4242, "x", 999999, 0), &mut || None, &mut || None), None);
+        assert_eq!(
+            match_candidate(&s, &proc(4242, "x", 999999, 0), &mut || None, &mut || None),
+            None
+        );
     }
 
     #[test]
@@ -385,26 +633,43 @@ mod tests {
         let s = standing();
         // PID rule of blue and comm rule of red both match: blue was first.
         let p = proc(4242, "stress ng", 987654, 0);
-        assert_eq!(match_candidate(&s, &p, &mut || None, &mut || None), Some("blue"));
+        assert_eq!(
+            match_candidate(&s, &p, &mut || None, &mut || None),
+            Some("blue")
+        );
     }
 
     #[test]
     fn comm_cgroup_and_exec_marker() {
         let s = standing();
         let by_comm = proc(1, "stress ng", 1, 0);
-        assert_eq!(match_candidate(&s, &by_comm, &mut || None, &mut || None), Some("red"));
+        assert_eq!(
+            match_candidate(&s, &by_comm, &mut || None, &mut || None),
+            Some("red")
+        );
         let by_cg = proc(2, "sh", 1, 0);
         assert_eq!(
-            match_candidate(&s, &by_cg, &mut || Some("/demo/red/w1".into()), &mut || None),
+            match_candidate(&s, &by_cg, &mut || Some("/demo/red/w1".into()), &mut || {
+                None
+            }),
             Some("red")
         );
         // The exec marker only counts for SCHED_EXT tasks, and only for a
         // candidate that exists.
         let ext = proc(3, "sh", 1, 7);
-        assert_eq!(match_candidate(&s, &ext, &mut || None, &mut || Some("blue".into())), Some("blue"));
-        assert_eq!(match_candidate(&s, &ext, &mut || None, &mut || Some("gone".into())), None);
+        assert_eq!(
+            match_candidate(&s, &ext, &mut || None, &mut || Some("blue".into())),
+            Some("blue")
+        );
+        assert_eq!(
+            match_candidate(&s, &ext, &mut || None, &mut || Some("gone".into())),
+            None
+        );
         let fair = proc(4, "sh", 1, 0);
-        assert_eq!(match_candidate(&s, &fair, &mut || None, &mut || Some("blue".into())), None);
+        assert_eq!(
+            match_candidate(&s, &fair, &mut || None, &mut || Some("blue".into())),
+            None
+        );
     }
 
     #[test]

@@ -21,8 +21,11 @@
 //! run than there are CPUs (the CPU the policy itself runs on looks busy
 //! while it decides) does it leave the best ones in the shared queue
 //! (ordered by tag) for the next CPU that frees up. A vote acknowledged now
-//! decides the very next dispatch. The BPF side still runs any task left waiting longer than
-//! `--starvation-ms`.
+//! decides the very next dispatch. A task that wakes while nothing waits
+//! (no task held, none on its way to the policy, the shared queue empty)
+//! goes on an idle CPU straight from the BPF side: the policy would have put
+//! it there too, and the round trip is saved. The BPF side still runs any
+//! task left waiting longer than `--starvation-ms`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -32,8 +35,8 @@ use anyhow::Result;
 use arc_swap::ArcSwap;
 
 use crate::ballot::standing_leader;
-use crate::bpf::{DispatchedTask, QueuedTask, RL_CPU_ANY};
-use crate::election::membership::Membership;
+use crate::bpf::{DispatchedTask, IdleDispatch, QueuedTask, RL_CPU_ANY};
+use crate::election::membership::{Membership, Nudge};
 use crate::election::view::{Board, Mode, Standing};
 use crate::sched::{CpuUse, Dispatcher, Policy};
 
@@ -46,8 +49,11 @@ const VSCALE: u64 = 1000;
 /// The weights of the classes under `standing`: one per candidate, plus
 /// [`UNAFFILIATED`].
 pub fn weights(standing: &Standing, mode: Mode, min_share: f64) -> BTreeMap<String, u64> {
-    let mut w: BTreeMap<String, u64> =
-        standing.candidates.iter().map(|c| (c.name.clone(), 1)).collect();
+    let mut w: BTreeMap<String, u64> = standing
+        .candidates
+        .iter()
+        .map(|c| (c.name.clone(), 1))
+        .collect();
     w.insert(UNAFFILIATED.to_string(), 1);
     match mode {
         Mode::Proportional => {
@@ -81,6 +87,9 @@ struct Class {
 pub struct Inputs {
     pub board: Arc<Board>,
     pub membership: Arc<ArcSwap<Membership>>,
+    /// Asks the membership tracker for a scan when a task's process is not
+    /// as the last scan saw it.
+    pub nudge: Arc<Nudge>,
     pub mode: Mode,
     /// In winner mode, the share each other class keeps (0..0.5).
     pub min_share: f64,
@@ -92,6 +101,7 @@ pub struct Inputs {
 pub struct Election {
     board: Arc<Board>,
     membership: Arc<ArcSwap<Membership>>,
+    nudge: Arc<Nudge>,
     mode: Mode,
     min_share: f64,
     ignore_votes: bool,
@@ -109,10 +119,18 @@ pub struct Election {
 
 impl Election {
     pub fn new(inputs: Inputs, slice_ns: u64) -> Self {
-        let Inputs { board, membership, mode, min_share, ignore_votes } = inputs;
+        let Inputs {
+            board,
+            membership,
+            nudge,
+            mode,
+            min_share,
+            ignore_votes,
+        } = inputs;
         Election {
             board,
             membership,
+            nudge,
             mode,
             min_share,
             ignore_votes,
@@ -144,7 +162,13 @@ impl Election {
         };
         self.classes.clear();
         for (name, weight) in weights {
-            self.classes.insert(Arc::from(name.as_str()), Class { weight, vclock: self.vnow });
+            self.classes.insert(
+                Arc::from(name.as_str()),
+                Class {
+                    weight,
+                    vclock: self.vnow,
+                },
+            );
         }
         let mut order: Vec<(u64, u64, i32, u64)> = self.held.drain().map(|Reverse(k)| k).collect();
         order.sort_unstable();
@@ -168,7 +192,10 @@ impl Election {
     fn tag(&mut self, class: &Arc<str>) -> (u64, u64) {
         let vnow = self.vnow;
         let slice = self.slice_ns;
-        let c = self.classes.entry(class.clone()).or_insert(Class { weight: 1, vclock: vnow });
+        let c = self.classes.entry(class.clone()).or_insert(Class {
+            weight: 1,
+            vclock: vnow,
+        });
         let start = c.vclock.max(vnow);
         c.vclock = start + slice * VSCALE / c.weight.max(1);
         (start, c.vclock)
@@ -181,13 +208,19 @@ impl Election {
             .cloned()
             .unwrap_or_else(|| self.unaffiliated.clone());
         // A candidate deleted since the last scan schedules as unaffiliated.
-        if self.classes.contains_key(&name) { name } else { self.unaffiliated.clone() }
+        if self.classes.contains_key(&name) {
+            name
+        } else {
+            self.unaffiliated.clone()
+        }
     }
 
     /// Puts the best held task on `cpu`, an idle CPU the policy claimed.
     fn place(&mut self, d: &mut dyn Dispatcher, cpu: i32) -> Result<bool> {
         while let Some(Reverse((finish, _, pid, start))) = self.held.pop() {
-            let Some((task, _)) = self.tasks.remove(&pid) else { continue };
+            let Some((task, _)) = self.tasks.remove(&pid) else {
+                continue;
+            };
             self.vnow = self.vnow.max(start);
             let mut out = DispatchedTask::new(&task);
             out.cpu = cpu;
@@ -209,11 +242,16 @@ impl Policy for Election {
         self.refresh();
         // One snapshot of the membership per round, not one per task.
         let membership = self.membership.load_full();
+        let mut stale = false;
         while let Some(task) = d.dequeue_task()? {
+            stale = stale || membership.is_stale_for(&task);
             let class = self.class_of(&membership, &task);
             self.hold(task.pid, &class);
             // A newer enqueue of the same task replaces the older one.
             self.tasks.insert(task.pid, (task, class));
+        }
+        if stale {
+            self.nudge.ask();
         }
         // Every idle CPU takes the best waiting task. A task whose slice
         // ended came back here with its CPU left idle, so the decision for
@@ -242,7 +280,10 @@ impl Policy for Election {
             return Ok(());
         }
         let cap = d.nr_online_cpus();
-        let CpuUse { running, mut backlog } = d.cpu_use();
+        let CpuUse {
+            running,
+            mut backlog,
+        } = d.cpu_use();
         while running + backlog < cap && self.place(d, RL_CPU_ANY)? {
             backlog += 1;
         }
@@ -253,8 +294,11 @@ impl Policy for Election {
         self.tasks.len() as u64
     }
 
-    fn builtin_idle(&self) -> bool {
-        false
+    /// The order of every contested dispatch is the election's; a task
+    /// that wakes while nothing waits would get the idle CPU from the
+    /// policy too, so the BPF side gives it.
+    fn idle_dispatch(&self) -> IdleDispatch {
+        IdleDispatch::WhenClear
     }
 }
 
@@ -269,7 +313,11 @@ mod tests {
             generation,
             candidates: votes
                 .iter()
-                .map(|(n, v)| CandidateStanding { name: n.to_string(), votes: *v, members: vec![] })
+                .map(|(n, v)| CandidateStanding {
+                    name: n.to_string(),
+                    votes: *v,
+                    members: vec![],
+                })
                 .collect(),
         }
     }
@@ -286,12 +334,52 @@ mod tests {
     }
 
     #[test]
+    fn a_task_of_a_process_the_last_scan_missed_asks_for_a_scan() {
+        let board = Board::new();
+        board.standing.store(Arc::new(standing(1, &[("blue", 0)])));
+        let mut m = Membership {
+            generation: 1,
+            ..Default::default()
+        };
+        m.seen.insert(
+            1,
+            crate::election::membership::Seen {
+                comm: "burn".into(),
+                sched_ext: true,
+            },
+        );
+        let nudge: Arc<Nudge> = Arc::default();
+        let inputs = Inputs {
+            board,
+            membership: Arc::new(ArcSwap::from_pointee(m)),
+            nudge: nudge.clone(),
+            mode: Mode::Winner,
+            min_share: 0.05,
+            ignore_votes: false,
+        };
+        let mut p = Election::new(inputs, 1000);
+        let mut d = FakeDispatcher {
+            cpus: 2,
+            ..Default::default()
+        };
+        d.queue.push_back(task(1, 100, 0, 1));
+        p.schedule(&mut d).expect("schedule");
+        assert!(!nudge.pending(), "its process is as the scan saw it");
+        d.queue.push_back(task(2, 100, 0, 1));
+        p.schedule(&mut d).expect("schedule");
+        assert!(nudge.pending(), "pid 2 is new to the scan");
+    }
+
+    #[test]
     fn the_ignore_votes_mutant_weighs_everyone_the_same() {
         let board = Board::new();
-        board.standing.store(Arc::new(standing(1, &[("blue", 9), ("red", 1)])));
+        board
+            .standing
+            .store(Arc::new(standing(1, &[("blue", 9), ("red", 1)])));
         let inputs = Inputs {
             board,
             membership: Arc::new(ArcSwap::from_pointee(Membership::default())),
+            nudge: Arc::default(),
             mode: Mode::Winner,
             min_share: 0.05,
             ignore_votes: true,
@@ -310,7 +398,11 @@ mod tests {
 
     #[test]
     fn proportional_weights_are_votes_plus_one() {
-        let w = weights(&standing(1, &[("blue", 3), ("red", 1)]), Mode::Proportional, 0.05);
+        let w = weights(
+            &standing(1, &[("blue", 3), ("red", 1)]),
+            Mode::Proportional,
+            0.05,
+        );
         assert_eq!((w["blue"], w["red"], w[UNAFFILIATED]), (4, 2, 1));
     }
 
@@ -320,7 +412,10 @@ mod tests {
     fn run(votes: &[(&str, u64)], mode: Mode, rounds: usize) -> (u64, u64) {
         let board = Board::new();
         board.standing.store(Arc::new(standing(1, votes)));
-        let mut m = Membership { generation: 1, ..Default::default() };
+        let mut m = Membership {
+            generation: 1,
+            ..Default::default()
+        };
         for pid in [1, 2] {
             m.by_tgid.insert(pid, Arc::from("blue"));
         }
@@ -328,8 +423,21 @@ mod tests {
             m.by_tgid.insert(pid, Arc::from("red"));
         }
         let membership = Arc::new(ArcSwap::from_pointee(m));
-        let mut p = Election::new(Inputs { board, membership, mode, min_share: 0.05, ignore_votes: false }, 1000);
-        let mut d = FakeDispatcher { cpus: 2, ..Default::default() };
+        let mut p = Election::new(
+            Inputs {
+                board,
+                membership,
+                nudge: Arc::default(),
+                mode,
+                min_share: 0.05,
+                ignore_votes: false,
+            },
+            1000,
+        );
+        let mut d = FakeDispatcher {
+            cpus: 2,
+            ..Default::default()
+        };
         // All four wake up; CPUs 0 and 1 are idle.
         d.idle_cpus.extend([0, 1]);
         for pid in 1..=4 {
@@ -343,7 +451,11 @@ mod tests {
             // The earliest decision runs its slice and comes back, freeing
             // its CPU.
             let ran = d.dispatched.remove(0);
-            if ran.pid <= 2 { blue += 1 } else { red += 1 }
+            if ran.pid <= 2 {
+                blue += 1
+            } else {
+                red += 1
+            }
             // Its CPU is idle until the policy gives it the next task.
             d.idle_cpus.push_back(ran.cpu);
             let mut back = task(ran.pid, 100, 0, 1);
@@ -377,13 +489,16 @@ mod tests {
     #[test]
     fn a_vote_takes_effect_at_the_next_dispatch() {
         let board = Board::new();
-        board.standing.store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
+        board
+            .standing
+            .store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
         let mut m = Membership::default();
         m.by_tgid.insert(1, Arc::from("blue"));
         m.by_tgid.insert(3, Arc::from("red"));
         let inputs = Inputs {
             board: board.clone(),
             membership: Arc::new(ArcSwap::from_pointee(m)),
+            nudge: Arc::default(),
             mode: Mode::Winner,
             min_share: 0.05,
             ignore_votes: false,
@@ -398,7 +513,9 @@ mod tests {
         p.refresh();
         d.queue.extend([task(1, 100, 0, 1), task(3, 100, 0, 1)]);
         // Red takes the lead before the next schedule.
-        board.standing.store(Arc::new(standing(2, &[("blue", 1), ("red", 2)])));
+        board
+            .standing
+            .store(Arc::new(standing(2, &[("blue", 1), ("red", 2)])));
         p.schedule(&mut d).unwrap();
         assert_eq!(d.dispatched[0].pid, 3, "{:?}", d.dispatched);
     }
@@ -410,13 +527,18 @@ mod tests {
         let inputs = Inputs {
             board,
             membership: Arc::new(ArcSwap::from_pointee(Membership::default())),
+            nudge: Arc::default(),
             mode: Mode::Winner,
             min_share: 0.05,
             ignore_votes: false,
         };
         let mut p = Election::new(inputs, 1000);
         // One CPU, busy, and one decision already ready in the shared queue.
-        let mut d = FakeDispatcher { cpus: 1, backlog: 1, ..Default::default() };
+        let mut d = FakeDispatcher {
+            cpus: 1,
+            backlog: 1,
+            ..Default::default()
+        };
         let mut t = task(9, 100, 0, 0);
         t.wakeup = true;
         d.queue.push_back(t);
@@ -432,7 +554,9 @@ mod tests {
     #[test]
     fn the_shared_queue_is_used_only_while_a_cpu_is_free_best_first() {
         let board = Board::new();
-        board.standing.store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
+        board
+            .standing
+            .store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
         let mut m = Membership::default();
         m.by_tgid.insert(1, Arc::from("red"));
         m.by_tgid.insert(2, Arc::from("red"));
@@ -440,14 +564,19 @@ mod tests {
         let inputs = Inputs {
             board,
             membership: Arc::new(ArcSwap::from_pointee(m)),
+            nudge: Arc::default(),
             mode: Mode::Winner,
             min_share: 0.05,
             ignore_votes: false,
         };
         let mut p = Election::new(inputs, 1000);
         // Two CPUs, none idle (one runs this policy), nothing ready.
-        let mut d = FakeDispatcher { cpus: 2, ..Default::default() };
-        d.queue.extend([task(1, 100, 0, 1), task(2, 100, 0, 1), task(3, 100, 0, 1)]);
+        let mut d = FakeDispatcher {
+            cpus: 2,
+            ..Default::default()
+        };
+        d.queue
+            .extend([task(1, 100, 0, 1), task(2, 100, 0, 1), task(3, 100, 0, 1)]);
         // Both CPUs run our tasks: nothing is left in the shared queue, so a
         // CPU whose slice ends waits for the policy's decision.
         d.running = 2;

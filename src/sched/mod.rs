@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use log::info;
 use scx_utils::UserExitInfo;
 
-use crate::bpf::{BpfScheduler, DispatchedTask, QueuedTask};
+use crate::bpf::{BpfScheduler, DispatchedTask, IdleDispatch, QueuedTask};
 use crate::stats::Metrics;
 
 /// What a policy may do: the [`BpfScheduler`] calls it is handed in
@@ -56,10 +56,10 @@ pub trait Policy {
         0
     }
 
-    /// Whether the BPF side may put a waking task on an idle CPU without
+    /// When the BPF side may put a waking task on an idle CPU without
     /// asking the policy.
-    fn builtin_idle(&self) -> bool {
-        true
+    fn idle_dispatch(&self) -> IdleDispatch {
+        IdleDispatch::Always
     }
 }
 
@@ -85,7 +85,10 @@ impl Dispatcher for BpfScheduler<'_> {
 
     fn cpu_use(&mut self) -> CpuUse {
         let (backlog, local_here) = BpfScheduler::backlog(self);
-        CpuUse { running: *self.nr_running_mut() + local_here, backlog }
+        CpuUse {
+            running: *self.nr_running_mut() + local_here,
+            backlog,
+        }
     }
 }
 
@@ -131,10 +134,11 @@ pub fn run_with_metrics(
             on_metrics(bpf.metrics());
         }
         if let Some(every) = stats
-            && last_stats.elapsed() >= every {
-                last_stats = Instant::now();
-                info!("{}", bpf.metrics());
-            }
+            && last_stats.elapsed() >= every
+        {
+            last_stats = Instant::now();
+            info!("{}", bpf.metrics());
+        }
     }
     info!("{}", bpf.metrics());
     bpf.shutdown_and_report()
@@ -181,7 +185,10 @@ pub mod fake {
             self.cpus.max(1)
         }
         fn cpu_use(&mut self) -> CpuUse {
-            CpuUse { running: self.running, backlog: self.backlog }
+            CpuUse {
+                running: self.running,
+                backlog: self.backlog,
+            }
         }
     }
 
@@ -195,6 +202,7 @@ pub mod fake {
             tgid: pid,
             cpu: 0,
             wakeup: false,
+            sched_ext: true,
             nr_cpus_allowed: 2,
             flags: 0,
             start_ts: start,

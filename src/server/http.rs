@@ -64,7 +64,10 @@ pub(super) struct Request {
 impl Request {
     /// The first header of this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The declared body length.
@@ -128,7 +131,9 @@ impl Body<'_> {
         let mut body: Vec<u8> = self.conn.buf.drain(..buffered).collect();
         while body.len() < length {
             if self.conn.buf.is_empty() && self.conn.fill(self.deadline)? == 0 {
-                return Err(ApiError::BadRequest("the connection closed inside the body".into()));
+                return Err(ApiError::BadRequest(
+                    "the connection closed inside the body".into(),
+                ));
             }
             let take = (length - body.len()).min(self.conn.buf.len());
             body.extend(self.conn.buf.drain(..take));
@@ -173,14 +178,21 @@ pub(super) fn serve(addr: SocketAddr, app: Arc<dyn App>, limits: Limits) -> io::
     let accept = std::thread::Builder::new()
         .name("ballot-http".into())
         .spawn(move || accept_loop(listener, app, limits, accept_shared))?;
-    Ok(Running { addr, shared, accept: Some(accept), grace })
+    Ok(Running {
+        addr,
+        shared,
+        accept: Some(accept),
+        grace,
+    })
 }
 
 impl Running {
     /// Stops accepting, closes every connection, and waits (a bounded time)
     /// for their threads. Idempotent.
     pub fn shutdown(&mut self) {
-        let Some(accept) = self.accept.take() else { return };
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
         self.shared.stop.store(true, Ordering::SeqCst);
         // accept() returns for this connection and sees the flag.
         let wake = match TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1)) {
@@ -200,7 +212,10 @@ impl Running {
         let deadline = Instant::now() + self.grace;
         while !conns.is_empty() {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                log::warn!("stopping the voting server: {} connections still open", conns.len());
+                log::warn!(
+                    "stopping the voting server: {} connections still open",
+                    conns.len()
+                );
                 break;
             };
             conns = match self.shared.conns_changed.wait_timeout(conns, left) {
@@ -258,9 +273,13 @@ fn accept_loop(listener: TcpListener, app: Arc<dyn App>, limits: Limits, shared:
             continue;
         }
         let (app, limits, conn_shared) = (Arc::clone(&app), limits.clone(), Arc::clone(&shared));
-        let spawned =
-            std::thread::Builder::new().name("ballot-http-conn".into()).spawn(move || {
-                let _registered = Registered { shared: conn_shared, id };
+        let spawned = std::thread::Builder::new()
+            .name("ballot-http-conn".into())
+            .spawn(move || {
+                let _registered = Registered {
+                    shared: conn_shared,
+                    id,
+                };
                 serve_connection(stream, &*app, &limits);
             });
         if let Err(e) = spawned {
@@ -288,7 +307,11 @@ impl Drop for Registered {
 
 fn refuse_busy(stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let mut conn = Conn { stream, buf: Vec::new() };
+    let mut conn = Conn {
+        stream,
+        buf: Vec::new(),
+        read_timeout: None,
+    };
     let _ = conn.send(&ApiError::Unavailable.response(), true, false);
 }
 
@@ -296,6 +319,8 @@ fn refuse_busy(stream: TcpStream) {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The socket's read timeout as last set.
+    read_timeout: Option<Duration>,
 }
 
 impl Conn {
@@ -308,16 +333,26 @@ impl Conn {
                 .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero())
                 .ok_or(ErrorKind::TimedOut)?;
-            self.stream.set_read_timeout(Some(left))?;
+            // A timeout between half of what is left and all of it is kept:
+            // a read still ends by the deadline, and a keep-alive
+            // connection saves a system call per request. One that ends
+            // early only brings another round.
+            if !self
+                .read_timeout
+                .is_some_and(|t| t <= left && t >= left / 2)
+            {
+                self.stream.set_read_timeout(Some(left))?;
+                self.read_timeout = Some(left);
+            }
             match self.stream.read(&mut chunk) {
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    return Err(ErrorKind::TimedOut.into());
-                }
+                // The timeout passed; the deadline too, unless the
+                // timeout was shorter.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -361,11 +396,18 @@ impl From<io::Error> for ApiError {
 }
 
 fn serve_connection(stream: TcpStream, app: &dyn App, limits: &Limits) {
-    if stream.set_write_timeout(Some(limits.write_timeout)).is_err() {
+    if stream
+        .set_write_timeout(Some(limits.write_timeout))
+        .is_err()
+    {
         return;
     }
     let _ = stream.set_nodelay(true);
-    let mut conn = Conn { stream, buf: Vec::new() };
+    let mut conn = Conn {
+        stream,
+        buf: Vec::new(),
+        read_timeout: None,
+    };
     for _ in 0..limits.max_requests_per_connection {
         let deadline = Instant::now() + limits.request_timeout;
         let request = match read_request(&mut conn, deadline, limits) {
@@ -383,7 +425,11 @@ fn serve_connection(stream: TcpStream, app: &dyn App, limits: &Limits) {
             length: request.content_length,
             deadline,
             expect_continue: request.expect_continue,
-            state: if request.content_length == 0 { BodyState::Read } else { BodyState::Unread },
+            state: if request.content_length == 0 {
+                BodyState::Read
+            } else {
+                BodyState::Unread
+            },
         };
         let response = app.respond(&request, &mut body);
         let close = body.state != BodyState::Read || !request.keep_alive;
@@ -402,7 +448,11 @@ fn read_request(
 ) -> Result<Option<Request>, ApiError> {
     loop {
         // Empty lines before a request line are allowed (RFC 9112 2.2).
-        let blank = conn.buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+        let blank = conn
+            .buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
         conn.buf.drain(..blank);
         if let Some(end) = head_end(&conn.buf) {
             let head: Vec<u8> = conn.buf.drain(..end).collect();
@@ -422,11 +472,14 @@ fn read_request(
 
 /// The length of the head (through its empty line), if `buf` holds one.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.iter().enumerate().filter(|&(_, &b)| b == b'\n').find_map(|(i, _)| match buf.get(i + 1..) {
-        Some([b'\n', ..]) => Some(i + 2),
-        Some([b'\r', b'\n', ..]) => Some(i + 3),
-        _ => None,
-    })
+    buf.iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'\n')
+        .find_map(|(i, _)| match buf.get(i + 1..) {
+            Some([b'\n', ..]) => Some(i + 2),
+            Some([b'\r', b'\n', ..]) => Some(i + 3),
+            _ => None,
+        })
 }
 
 fn parse_head(head: &[u8], limits: &Limits) -> Result<Request, ApiError> {
@@ -458,7 +511,9 @@ fn parse_head(head: &[u8], limits: &Limits) -> Result<Request, ApiError> {
         if line.starts_with([' ', '\t']) {
             return Err(bad("folded header lines are not allowed"));
         }
-        let (name, value) = line.split_once(':').ok_or_else(|| bad("malformed header"))?;
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad("malformed header"))?;
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad("malformed header name"));
         }
@@ -467,13 +522,19 @@ fn parse_head(head: &[u8], limits: &Limits) -> Result<Request, ApiError> {
         }
         headers.push((name.to_owned(), value.trim().to_owned()));
     }
-    let has =
-        |name: &str| headers.iter().any(|(n, _): &(String, String)| n.eq_ignore_ascii_case(name));
+    let has = |name: &str| {
+        headers
+            .iter()
+            .any(|(n, _): &(String, String)| n.eq_ignore_ascii_case(name))
+    };
     if has("transfer-encoding") {
         return Err(ApiError::LengthRequired);
     }
     let mut content_length = None;
-    for (_, value) in headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+    for (_, value) in headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
         if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("malformed content-length"));
         }
@@ -498,7 +559,11 @@ fn parse_head(head: &[u8], limits: &Limits) -> Result<Request, ApiError> {
         !connection.iter().any(|t| t == "close")
     };
     let expect_continue = tokens("expect").iter().any(|t| t == "100-continue");
-    let path = target.split(['?', '#']).next().unwrap_or_default().to_owned();
+    let path = target
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     Ok(Request {
         method: method.to_owned(),
         path,
@@ -572,15 +637,26 @@ mod tests {
             (b"GET / HTTP/2.0\r\n\r\n", "http_version_not_supported"),
             (b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", "bad_request"),
             (b"GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n", "bad_request"),
-            (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "bad_request"),
-            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "bad_request"),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "length_required"),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                "bad_request",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "bad_request",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "length_required",
+            ),
             (b"GET / HTTP/1.1\r\nX: \xff\r\n\r\n", "bad_request"),
         ] {
             let err = parse_head(head, &limits).expect_err(&String::from_utf8_lossy(head));
             assert_eq!(err.code(), code, "{}", String::from_utf8_lossy(head));
         }
-        let many: String = (0..=limits.max_headers).map(|i| format!("H{i}: v\r\n")).collect();
+        let many: String = (0..=limits.max_headers)
+            .map(|i| format!("H{i}: v\r\n"))
+            .collect();
         let err = parse_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(), &limits)
             .expect_err("too many headers");
         assert_eq!(err.code(), "headers_too_large");

@@ -55,13 +55,24 @@ impl BenchCmd {
     pub fn run(self, sh: &Shell) -> Result<()> {
         deps::ensure_bench_deps(sh)?;
         let bin = compile::build_scheduler(sh)?;
-        let mut configs = vec![Config { name: "eevdf".into(), binary: None, ballot: false }];
+        let mut configs = vec![Config::eevdf()];
         for p in ["fifo", "vruntime", "election"] {
-            configs.push(Config { name: p.into(), binary: Some(bin.clone()), ballot: true });
+            configs.push(Config::ballot(&bin, p));
         }
         if self.compare {
-            for name in ["scx_rustland", "scx_rlfifo"] {
-                configs.push(Config { name: name.into(), binary: Some(install_scx(sh, name)?), ballot: false });
+            // scx_rustland has --partial; scx_rlfifo always takes every task.
+            for (name, partial) in [
+                ("scx_rustland", Some(vec!["--partial".to_string()])),
+                ("scx_rlfifo", None),
+            ] {
+                let binary = install_scx(sh, name)?;
+                configs.push(Config {
+                    name: name.into(),
+                    binary: Some(binary),
+                    ballot: false,
+                    partial_args: partial,
+                    full_args: vec![],
+                });
             }
         }
         let (tools, kernel, accel) = self.vm.prepare(sh)?;
@@ -74,13 +85,21 @@ impl BenchCmd {
             latency_secs: 3,
             flips: 20,
             vote_secs: 3,
+            vote_connections: 16,
         };
         let plan_path = out.join("plan.json");
         std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
         let me = std::env::current_exe().context("locating the xtask binary")?;
         let mut spec = self.vm.spec(kernel, accel, me, &out);
-        spec.args = vec!["guest-bench".into(), path_arg(&plan_path)?, path_arg(&out)?, path_arg(&bin)?];
-        spec.timeout = spec.timeout.max(std::time::Duration::from_secs(600 + 240 * plan.configs.len() as u64 * u64::from(self.repeat)));
+        spec.args = vec![
+            "guest-bench".into(),
+            path_arg(&plan_path)?,
+            path_arg(&out)?,
+            path_arg(&bin)?,
+        ];
+        spec.timeout = spec.timeout.max(std::time::Duration::from_secs(
+            600 + 240 * plan.configs.len() as u64 * u64::from(self.repeat),
+        ));
         println!(
             "==> booting the VM once ({accel}, {} vCPUs) for {} configurations x {} runs",
             spec.cpus,
@@ -99,11 +118,22 @@ impl BenchCmd {
             .filter(|c| !raws.iter().any(|r| r.name == c.name))
             .map(|c| format!("{}: not measured (the guest stopped early)", c.name))
             .collect();
-        failures.extend(raws.iter().filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name))));
+        failures.extend(
+            raws.iter()
+                .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name))),
+        );
         let alarms = vm::scan_console(&vm::read_console(&spec.console_log).unwrap_or_default());
         failures.extend(alarms.iter().map(|a| format!("console: {a}")));
         if outcome.status != Some(0) {
-            failures.push(format!("the guest ended with {:?}{}", outcome.status, if outcome.timed_out { " (timed out)" } else { "" }));
+            failures.push(format!(
+                "the guest ended with {:?}{}",
+                outcome.status,
+                if outcome.timed_out {
+                    " (timed out)"
+                } else {
+                    ""
+                }
+            ));
         }
 
         let rows: Vec<Row> = raws.iter().map(Row::from_raw).collect();
@@ -122,12 +152,21 @@ impl BenchCmd {
         std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&json)?)?;
         std::fs::write(out.join("bench.svg"), svg(&rows))?;
         std::fs::write(out.join("bench.md"), &table)?;
-        println!("written: {}, {}, {}", out.join("bench.json").display(), out.join("bench.svg").display(), out.join("bench.md").display());
+        println!(
+            "written: {}, {}, {}",
+            out.join("bench.json").display(),
+            out.join("bench.svg").display(),
+            out.join("bench.md").display()
+        );
         if !failures.is_empty() {
             for f in &failures {
                 println!("FAILED {f}");
             }
-            bail!("{} configuration(s) failed; console log {}", failures.len(), spec.console_log.display());
+            bail!(
+                "{} configuration(s) failed; console log {}",
+                failures.len(),
+                spec.console_log.display()
+            );
         }
         Ok(())
     }
@@ -140,7 +179,10 @@ fn install_scx(sh: &Shell, name: &str) -> Result<PathBuf> {
     if bin.exists() {
         return Ok(bin);
     }
-    println!("==> installing {name} from crates.io into {} (once; several minutes)", root.display());
+    println!(
+        "==> installing {name} from crates.io into {} (once; several minutes)",
+        root.display()
+    );
     let clang = compile::bpf_clang(sh)?;
     cmd!(sh, "cargo install --locked --root {root} {name}")
         .env("BPF_CLANG", clang)
@@ -156,7 +198,11 @@ fn median(v: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 fn percentile(v: &[f64], p: f64) -> Option<f64> {
@@ -222,7 +268,8 @@ fn speed(base: Option<f64>, x: Option<f64>) -> String {
 }
 
 fn num(x: Option<f64>, digits: usize) -> String {
-    x.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
+    x.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// The table (Markdown, readable on a terminal too).
@@ -230,7 +277,10 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
     let base = rows.iter().find(|r| r.name == "eevdf");
     let b = |f: fn(&Row) -> Option<f64>| base.and_then(f);
     let mut t = String::new();
-    let _ = writeln!(t, "{cpus} vCPUs ({accel}), medians of {repeat} runs; ratios are throughput against EEVDF (higher is better)\n");
+    let _ = writeln!(
+        t,
+        "{cpus} vCPUs ({accel}), medians of {repeat} runs; ratios are throughput against EEVDF (higher is better)\n"
+    );
     let _ = writeln!(
         t,
         "| configuration | messaging s (ratio) | messaging, full mode s (ratio) | CPU work s (ratio) | wake-up p50/p99 us | vote->effect p50/p99 ms | votes/s | sched RSS MiB | sched CPU s |"
@@ -260,29 +310,58 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
     if let Some(e) = rows.iter().find(|r| r.name == "election") {
         let mut notes = Vec::new();
         if let Some(p99) = e.vote_p99_ms {
-            notes.push(format!("vote->effect p99 {p99:.1} ms (target <= {TARGET_VOTE_P99_MS} ms)"));
+            notes.push(format!(
+                "vote->effect p99 {p99:.1} ms (target <= {TARGET_VOTE_P99_MS} ms)"
+            ));
         }
         if let Some(v) = e.votes_per_s {
             notes.push(format!("{v:.0} votes/s (target >= {TARGET_VOTES_PER_S})"));
         }
         if let Some(m) = e.rss_mib {
-            notes.push(format!("election RSS {m:.1} MiB (target <= {TARGET_RSS_MIB} MiB)"));
+            notes.push(format!(
+                "election RSS {m:.1} MiB (target <= {TARGET_RSS_MIB} MiB)"
+            ));
         }
         let _ = writeln!(t, "\ntargets: {}", notes.join("; "));
+    }
+    if let Some(rl) = rows.iter().find(|r| r.name == "scx_rustland") {
+        let against: Vec<String> = rows
+            .iter()
+            .filter(|r| ["fifo", "vruntime", "election"].contains(&r.name.as_str()))
+            .map(|r| {
+                format!(
+                    "{} {} partial, {} full",
+                    r.name,
+                    speed(rl.messaging_s, r.messaging_s),
+                    speed(rl.messaging_full_s, r.messaging_full_s)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            t,
+            "messaging against scx_rustland in the same mode (target >= 1.0x): {}",
+            against.join("; ")
+        );
     }
     t
 }
 
 /// A bar chart of the throughput ratios against EEVDF.
 pub fn svg(rows: &[Row]) -> String {
-    let base = rows.iter().find(|r| r.name == "eevdf").cloned().unwrap_or_default();
+    let base = rows
+        .iter()
+        .find(|r| r.name == "eevdf")
+        .cloned()
+        .unwrap_or_default();
     type Metric = (&'static str, fn(&Row) -> Option<f64>, Option<f64>);
     let metrics: [Metric; 3] = [
         ("messaging", |r| r.messaging_s, base.messaging_s),
         ("messaging (full)", |r| r.messaging_full_s, base.messaging_s),
         ("CPU work", |r| r.cpu_s, base.cpu_s),
     ];
-    let colours = ["#6b7280", "#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c"];
+    let colours = [
+        "#6b7280", "#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c",
+    ];
     let (w, h, left, top, bottom) = (760.0, 320.0, 50.0, 30.0, 60.0);
     let group_w = (w - left - 20.0) / metrics.len() as f64;
     let bar_w = (group_w - 20.0) / rows.len().max(1) as f64;
@@ -291,10 +370,20 @@ pub fn svg(rows: &[Row]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="8" y="18" font-size="13" font-weight="bold">throughput against EEVDF (1.0 = the same; capped at 1.5)</text>"#
     );
     let y1 = h - bottom - scale(1.0);
-    let _ = write!(s, r##"<line x1="{left}" y1="{y1:.1}" x2="{:.1}" y2="{y1:.1}" stroke="#111" stroke-dasharray="4 3"/><text x="8" y="{:.1}">1.0</text>"##, w - 10.0, y1 + 4.0);
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{y1:.1}" x2="{:.1}" y2="{y1:.1}" stroke="#111" stroke-dasharray="4 3"/><text x="8" y="{:.1}">1.0</text>"##,
+        w - 10.0,
+        y1 + 4.0
+    );
     for (mi, (label, f, b)) in metrics.iter().enumerate() {
         let gx = left + group_w * mi as f64 + 10.0;
-        let _ = write!(s, r#"<text x="{:.1}" y="{:.1}">{label}</text>"#, gx, h - bottom + 16.0);
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{label}</text>"#,
+            gx,
+            h - bottom + 16.0
+        );
         for (ri, r) in rows.iter().enumerate() {
             let ratio = match (b, f(r)) {
                 (Some(b), Some(x)) if x > 0.0 => b / x,
@@ -333,7 +422,12 @@ mod tests {
     use super::*;
 
     fn raw(name: &str, msg: f64) -> Raw {
-        Raw { name: name.into(), messaging_s: vec![msg, msg * 2.0, msg * 0.9], cpu_s: vec![2.0], ..Default::default() }
+        Raw {
+            name: name.into(),
+            messaging_s: vec![msg, msg * 2.0, msg * 0.9],
+            cpu_s: vec![2.0],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -342,7 +436,10 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0]), Some(2.5));
         assert_eq!(median(&[]), None);
         assert_eq!(percentile(&[5.0, 1.0, 9.0, 3.0], 0.99), Some(9.0));
-        let rows: Vec<Row> = [raw("eevdf", 1.0), raw("fifo", 2.0)].iter().map(Row::from_raw).collect();
+        let rows: Vec<Row> = [raw("eevdf", 1.0), raw("fifo", 2.0)]
+            .iter()
+            .map(Row::from_raw)
+            .collect();
         let t = table(&rows, 2, "tcg", 3);
         assert!(t.contains("| eevdf | 1.00 (1.00x)"), "{t}");
         assert!(t.contains("| fifo | 2.00 (0.50x)"), "{t}");

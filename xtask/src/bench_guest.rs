@@ -11,7 +11,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::guest::{Scheduler, api as api_at, bounded, online_cpus as cpus, state, wait_api, wait_state};
+use crate::guest::{
+    Scheduler, api as api_at, bounded, online_cpus as cpus, state, wait_api, wait_state,
+};
+use crate::vote_load::Load;
 
 const API: &str = "127.0.0.1:7447";
 
@@ -21,8 +24,39 @@ pub struct Config {
     pub name: String,
     /// The scheduler binary; None for EEVDF (no sched_ext scheduler).
     pub binary: Option<PathBuf>,
-    /// scx_ballot (takes `--policy`, `--full`, `exec`), or another one.
+    /// scx_ballot (with the voting server for `election`), or another one.
     pub ballot: bool,
+    /// Its arguments for partial mode (only SCHED_EXT tasks); None if it
+    /// has none, and then every workload runs in full mode.
+    pub partial_args: Option<Vec<String>>,
+    /// Its arguments for full mode (every task).
+    pub full_args: Vec<String>,
+}
+
+impl Config {
+    pub fn eevdf() -> Config {
+        Config {
+            name: "eevdf".into(),
+            binary: None,
+            ballot: false,
+            partial_args: Some(vec![]),
+            full_args: vec![],
+        }
+    }
+
+    /// scx_ballot with `policy`.
+    pub fn ballot(binary: &Path, policy: &str) -> Config {
+        let partial = vec!["--policy".to_string(), policy.to_string()];
+        let mut full = partial.clone();
+        full.push("--full".into());
+        Config {
+            name: policy.into(),
+            binary: Some(binary.into()),
+            ballot: true,
+            partial_args: Some(partial),
+            full_args: full,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,8 +71,9 @@ pub struct Plan {
     pub latency_secs: u64,
     /// Leader changes measured for vote -> effect.
     pub flips: u32,
-    /// Seconds of vote load for the server throughput.
+    /// Seconds of vote load for the server throughput, and its connections.
     pub vote_secs: u64,
+    pub vote_connections: u32,
 }
 
 /// Raw results of one configuration.
@@ -78,13 +113,23 @@ fn say(msg: &str) {
 
 impl GuestBenchCmd {
     pub fn run(self) -> Result<()> {
-        let plan: Plan = serde_json::from_slice(&std::fs::read(&self.plan)?).context("reading the plan")?;
+        let plan: Plan =
+            serde_json::from_slice(&std::fs::read(&self.plan)?).context("reading the plan")?;
         let me = std::env::current_exe()?;
         let mut all = Vec::new();
         for c in &plan.configs {
             say(&format!("configuration {} ({} CPUs)", c.name, cpus()));
-            let mut raw = Raw { name: c.name.clone(), ..Default::default() };
-            let b = Bench { plan: &plan, cfg: c, me: &me, ballot: &self.scx_ballot, out: &self.out };
+            let mut raw = Raw {
+                name: c.name.clone(),
+                ..Default::default()
+            };
+            let b = Bench {
+                plan: &plan,
+                cfg: c,
+                me: &me,
+                ballot: &self.scx_ballot,
+                out: &self.out,
+            };
             if let Err(e) = b.run(&mut raw) {
                 say(&format!("{}: {e:#}", c.name));
                 raw.failure = Some(format!("{e:#}"));
@@ -113,7 +158,11 @@ impl Sched {
         let wrapper = self.0.child.id();
         let pid = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
             .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u32>().ok())
+            })
             .unwrap_or(wrapper);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let rss = status
@@ -122,7 +171,10 @@ impl Sched {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok());
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
         // utime and stime are fields 14 and 15 (12 and 13 after the comm).
         let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
         let cpu = match (ticks(11), ticks(12)) {
@@ -137,7 +189,10 @@ impl Sched {
             bail!("the scheduler did not stop within 30 s of SIGINT");
         };
         if !wait_state("disabled", Duration::from_secs(30)) {
-            bail!("sched_ext state is {} 30 s after the scheduler exited, expected disabled", state());
+            bail!(
+                "sched_ext state is {} 30 s after the scheduler exited, expected disabled",
+                state()
+            );
         }
         if !status.success() {
             bail!("the scheduler exited with {status}");
@@ -148,22 +203,29 @@ impl Sched {
 
 impl Bench<'_> {
     fn start(&self, full: bool) -> Result<Option<Sched>> {
-        let Some(bin) = &self.cfg.binary else { return Ok(None) };
-        let log = self.out.join(format!("{}{}.log", self.cfg.name, if full { "-full" } else { "" }));
+        let Some(bin) = &self.cfg.binary else {
+            return Ok(None);
+        };
+        let log = self.out.join(format!(
+            "{}{}.log",
+            self.cfg.name,
+            if full { "-full" } else { "" }
+        ));
         let mut cmd = bounded(bin, 900);
-        if self.cfg.ballot {
-            cmd.args(["--policy", &self.cfg.name]);
-            if self.cfg.name == "election" {
-                let file = self.out.join("candidates.toml");
-                std::fs::write(&file, "[[candidate]]\nname = \"blue\"\n\n[[candidate]]\nname = \"red\"\n")?;
-                cmd.args(["--listen", API, "--candidates"]).arg(file);
-            }
-            if full {
-                cmd.arg("--full");
-            }
+        match (full, &self.cfg.partial_args) {
+            (false, Some(args)) => cmd.args(args),
+            _ => cmd.args(&self.cfg.full_args),
+        };
+        if self.cfg.ballot && self.cfg.name == "election" {
+            let file = self.out.join("candidates.toml");
+            std::fs::write(
+                &file,
+                "[[candidate]]\nname = \"blue\"\n\n[[candidate]]\nname = \"red\"\n",
+            )?;
+            cmd.args(["--listen", API, "--candidates"]).arg(file);
         }
         let sched = Sched(Scheduler::start(cmd, &log, Duration::from_secs(120), None)?);
-        if self.cfg.name == "election" {
+        if self.cfg.ballot && self.cfg.name == "election" {
             wait_api(API, Duration::from_secs(120))?;
         }
         Ok(Some(sched))
@@ -188,51 +250,73 @@ impl Bench<'_> {
 
     fn check(&self, sched: &Option<Sched>) -> Result<()> {
         if sched.is_some() && state() != "enabled" {
-            bail!("the scheduler is gone (sched_ext state {}): ejected or crashed", state());
+            bail!(
+                "the scheduler is gone (sched_ext state {}): ejected or crashed",
+                state()
+            );
         }
         Ok(())
     }
 
     fn run(&self, raw: &mut Raw) -> Result<()> {
-        let sched = self.start(false)?;
-        let on = sched.is_some();
         let (g, l) = self.plan.hackbench;
-        for i in 0..self.plan.repeat {
-            raw.messaging_s.push(self.hackbench(on, g, l)?);
-            raw.cpu_s.push(self.cpu_work(on)?);
-            let (p50, p99) = self.wake_latency(on, i)?;
-            raw.wake_p50_us.push(p50);
-            raw.wake_p99_us.push(p99);
-            self.check(&sched)?;
-        }
-        if self.cfg.name == "election" {
-            raw.vote_effect_ms = self.vote_effect()?;
-            raw.votes_per_s.push(self.vote_load()?);
-            self.check(&sched)?;
-        }
-        if let Some(s) = sched {
-            let (rss, cpu) = s.footprint();
-            raw.sched_peak_rss_kib = rss;
-            raw.sched_cpu_s = cpu;
-            s.stop()?;
-            if self.cfg.ballot {
-                let full = self.start(true)?;
-                for _ in 0..self.plan.repeat {
-                    raw.messaging_full_s.push(self.hackbench(false, g, l)?);
-                    self.check(&full)?;
-                }
-                if let Some(f) = full {
-                    f.stop()?;
-                }
-            } else {
-                raw.notes.push("full mode: not measured (only scx_ballot is restarted with --full)".into());
+        let has_partial = self.cfg.partial_args.is_some();
+        // Partial mode (or no sched_ext scheduler at all, for EEVDF): the
+        // workloads are switched to SCHED_EXT one by one.
+        if has_partial {
+            let sched = self.start(false)?;
+            let on = sched.is_some();
+            for i in 0..self.plan.repeat {
+                raw.messaging_s.push(self.hackbench(on, g, l)?);
+                raw.cpu_s.push(self.cpu_work(on)?);
+                let (p50, p99) = self.wake_latency(on, i)?;
+                raw.wake_p50_us.push(p50);
+                raw.wake_p99_us.push(p99);
+                self.check(&sched)?;
             }
+            if self.cfg.name == "election" {
+                raw.vote_effect_ms = self.vote_effect()?;
+                raw.votes_per_s.push(self.vote_load()?);
+                self.check(&sched)?;
+            }
+            if let Some(s) = sched {
+                (raw.sched_peak_rss_kib, raw.sched_cpu_s) = s.footprint();
+                s.stop()?;
+            }
+        } else {
+            raw.notes.push("partial mode: not measured (the scheduler has none); CPU work and wake-up latency in full mode".into());
+        }
+        if self.cfg.binary.is_none() {
+            return Ok(());
+        }
+        // Full mode: every task of the guest is the scheduler's.
+        let full = self.start(true)?;
+        for i in 0..self.plan.repeat {
+            raw.messaging_full_s.push(self.hackbench(false, g, l)?);
+            if !has_partial {
+                raw.cpu_s.push(self.cpu_work(false)?);
+                let (p50, p99) = self.wake_latency(false, i)?;
+                raw.wake_p50_us.push(p50);
+                raw.wake_p99_us.push(p99);
+            }
+            self.check(&full)?;
+        }
+        if let Some(f) = full {
+            if !has_partial {
+                (raw.sched_peak_rss_kib, raw.sched_cpu_s) = f.footprint();
+            }
+            f.stop()?;
         }
         Ok(())
     }
 
     fn hackbench(&self, on: bool, groups: u32, loops: u32) -> Result<f64> {
-        let args = vec!["-g".to_string(), groups.to_string(), "-l".into(), loops.to_string()];
+        let args = vec![
+            "-g".to_string(),
+            groups.to_string(),
+            "-l".into(),
+            loops.to_string(),
+        ];
         let out = self
             .ext(on, None, Path::new("hackbench"), &args)
             .stdin(Stdio::null())
@@ -241,12 +325,26 @@ impl Bench<'_> {
         let text = String::from_utf8_lossy(&out.stdout);
         let secs = text
             .lines()
-            .find_map(|l| l.strip_prefix("Time:").and_then(|v| v.trim().parse::<f64>().ok()))
-            .with_context(|| format!("hackbench printed no time: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+            .find_map(|l| {
+                l.strip_prefix("Time:")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .with_context(|| {
+                format!(
+                    "hackbench printed no time: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
         Ok(secs)
     }
 
-    fn spawn_all(&self, on: bool, candidate: Option<&str>, n: u32, args: &[String]) -> Result<Vec<Child>> {
+    fn spawn_all(
+        &self,
+        on: bool,
+        candidate: Option<&str>,
+        n: u32,
+        args: &[String],
+    ) -> Result<Vec<Child>> {
         (0..n)
             .map(|_| {
                 self.ext(on, candidate, self.me, args)
@@ -262,7 +360,11 @@ impl Bench<'_> {
         let args: Vec<String> = ["guest-worker", "--kind", "burner", "--iterations"]
             .iter()
             .map(|s| s.to_string())
-            .chain([self.plan.cpu_work.to_string(), "--max-secs".into(), "300".into()])
+            .chain([
+                self.plan.cpu_work.to_string(),
+                "--max-secs".into(),
+                "300".into(),
+            ])
             .collect();
         let start = Instant::now();
         let mut kids = self.spawn_all(on, None, 2 * cpus(), &args)?;
@@ -273,7 +375,10 @@ impl Bench<'_> {
     }
 
     fn wake_latency(&self, on: bool, i: u32) -> Result<(f64, f64)> {
-        let burn: Vec<String> = ["guest-worker", "--kind", "burner", "--max-secs", "120"].iter().map(|s| s.to_string()).collect();
+        let burn: Vec<String> = ["guest-worker", "--kind", "burner", "--max-secs", "120"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let mut load = self.spawn_all(on, None, cpus(), &burn)?;
         let report = self.out.join(format!("{}-ticker-{i}.json", self.cfg.name));
         let tick: Vec<String> = vec![
@@ -285,21 +390,32 @@ impl Bench<'_> {
             "--report".into(),
             report.display().to_string(),
         ];
-        let status = self.ext(on, None, self.me, &tick).stdin(Stdio::null()).status();
+        let status = self
+            .ext(on, None, self.me, &tick)
+            .stdin(Stdio::null())
+            .status();
         for k in &mut load {
             let _ = k.kill();
             let _ = k.wait();
         }
         status.context("running the ticker")?;
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).context("reading the ticker's report")?)?;
-        Ok((v["p50_us"].as_f64().unwrap_or(f64::NAN), v["p99_us"].as_f64().unwrap_or(f64::NAN)))
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&report).context("reading the ticker's report")?,
+        )?;
+        Ok((
+            v["p50_us"].as_f64().unwrap_or(f64::NAN),
+            v["p99_us"].as_f64().unwrap_or(f64::NAN),
+        ))
     }
 
     /// Leader flips: from the vote's acknowledgement to the first time a
     /// task of the new leader gets on a CPU (its run count in
     /// /proc/PID/schedstat moves).
     fn vote_effect(&self) -> Result<Vec<f64>> {
-        let burn: Vec<String> = ["guest-worker", "--kind", "burner", "--max-secs", "300"].iter().map(|s| s.to_string()).collect();
+        let burn: Vec<String> = ["guest-worker", "--kind", "burner", "--max-secs", "300"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let mut blue = self.spawn_all(true, Some("blue"), 2 * cpus(), &burn)?;
         let mut red = self.spawn_all(true, Some("red"), 2 * cpus(), &burn)?;
         let result = (|| -> Result<Vec<f64>> {
@@ -308,20 +424,32 @@ impl Bench<'_> {
             let (bp, rp) = (pids(&blue), pids(&red));
             let runs = |p: &[u32]| -> u64 {
                 p.iter()
-                    .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok())
-                    .filter_map(|s| s.split_whitespace().nth(2).and_then(|x| x.parse::<u64>().ok()))
+                    .filter_map(|pid| {
+                        std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()
+                    })
+                    .filter_map(|s| {
+                        s.split_whitespace()
+                            .nth(2)
+                            .and_then(|x| x.parse::<u64>().ok())
+                    })
                     .sum()
             };
             let mut out = Vec::new();
             let mut n = 0u64;
             for flip in 0..self.plan.flips {
-                let (name, mine) = if flip % 2 == 0 { ("blue", &bp) } else { ("red", &rp) };
+                let (name, mine) = if flip % 2 == 0 {
+                    ("blue", &bp)
+                } else {
+                    ("red", &rp)
+                };
                 // Let the current leader settle in first.
                 std::thread::sleep(Duration::from_millis(300));
                 // Vote until this candidate leads; time the vote that did it.
                 loop {
                     n += 1;
-                    let body = serde_json::json!({"candidate": name, "voter": format!("bench-{n}")}).to_string();
+                    let body =
+                        serde_json::json!({"candidate": name, "voter": format!("bench-{n}")})
+                            .to_string();
                     let tally = api_at(API, "POST", "/votes", Some(&body))?;
                     let acked = Instant::now();
                     if tally["leader"].as_str() != Some(name) {
@@ -348,72 +476,15 @@ impl Bench<'_> {
         result
     }
 
-    /// Votes per second from 4 keep-alive connections on loopback.
+    /// Votes per second on loopback, with as many keep-alive connections
+    /// as the server's answers keep busy (measured: more add nothing).
     fn vote_load(&self) -> Result<f64> {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let secs = self.plan.vote_secs;
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                std::thread::spawn(move || -> Result<u64> {
-                    let connect = || -> Result<(std::net::TcpStream, BufReader<std::net::TcpStream>)> {
-                        let stream = std::net::TcpStream::connect(API)?;
-                        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                        // One write per request, sent at once (no Nagle wait).
-                        stream.set_nodelay(true)?;
-                        let reader = BufReader::new(stream.try_clone()?);
-                        Ok((stream, reader))
-                    };
-                    let (mut stream, mut reader) = connect()?;
-                    let end = Instant::now() + Duration::from_secs(secs);
-                    let mut ok = 0u64;
-                    let mut i = 0u64;
-                    let mut reconnects = 0u32;
-                    while Instant::now() < end {
-                        let body = format!("{{\"candidate\":\"blue\",\"voter\":\"load-{t}-{i}\"}}");
-                        i += 1;
-                        let request = format!(
-                            "POST /votes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let mut status = String::new();
-                        let sent = stream.write_all(request.as_bytes()).is_ok();
-                        if !sent || !matches!(reader.read_line(&mut status), Ok(n) if n > 0) {
-                            // The server ended the keep-alive connection (closed
-                            // or reset after its last request): open another.
-                            reconnects += 1;
-                            if reconnects > 10_000 {
-                                bail!("the server keeps closing connections");
-                            }
-                            (stream, reader) = connect()?;
-                            continue;
-                        }
-                        let mut len = 0usize;
-                        loop {
-                            let mut h = String::new();
-                            reader.read_line(&mut h)?;
-                            if h == "\r\n" || h.is_empty() {
-                                break;
-                            }
-                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                                len = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                        let mut buf = vec![0u8; len];
-                        reader.read_exact(&mut buf)?;
-                        if status.contains(" 200 ") {
-                            ok += 1;
-                        } else {
-                            bail!("vote answered {}", status.trim());
-                        }
-                    }
-                    Ok(ok)
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for t in threads {
-            total += t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
-        }
-        Ok(total as f64 / secs as f64)
+        let load = Load {
+            addr: API.into(),
+            candidate: "blue".into(),
+            connections: self.plan.vote_connections,
+            secs: self.plan.vote_secs,
+        };
+        Ok(load.run()?.votes_per_s)
     }
 }

@@ -23,6 +23,7 @@ mod scenario;
 mod test;
 mod vm;
 mod vm_test;
+mod vote_load;
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,11 @@ use clap::{Parser, Subcommand};
 use xshell::Shell;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, run and test scx_ballot")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test scx_ballot"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,6 +71,9 @@ enum Cmd {
     /// Judge scenario runs already recorded (no VM): `rejudge DIR --runs N`.
     #[command(hide = true)]
     Rejudge(scenario::RejudgeCmd),
+    /// Votes/s against a running voting server (e.g. `scx_ballot --no-sched`).
+    #[command(hide = true)]
+    VoteLoad(vote_load::VoteLoadCmd),
     /// (In the VM) the bench's workloads; used by `bench`.
     #[command(hide = true)]
     GuestBench(bench_guest::GuestBenchCmd),
@@ -86,6 +94,7 @@ fn main() -> Result<()> {
         Cmd::Demo(cmd) => return cmd.run(),
         Cmd::GuestBench(cmd) => return cmd.run(),
         Cmd::Rejudge(cmd) => return cmd.run(),
+        Cmd::VoteLoad(cmd) => return cmd.run(),
         _ => {}
     }
     let sh = Shell::new()?;
@@ -99,7 +108,12 @@ fn main() -> Result<()> {
         Cmd::VmCheck(cmd) => cmd.run(&sh),
         Cmd::Bench(cmd) => cmd.run(&sh),
         Cmd::BrowserTest(cmd) => cmd.run(&sh),
-        Cmd::GuestScenarios(_) | Cmd::GuestWorker(_) | Cmd::Demo(_) | Cmd::GuestBench(_) | Cmd::Rejudge(_) => unreachable!("handled above"),
+        Cmd::GuestScenarios(_)
+        | Cmd::GuestWorker(_)
+        | Cmd::Demo(_)
+        | Cmd::GuestBench(_)
+        | Cmd::Rejudge(_)
+        | Cmd::VoteLoad(_) => unreachable!("handled above"),
     }
 }
 
