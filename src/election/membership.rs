@@ -57,33 +57,31 @@ const SCHED_EXT_POLICY: i64 = 7;
 /// Process → candidate, for the policy.
 #[derive(Debug, Default)]
 pub struct Membership {
-    /// The standing generation this was computed from.
-    pub generation: u64,
-    /// Candidate of each member process (by tgid).
-    pub by_tgid: HashMap<i32, Arc<str>>,
     /// Every process the scan saw, members or not (by tgid).
     pub seen: HashMap<i32, Seen>,
 }
 
-/// A process as the last scan saw it: enough to tell when a queued task of
-/// it is not what was classified.
+/// A process as the last scan saw it: its candidate, and enough to tell
+/// when a queued task of it is not what was classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
+    pub candidate: Option<Arc<str>>,
     pub comm: String,
     pub sched_ext: bool,
 }
 
 impl Membership {
-    /// Whether `task` may be classified wrongly by this scan: its process
-    /// is new to it, exec'd since (another comm, seen on its main thread)
-    /// or switched to or from SCHED_EXT.
-    pub fn is_stale_for(&self, task: &QueuedTask) -> bool {
+    /// The candidate of `task`'s process, and whether this scan may have it
+    /// wrong: the process is new to it, exec'd since (another comm, seen on
+    /// its main thread) or switched to or from SCHED_EXT.
+    pub fn lookup(&self, task: &QueuedTask) -> (Option<&Arc<str>>, bool) {
         match self.seen.get(&task.tgid) {
-            None => true,
-            Some(seen) => {
+            None => (None, true),
+            Some(seen) => (
+                seen.candidate.as_ref(),
                 seen.sched_ext != task.sched_ext
-                    || (task.pid == task.tgid && seen.comm != task.comm_str())
-            }
+                    || (task.pid == task.tgid && seen.comm != task.comm_str()),
+            ),
         }
     }
 }
@@ -257,29 +255,24 @@ impl Tracker {
         let thread = std::thread::Builder::new()
             .name("membership".into())
             .spawn(move || {
-                let mut last: Option<(Instant, Vec<Rules>)> = None;
+                let mut last_scan: Option<Instant> = None;
+                let mut scanned_rules: Vec<Rules> = Vec::new();
                 while !flag.load(Ordering::Relaxed) {
-                    let rules = rules_of(&state.board.standing.load());
-                    let since = last.as_ref().map(|(at, _)| at.elapsed());
-                    let due = match (&last, since) {
-                        (Some((_, seen_rules)), Some(since)) => {
-                            since >= SCAN_INTERVAL
-                                || (since >= SCAN_GAP && (asked.pending() || *seen_rules != rules))
-                        }
-                        _ => true,
-                    };
+                    let standing = state.board.standing.load_full();
+                    let since = last_scan.map_or(Duration::MAX, |at| at.elapsed());
+                    let due = since >= SCAN_INTERVAL
+                        || (since >= SCAN_GAP
+                            && (asked.pending() || !same_rules(&standing, &scanned_rules)));
                     if due {
+                        scanned_rules = rules_of(&standing);
                         asked.take();
                         state.scan();
-                        last = Some((Instant::now(), rules));
-                        continue;
-                    }
-                    match since {
+                        last_scan = Some(Instant::now());
+                    } else if asked.pending() {
                         // Asked too soon after the last scan: wait out the gap.
-                        Some(since) if asked.pending() => {
-                            std::thread::sleep(SCAN_GAP.saturating_sub(since))
-                        }
-                        _ => asked.wait(RULES_CHECK),
+                        std::thread::sleep(SCAN_GAP.saturating_sub(since));
+                    } else {
+                        asked.wait(RULES_CHECK);
                     }
                 }
             })?;
@@ -295,6 +288,17 @@ impl Tracker {
 
 /// What the membership rules of one candidate are (votes left out).
 type Rules = (String, Vec<Member>);
+
+/// Whether `standing` has the membership rules `rules` (no copy made: it
+/// runs every [`RULES_CHECK`]).
+fn same_rules(standing: &Standing, rules: &[Rules]) -> bool {
+    standing.candidates.len() == rules.len()
+        && standing
+            .candidates
+            .iter()
+            .zip(rules)
+            .all(|(c, (name, members))| c.name == *name && c.members == *members)
+}
 
 fn rules_of(standing: &Standing) -> Vec<Rules> {
     standing
@@ -336,7 +340,6 @@ struct ScanState {
 impl ScanState {
     fn scan(&mut self) {
         let standing = self.board.standing.load_full();
-        let mut by_tgid = HashMap::new();
         let mut seen_procs = HashMap::new();
         let mut members: std::collections::BTreeMap<String, Vec<LiveMember>> = standing
             .candidates
@@ -396,27 +399,19 @@ impl ScanState {
                     found
                 },
             );
-            // Left out while in the middle of an exec: its tasks then ask
-            // for another scan.
-            if !mid_exec {
-                let sched_ext = info.policy == SCHED_EXT_POLICY;
-                seen_procs.insert(
-                    pid,
-                    Seen {
-                        comm: info.comm.clone(),
-                        sched_ext,
-                    },
-                );
-            }
             let name = found.map(|n| names.entry(n).or_insert_with(|| Arc::from(n)).clone());
-            if let Some(name) = &name {
-                by_tgid.insert(pid, name.clone());
-                if let Some(list) = members.get_mut(&**name) {
-                    list.push(LiveMember {
-                        pid,
-                        comm: info.comm.clone(),
-                    });
-                }
+            // Left out while in the middle of an exec (it is then no
+            // member yet): its tasks ask for another scan.
+            if !mid_exec {
+                let seen = Seen {
+                    candidate: name.clone(),
+                    comm: info.comm.clone(),
+                    sched_ext: info.policy == SCHED_EXT_POLICY,
+                };
+                seen_procs.insert(pid, seen);
+            }
+            if let Some(list) = name.as_ref().and_then(|n| members.get_mut(&**n)) {
+                list.push(LiveMember { pid, comm: info.comm.clone() });
             }
             if name.is_some() || info.policy == SCHED_EXT_POLICY {
                 watched.push((info, name));
@@ -437,8 +432,6 @@ impl ScanState {
             }
         }
         self.membership.store(Arc::new(Membership {
-            generation: standing.generation,
-            by_tgid,
             seen: seen_procs,
         }));
 
@@ -507,34 +500,37 @@ mod tests {
         use crate::sched::fake::task;
         let mut m = Membership::default();
         let mut t = task(10, 100, 0, 1); // comm "burn", SCHED_EXT
-        assert!(m.is_stale_for(&t), "a process the scan never saw");
+        assert!(m.lookup(&t).1, "a process the scan never saw");
         m.seen.insert(
             10,
             Seen {
+                candidate: None,
                 comm: "burn".into(),
                 sched_ext: true,
             },
         );
-        assert!(!m.is_stale_for(&t));
+        assert!(!m.lookup(&t).1);
         m.seen.insert(
             10,
             Seen {
+                candidate: None,
                 comm: "sh".into(),
                 sched_ext: true,
             },
         );
-        assert!(m.is_stale_for(&t), "it exec'd since");
+        assert!(m.lookup(&t).1, "it exec'd since");
         // Threads may name themselves: only the main thread's comm counts.
         t.pid = 11;
-        assert!(!m.is_stale_for(&t));
+        assert!(!m.lookup(&t).1);
         m.seen.insert(
             10,
             Seen {
+                candidate: None,
                 comm: "burn".into(),
                 sched_ext: false,
             },
         );
-        assert!(m.is_stale_for(&t), "it switched to SCHED_EXT since");
+        assert!(m.lookup(&t).1, "it switched to SCHED_EXT since");
     }
 
     #[test]

@@ -201,18 +201,16 @@ impl Election {
         (start, c.vclock)
     }
 
-    fn class_of(&self, membership: &Membership, task: &QueuedTask) -> Arc<str> {
-        let name = membership
-            .by_tgid
-            .get(&task.tgid)
-            .cloned()
-            .unwrap_or_else(|| self.unaffiliated.clone());
+    /// The class of `task`, and whether the scan it was classified by may
+    /// have its process wrong.
+    fn class_of(&self, membership: &Membership, task: &QueuedTask) -> (Arc<str>, bool) {
+        let (candidate, stale) = membership.lookup(task);
         // A candidate deleted since the last scan schedules as unaffiliated.
-        if self.classes.contains_key(&name) {
-            name
-        } else {
-            self.unaffiliated.clone()
-        }
+        let class = match candidate {
+            Some(name) if self.classes.contains_key(name) => name.clone(),
+            _ => self.unaffiliated.clone(),
+        };
+        (class, stale)
     }
 
     /// Puts the best held task on `cpu`, an idle CPU the policy claimed.
@@ -244,8 +242,8 @@ impl Policy for Election {
         let membership = self.membership.load_full();
         let mut stale = false;
         while let Some(task) = d.dequeue_task()? {
-            stale = stale || membership.is_stale_for(&task);
-            let class = self.class_of(&membership, &task);
+            let (class, stale_here) = self.class_of(&membership, &task);
+            stale |= stale_here;
             self.hold(task.pid, &class);
             // A newer enqueue of the same task replaces the older one.
             self.tasks.insert(task.pid, (task, class));
@@ -305,8 +303,28 @@ impl Policy for Election {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::election::membership::Seen;
     use crate::election::view::CandidateStanding;
     use crate::sched::fake::{FakeDispatcher, task};
+
+    /// Records `tgid` as a scan sees the process of a fake task (comm
+    /// "burn", SCHED_EXT), a member of `candidate`.
+    fn seen(m: &mut Membership, tgid: i32, candidate: Option<&str>) {
+        let seen = Seen { candidate: candidate.map(Arc::from), comm: "burn".into(), sched_ext: true };
+        m.seen.insert(tgid, seen);
+    }
+
+    /// Inputs in winner mode with a 5 % minimum, votes counted.
+    fn inputs(board: Arc<Board>, membership: Membership) -> Inputs {
+        Inputs {
+            board,
+            membership: Arc::new(ArcSwap::from_pointee(membership)),
+            nudge: Arc::default(),
+            mode: Mode::Winner,
+            min_share: 0.05,
+            ignore_votes: false,
+        }
+    }
 
     fn standing(generation: u64, votes: &[(&str, u64)]) -> Standing {
         Standing {
@@ -337,26 +355,10 @@ mod tests {
     fn a_task_of_a_process_the_last_scan_missed_asks_for_a_scan() {
         let board = Board::new();
         board.standing.store(Arc::new(standing(1, &[("blue", 0)])));
-        let mut m = Membership {
-            generation: 1,
-            ..Default::default()
-        };
-        m.seen.insert(
-            1,
-            crate::election::membership::Seen {
-                comm: "burn".into(),
-                sched_ext: true,
-            },
-        );
+        let mut m = Membership::default();
+        seen(&mut m, 1, None);
         let nudge: Arc<Nudge> = Arc::default();
-        let inputs = Inputs {
-            board,
-            membership: Arc::new(ArcSwap::from_pointee(m)),
-            nudge: nudge.clone(),
-            mode: Mode::Winner,
-            min_share: 0.05,
-            ignore_votes: false,
-        };
+        let inputs = Inputs { nudge: nudge.clone(), ..inputs(board, m) };
         let mut p = Election::new(inputs, 1000);
         let mut d = FakeDispatcher {
             cpus: 2,
@@ -376,14 +378,7 @@ mod tests {
         board
             .standing
             .store(Arc::new(standing(1, &[("blue", 9), ("red", 1)])));
-        let inputs = Inputs {
-            board,
-            membership: Arc::new(ArcSwap::from_pointee(Membership::default())),
-            nudge: Arc::default(),
-            mode: Mode::Winner,
-            min_share: 0.05,
-            ignore_votes: true,
-        };
+        let inputs = Inputs { ignore_votes: true, ..inputs(board, Membership::default()) };
         let mut p = Election::new(inputs, 1000);
         p.refresh();
         assert_eq!(p.classes.len(), 3);
@@ -412,28 +407,14 @@ mod tests {
     fn run(votes: &[(&str, u64)], mode: Mode, rounds: usize) -> (u64, u64) {
         let board = Board::new();
         board.standing.store(Arc::new(standing(1, votes)));
-        let mut m = Membership {
-            generation: 1,
-            ..Default::default()
-        };
+        let mut m = Membership::default();
         for pid in [1, 2] {
-            m.by_tgid.insert(pid, Arc::from("blue"));
+            seen(&mut m, pid, Some("blue"));
         }
         for pid in [3, 4] {
-            m.by_tgid.insert(pid, Arc::from("red"));
+            seen(&mut m, pid, Some("red"));
         }
-        let membership = Arc::new(ArcSwap::from_pointee(m));
-        let mut p = Election::new(
-            Inputs {
-                board,
-                membership,
-                nudge: Arc::default(),
-                mode,
-                min_share: 0.05,
-                ignore_votes: false,
-            },
-            1000,
-        );
+        let mut p = Election::new(Inputs { mode, ..inputs(board, m) }, 1000);
         let mut d = FakeDispatcher {
             cpus: 2,
             ..Default::default()
@@ -493,16 +474,9 @@ mod tests {
             .standing
             .store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
         let mut m = Membership::default();
-        m.by_tgid.insert(1, Arc::from("blue"));
-        m.by_tgid.insert(3, Arc::from("red"));
-        let inputs = Inputs {
-            board: board.clone(),
-            membership: Arc::new(ArcSwap::from_pointee(m)),
-            nudge: Arc::default(),
-            mode: Mode::Winner,
-            min_share: 0.05,
-            ignore_votes: false,
-        };
+        seen(&mut m, 1, Some("blue"));
+        seen(&mut m, 3, Some("red"));
+        let inputs = inputs(board.clone(), m);
         let mut p = Election::new(inputs, 1000);
         let mut d = FakeDispatcher::default();
         d.idle_cpus.push_back(0);
@@ -524,14 +498,7 @@ mod tests {
     fn tasks_wait_for_a_free_cpu() {
         let board = Board::new();
         board.standing.store(Arc::new(standing(1, &[])));
-        let inputs = Inputs {
-            board,
-            membership: Arc::new(ArcSwap::from_pointee(Membership::default())),
-            nudge: Arc::default(),
-            mode: Mode::Winner,
-            min_share: 0.05,
-            ignore_votes: false,
-        };
+        let inputs = inputs(board, Membership::default());
         let mut p = Election::new(inputs, 1000);
         // One CPU, busy, and one decision already ready in the shared queue.
         let mut d = FakeDispatcher {
@@ -558,17 +525,10 @@ mod tests {
             .standing
             .store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
         let mut m = Membership::default();
-        m.by_tgid.insert(1, Arc::from("red"));
-        m.by_tgid.insert(2, Arc::from("red"));
-        m.by_tgid.insert(3, Arc::from("blue"));
-        let inputs = Inputs {
-            board,
-            membership: Arc::new(ArcSwap::from_pointee(m)),
-            nudge: Arc::default(),
-            mode: Mode::Winner,
-            min_share: 0.05,
-            ignore_votes: false,
-        };
+        seen(&mut m, 1, Some("red"));
+        seen(&mut m, 2, Some("red"));
+        seen(&mut m, 3, Some("blue"));
+        let inputs = inputs(board, m);
         let mut p = Election::new(inputs, 1000);
         // Two CPUs, none idle (one runs this policy), nothing ready.
         let mut d = FakeDispatcher {

@@ -268,10 +268,7 @@ impl Bench<'_> {
             let on = sched.is_some();
             for i in 0..self.plan.repeat {
                 raw.messaging_s.push(self.hackbench(on, g, l)?);
-                raw.cpu_s.push(self.cpu_work(on)?);
-                let (p50, p99) = self.wake_latency(on, i)?;
-                raw.wake_p50_us.push(p50);
-                raw.wake_p99_us.push(p99);
+                self.cpu_and_wake(on, i, raw)?;
                 self.check(&sched)?;
             }
             if self.cfg.name == "election" {
@@ -294,10 +291,7 @@ impl Bench<'_> {
         for i in 0..self.plan.repeat {
             raw.messaging_full_s.push(self.hackbench(false, g, l)?);
             if !has_partial {
-                raw.cpu_s.push(self.cpu_work(false)?);
-                let (p50, p99) = self.wake_latency(false, i)?;
-                raw.wake_p50_us.push(p50);
-                raw.wake_p99_us.push(p99);
+                self.cpu_and_wake(false, i, raw)?;
             }
             self.check(&full)?;
         }
@@ -307,6 +301,16 @@ impl Bench<'_> {
             }
             f.stop()?;
         }
+        Ok(())
+    }
+
+    /// CPU work and wake-up latency, run `i` (the scheduler's mode decides
+    /// whose they are; `on` switches them to SCHED_EXT).
+    fn cpu_and_wake(&self, on: bool, i: u32, raw: &mut Raw) -> Result<()> {
+        raw.cpu_s.push(self.cpu_work(on)?);
+        let (p50, p99) = self.wake_latency(on, i)?;
+        raw.wake_p50_us.push(p50);
+        raw.wake_p99_us.push(p99);
         Ok(())
     }
 
