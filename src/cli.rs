@@ -148,7 +148,9 @@ pub struct SchedOpts {
 
     /// Election: the votes journal. Every acknowledged change is appended
     /// and synced to disk before the answer, and replayed at start; without
-    /// it, votes live only as long as the process.
+    /// it, votes live only as long as the process. A file that is not a
+    /// journal, a symbolic link, or a journal another scx_ballot holds is
+    /// refused and left as it is.
     #[arg(long, value_name = "FILE", help_heading = "Election")]
     pub votes_file: Option<std::path::PathBuf>,
 

@@ -1,34 +1,56 @@
 //! The votes journal: every acknowledged change to the ballot, appended and
 //! synced to disk before the acknowledgement, replayed at start-up.
 //!
-//! One record per line: the CRC-32 of the JSON (IEEE, as zlib's `crc32`, 8
-//! lowercase hex digits), a space, and the JSON of an [`Event`]:
+//! The first line names the format and its version; then one record per
+//! line: the CRC-32 of the JSON (IEEE, as zlib's `crc32`, 8 lowercase hex
+//! digits), a space, and the JSON of an [`Event`]:
 //!
 //! ```text
+//! scx_ballot votes journal v1.0
 //! 1478d423 {"event":"vote","candidate":"blue","voter":"ana"}
 //! ```
 //!
-//! Replay never refuses to start because of the content: a damaged record is
-//! skipped with a warning. Damage at the end (a record torn by a crash, a bad
-//! checksum, bad JSON) is also cut off, so the next append starts on a clean
-//! line. Only I/O errors fail.
+//! A journal written before the header existed (records only) is read as
+//! v1.0. A journal of a newer major version is refused; a newer minor
+//! version is read.
+//!
+//! Opening never destroys what it cannot read:
+//! - a record with a good checksum that this version cannot parse (an
+//!   event or a field from a newer scx_ballot) is kept in the file and left
+//!   out of the replay, with a warning;
+//! - a damaged line in the middle is kept and skipped, with a warning;
+//! - only damage at the very end is cut off, so the next append starts on a
+//!   clean line: a torn last line (no newline, shaped like the start of a
+//!   record) and records whose checksum does not match;
+//! - a non-empty file with no record at all is refused untouched (it is
+//!   something else, such as a candidates file given by mistake).
+//!
+//! The journal is opened without following a symbolic link, must be a
+//! regular file, and is locked (`flock`, exclusive) for as long as it is
+//! open: a second scx_ballot on the same journal is refused at start.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::ballot::Event;
+
+/// The format's major version: a journal with a higher one is refused.
+pub const FORMAT_MAJOR: u32 = 1;
+/// The format's minor version: additions an older reader skips safely.
+pub const FORMAT_MINOR: u32 = 0;
+/// The header line starts with this, followed by `MAJOR.MINOR`.
+const HEADER_PREFIX: &str = "scx_ballot votes journal v";
 
 /// An open journal, positioned to append.
 #[derive(Debug)]
 pub struct Journal {
     file: File,
     path: PathBuf,
-    /// End of the last good record: where the file is cut back to if an
-    /// append fails half-way.
-    len: u64,
-    /// An append failed and the file may end in a partial record.
-    needs_repair: bool,
+    /// An append failed: the file's length before it, which the file is cut
+    /// back to (never below) before the next append.
+    repair_to: Option<u64>,
 }
 
 /// What [`Journal::open`] found in the file.
@@ -40,22 +62,69 @@ pub struct Replay {
     pub warnings: Vec<String>,
 }
 
+/// One line of the file, classified.
+enum Line {
+    Header { major: u32, minor: u32 },
+    Event(Event),
+    /// A whole record (its checksum matches) that this version cannot parse.
+    Unreadable(String),
+    /// Damage that may be cut off when it is at the end: a torn record or a
+    /// record whose checksum does not match.
+    Torn(String),
+    /// A line that is not a record at all; never cut.
+    Foreign(String),
+}
+
+fn refused(why: String) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, why)
+}
+
 impl Journal {
-    /// Opens (creating it and its folder if missing) and replays the journal
-    /// at `path`.
+    /// Opens (creating it and its folder if missing), locks and replays the
+    /// journal at `path`. A new or empty journal gets its header line.
     pub fn open(path: &Path) -> io::Result<(Journal, Replay)> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => refused(format!(
+                    "{} is a symbolic link; the votes journal is never opened through one \
+                     (give the real path)",
+                    path.display()
+                )),
+                _ => e,
+            })?;
+        if !file.metadata()?.is_file() {
+            return Err(refused(format!("{} is not a regular file", path.display())));
+        }
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(refused(format!(
+                    "{} is in use by another scx_ballot (it holds the journal's lock); \
+                     stop it first or give another --votes-file",
+                    path.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
         let mut replay = Replay::default();
         let mut reader = BufReader::new(&file);
         let mut line = Vec::new();
+        let mut first_line: Option<Vec<u8>> = None;
         let mut offset = 0u64;
-        let mut good_end = 0u64;
         let mut line_no = 0usize;
-        // A bad record is reported once we know whether it was the last.
-        let mut bad: Option<(usize, String)> = None;
+        // Whole records (readable or not) and headers seen.
+        let mut records = 0usize;
+        let mut header = false;
+        // Start of the damaged tail that may be cut, and its warnings.
+        let mut cut_from: Option<(u64, Vec<String>)> = None;
         loop {
             line.clear();
             let n = reader.read_until(b'\n', &mut line)?;
@@ -63,46 +132,101 @@ impl Journal {
                 break;
             }
             line_no += 1;
+            let start = offset;
             offset += n as u64;
-            if let Some((at, why)) = bad.take() {
-                replay.warnings.push(format!("{}: line {at}: {why}; skipped", path.display()));
+            if first_line.is_none() {
+                first_line = Some(line.clone());
             }
-            match decode(&line) {
-                Ok(event) => {
-                    replay.events.push(event);
-                    good_end = offset;
+            let at = |why: &str| format!("{}: line {line_no}: {why}", path.display());
+            match classify(&line, line_no == 1) {
+                Line::Header { major, minor } => {
+                    if major > FORMAT_MAJOR {
+                        return Err(refused(format!(
+                            "{} was written by a newer scx_ballot (journal format v{major}.{minor}; \
+                             this one reads v{FORMAT_MAJOR}.x); it is left as it is",
+                            path.display()
+                        )));
+                    }
+                    header = true;
                 }
-                Err(why) => bad = Some((line_no, why)),
+                Line::Event(event) => {
+                    records += 1;
+                    replay.events.push(event);
+                }
+                Line::Unreadable(why) => {
+                    records += 1;
+                    replay.warnings.push(at(&format!(
+                        "a record this version cannot read ({why}); kept in the file, not replayed"
+                    )));
+                }
+                Line::Foreign(why) => {
+                    replay.warnings.push(at(&format!("{why}; skipped and kept")));
+                }
+                Line::Torn(why) => {
+                    cut_from.get_or_insert_with(|| (start, Vec::new())).1.push(why);
+                    continue;
+                }
+            }
+            // Damage followed by something kept is in the middle: keep it.
+            if let Some((_, whys)) = cut_from.take() {
+                let first = line_no - whys.len();
+                for (i, why) in whys.iter().enumerate() {
+                    replay.warnings.push(format!(
+                        "{}: line {}: {why}; skipped and kept",
+                        path.display(),
+                        first + i
+                    ));
+                }
             }
         }
-        if let Some((at, why)) = bad {
-            replay.warnings.push(format!(
-                "{}: line {at}: {why}; cut off after the last good record",
-                path.display()
-            ));
+        if records == 0 && !header && offset > 0 && cut_from.as_ref().is_none_or(|(at, _)| *at > 0)
+        {
+            let first = first_line.unwrap_or_default();
+            return Err(refused(format!(
+                "{} is not a scx_ballot votes journal: its {offset} bytes hold no journal record \
+                 (it starts with {}, which looks like {}); it is left as it is. Give \
+                 --votes-file a new file or an existing journal",
+                path.display(),
+                quote_start(&first),
+                looks_like(&first)
+            )));
         }
-        if offset != good_end {
-            file.set_len(good_end)?;
+        if let Some((at, whys)) = cut_from {
+            let first = line_no - whys.len() + 1;
+            for (i, why) in whys.iter().enumerate() {
+                replay.warnings.push(format!(
+                    "{}: line {}: {why}; cut off (damage at the end of the journal)",
+                    path.display(),
+                    first + i
+                ));
+            }
+            file.set_len(at)?;
             file.sync_all()?;
+            offset = at;
         }
-        Ok((Journal { file, path: path.to_owned(), len: good_end, needs_repair: false }, replay))
+        let mut journal = Journal { file, path: path.to_owned(), repair_to: None };
+        if offset == 0 {
+            let header = format!("{HEADER_PREFIX}{FORMAT_MAJOR}.{FORMAT_MINOR}\n");
+            journal.write_and_sync(header.as_bytes())?;
+        }
+        Ok((journal, replay))
     }
 
     /// Appends `event` as one record with one write, and syncs it to disk
     /// before returning: once this returns `Ok`, the change survives a crash
-    /// or SIGKILL. On error the file is cut back to the last good record.
+    /// or SIGKILL. On error the file is cut back to its length before this
+    /// append (never shorter).
     pub fn append(&mut self, event: &Event) -> io::Result<()> {
-        if self.needs_repair {
-            self.repair()?;
+        if let Some(len) = self.repair_to {
+            self.repair(len)?;
         }
+        let before = self.file.metadata()?.len();
         let line = encode(event);
         let result = self.write_and_sync(line.as_bytes());
         if result.is_err() {
-            self.needs_repair = true;
+            self.repair_to = Some(before);
             // Best effort now; tried again before the next append.
-            let _ = self.repair();
-        } else {
-            self.len += line.len() as u64;
+            let _ = self.repair(before);
         }
         result
     }
@@ -131,10 +255,14 @@ impl Journal {
         self.file.sync_data()
     }
 
-    fn repair(&mut self) -> io::Result<()> {
-        self.file.set_len(self.len)?;
-        self.file.sync_data()?;
-        self.needs_repair = false;
+    /// Cuts off what a failed append may have left after `len`; never cuts
+    /// into what was on disk before it.
+    fn repair(&mut self, len: u64) -> io::Result<()> {
+        if self.file.metadata()?.len() > len {
+            self.file.set_len(len)?;
+            self.file.sync_data()?;
+        }
+        self.repair_to = None;
         Ok(())
     }
 
@@ -144,7 +272,7 @@ impl Journal {
     pub(crate) fn failing_for_test(path: &Path) -> Journal {
         std::fs::write(path, "").expect("create the journal file");
         let file = File::open(path).expect("open read-only");
-        Journal { file, path: path.to_owned(), len: 0, needs_repair: false }
+        Journal { file, path: path.to_owned(), repair_to: None }
     }
 }
 
@@ -154,24 +282,75 @@ fn encode(event: &Event) -> String {
     format!("{:08x} {json}\n", crc32(json.as_bytes()))
 }
 
-/// The event of one record (with its newline), or why it is not one.
-fn decode(line: &[u8]) -> Result<Event, String> {
+/// Whether `bytes` could be the start of a record: up to 8 hex digits, then
+/// a space, then the JSON's `{`.
+fn record_shaped(bytes: &[u8]) -> bool {
+    bytes.iter().take(8).all(u8::is_ascii_hexdigit)
+        && bytes.get(8).is_none_or(|&b| b == b' ')
+        && bytes.get(9).is_none_or(|&b| b == b'{')
+}
+
+/// What one line of the file (with its newline, unless it is the torn last
+/// one) is.
+fn classify(line: &[u8], first: bool) -> Line {
     let Some(record) = line.strip_suffix(b"\n") else {
-        return Err("torn record (no newline)".to_owned());
+        if record_shaped(line) || (first && HEADER_PREFIX.as_bytes().starts_with(line)) {
+            return Line::Torn("torn record (no newline)".to_owned());
+        }
+        return Line::Foreign("not a record (and no newline)".to_owned());
     };
-    let (Some(hex), Some(b' '), Some(json)) = (record.get(..8), record.get(8), record.get(9..))
-    else {
-        return Err("not a record".to_owned());
-    };
+    if first && let Some(version) = record.strip_prefix(HEADER_PREFIX.as_bytes()) {
+        let version = std::str::from_utf8(version).unwrap_or("");
+        if let Some((major, minor)) = version.split_once('.')
+            && let (Ok(major), Ok(minor)) = (major.parse(), minor.parse())
+        {
+            return Line::Header { major, minor };
+        }
+        return Line::Foreign(format!("unreadable header version {version:?}"));
+    }
+    if record.len() < 10 || !record_shaped(record) {
+        return Line::Foreign("not a record".to_owned());
+    }
+    let (hex, json) = (&record[..8], &record[9..]);
     let want = std::str::from_utf8(hex)
         .ok()
         .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| "bad checksum field".to_owned())?;
+        .expect("record_shaped checked 8 hex digits");
     let got = crc32(json);
     if got != want {
-        return Err(format!("checksum mismatch (recorded {want:08x}, computed {got:08x})"));
+        return Line::Torn(format!(
+            "checksum mismatch (recorded {want:08x}, computed {got:08x})"
+        ));
     }
-    serde_json::from_slice(json).map_err(|e| format!("bad event: {e}"))
+    match serde_json::from_slice(json) {
+        Ok(event) => Line::Event(event),
+        Err(e) => Line::Unreadable(format!("{e}")),
+    }
+}
+
+/// The first bytes of `line`, quoted for a message.
+fn quote_start(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\n');
+    let short: String = text.chars().take(40).collect();
+    if short.len() < text.len() { format!("{short:?}...") } else { format!("{short:?}") }
+}
+
+/// A guess at what a file that is not a journal is, from its first line.
+fn looks_like(line: &[u8]) -> &'static str {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return "binary data";
+    };
+    let t = text.trim();
+    if text.contains('\0') {
+        "binary data"
+    } else if t.starts_with('[') || t.starts_with('#') || t.contains(" = ") {
+        "TOML or another configuration file"
+    } else if t.starts_with('{') {
+        "JSON"
+    } else {
+        "text"
+    }
 }
 
 const CRC32_TABLE: [u32; 256] = {
@@ -219,6 +398,23 @@ mod tests {
         ]
     }
 
+    /// A record line with a good checksum for `json`.
+    fn record(json: &str) -> String {
+        format!("{:08x} {json}\n", crc32(json.as_bytes()))
+    }
+
+    fn header() -> String {
+        format!("{HEADER_PREFIX}{FORMAT_MAJOR}.{FORMAT_MINOR}\n")
+    }
+
+    /// A journal at `path` holding `votes` for blue, closed again.
+    fn journal_with(path: &Path, votes: &[&str]) {
+        let (mut journal, _) = Journal::open(path).expect("open");
+        for v in votes {
+            journal.append(&vote("blue", v)).expect("append");
+        }
+    }
+
     #[test]
     fn crc32_matches_the_standard_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
@@ -238,30 +434,42 @@ mod tests {
         }
         drop(journal);
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text.lines().count(), 4, "one line per record: {text}");
+        assert!(text.starts_with(&header()), "a header names the format: {text}");
+        assert_eq!(text.lines().count(), 5, "the header, then one line per record: {text}");
         let (_, replay) = Journal::open(&path).expect("reopen");
         assert_eq!(replay.events, some_events());
         assert!(replay.warnings.is_empty(), "{:?}", replay.warnings);
     }
 
     #[test]
+    fn a_journal_without_a_header_is_read_and_kept_as_it_is() {
+        let dir = TempDir::new("journal-legacy");
+        let path = dir.path().join("votes.journal");
+        let old = format!("{}{}", encode(&vote("blue", "a")), encode(&vote("blue", "b")));
+        std::fs::write(&path, &old).expect("write");
+        let (mut journal, replay) = Journal::open(&path).expect("open");
+        assert_eq!(replay.events, vec![vote("blue", "a"), vote("blue", "b")]);
+        assert!(replay.warnings.is_empty(), "{:?}", replay.warnings);
+        journal.append(&vote("blue", "c")).expect("append");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, format!("{old}{}", encode(&vote("blue", "c"))));
+    }
+
+    #[test]
     fn a_torn_last_record_is_cut_off_and_appends_continue() {
         let dir = TempDir::new("journal-torn");
         let path = dir.path().join("votes.journal");
-        let (mut journal, _) = Journal::open(&path).expect("open");
-        journal.append(&vote("blue", "a")).expect("append");
-        journal.append(&vote("blue", "b")).expect("append");
-        drop(journal);
+        journal_with(&path, &["a", "b"]);
         let full = std::fs::read(&path).expect("read");
-        let first_end = full.iter().position(|&b| b == b'\n').expect("a newline") + 1;
+        let second_start = full.len() - encode(&vote("blue", "b")).len();
         // A crash in the middle of the second record.
-        std::fs::write(&path, &full[..first_end + 20]).expect("truncate mid-line");
+        std::fs::write(&path, &full[..second_start + 20]).expect("truncate mid-line");
 
         let (mut journal, replay) = Journal::open(&path).expect("reopen");
         assert_eq!(replay.events, vec![vote("blue", "a")]);
         assert_eq!(replay.warnings.len(), 1, "{:?}", replay.warnings);
-        assert!(replay.warnings[0].contains("line 2: torn record"), "{:?}", replay.warnings);
-        assert_eq!(std::fs::metadata(&path).expect("stat").len(), first_end as u64);
+        assert!(replay.warnings[0].contains("line 3: torn record"), "{:?}", replay.warnings);
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), second_start as u64);
         journal.append(&vote("blue", "c")).expect("append after repair");
         drop(journal);
         let (_, replay) = Journal::open(&path).expect("reopen again");
@@ -270,14 +478,21 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_torn_in_its_first_record_opens_empty() {
+        let dir = TempDir::new("journal-torn-first");
+        let path = dir.path().join("votes.journal");
+        let line = encode(&vote("blue", "a"));
+        std::fs::write(&path, &line[..15]).expect("write");
+        let (_, replay) = Journal::open(&path).expect("open");
+        assert!(replay.events.is_empty());
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), header());
+    }
+
+    #[test]
     fn a_bad_record_in_the_middle_is_skipped_and_kept() {
         let dir = TempDir::new("journal-middle");
         let path = dir.path().join("votes.journal");
-        let (mut journal, _) = Journal::open(&path).expect("open");
-        for v in ["a", "b", "c"] {
-            journal.append(&vote("blue", v)).expect("append");
-        }
-        drop(journal);
+        journal_with(&path, &["a", "b", "c"]);
         let text = std::fs::read_to_string(&path).expect("read");
         let damaged = text.replacen("\"voter\":\"b\"", "\"voter\":\"x\"", 1);
         assert_ne!(damaged, text);
@@ -286,28 +501,136 @@ mod tests {
         let (_, replay) = Journal::open(&path).expect("reopen");
         assert_eq!(replay.events, vec![vote("blue", "a"), vote("blue", "c")]);
         assert_eq!(replay.warnings.len(), 1, "{:?}", replay.warnings);
-        assert!(replay.warnings[0].contains("line 2: checksum mismatch"), "{:?}", replay.warnings);
+        assert!(replay.warnings[0].contains("line 3: checksum mismatch"), "{:?}", replay.warnings);
         assert_eq!(std::fs::read_to_string(&path).expect("read"), damaged, "middle records stay");
     }
 
     #[test]
-    fn bad_records_at_the_end_are_cut_back_to_the_last_good_one() {
+    fn records_with_a_bad_checksum_at_the_end_are_cut_back_to_the_last_good_one() {
         let dir = TempDir::new("journal-bad-tail");
         let path = dir.path().join("votes.journal");
-        let (mut journal, _) = Journal::open(&path).expect("open");
-        journal.append(&vote("blue", "a")).expect("append");
-        drop(journal);
+        journal_with(&path, &["a"]);
         let good = std::fs::read_to_string(&path).expect("read");
-        let json = r#"{"event":"vote","candidate":"blue"}"#;
-        let bad_json = format!("{:08x} {json}\n", crc32(json.as_bytes()));
-        std::fs::write(&path, format!("{good}garbage\n{bad_json}")).expect("write");
+        let bad = encode(&vote("blue", "b")).replacen("\"b\"", "\"x\"", 1);
+        std::fs::write(&path, format!("{good}{bad}{bad}")).expect("write");
 
         let (_, replay) = Journal::open(&path).expect("reopen");
         assert_eq!(replay.events, vec![vote("blue", "a")]);
         assert_eq!(replay.warnings.len(), 2, "{:?}", replay.warnings);
-        assert!(replay.warnings[0].contains("line 2: not a record"), "{:?}", replay.warnings);
-        assert!(replay.warnings[1].contains("line 3: bad event"), "{:?}", replay.warnings);
+        assert!(replay.warnings[0].contains("line 3: checksum mismatch"), "{:?}", replay.warnings);
+        assert!(replay.warnings[1].contains("line 4: checksum mismatch"), "{:?}", replay.warnings);
+        assert!(replay.warnings[1].contains("cut off"), "{:?}", replay.warnings);
         assert_eq!(std::fs::read_to_string(&path).expect("read"), good);
+    }
+
+    #[test]
+    fn records_this_version_cannot_read_are_kept() {
+        let dir = TempDir::new("journal-newer-records");
+        let path = dir.path().join("votes.journal");
+        journal_with(&path, &["a"]);
+        let extra_field = record(r#"{"event":"vote","candidate":"blue","voter":"b","weight":2}"#);
+        let unknown_event = record(r#"{"event":"recount","candidate":"blue"}"#);
+        let before = format!(
+            "{}{extra_field}{unknown_event}",
+            std::fs::read_to_string(&path).expect("read")
+        );
+        std::fs::write(&path, &before).expect("write");
+
+        let (mut journal, replay) = Journal::open(&path).expect("reopen");
+        assert_eq!(replay.events, vec![vote("blue", "a")]);
+        assert_eq!(replay.warnings.len(), 2, "{:?}", replay.warnings);
+        for (w, line) in replay.warnings.iter().zip([3, 4]) {
+            assert!(w.contains(&format!("line {line}: a record this version cannot read")), "{w}");
+            assert!(w.contains("kept"), "{w}");
+        }
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), before, "nothing was cut");
+        journal.append(&vote("blue", "c")).expect("append");
+        let after = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(after, format!("{before}{}", encode(&vote("blue", "c"))));
+    }
+
+    #[test]
+    fn lines_that_are_not_records_are_never_cut() {
+        let dir = TempDir::new("journal-foreign-tail");
+        let path = dir.path().join("votes.journal");
+        journal_with(&path, &["a"]);
+        let with_tail =
+            format!("{}a note someone added\nno newline", std::fs::read_to_string(&path).unwrap());
+        std::fs::write(&path, &with_tail).expect("write");
+        let (_, replay) = Journal::open(&path).expect("reopen");
+        assert_eq!(replay.events, vec![vote("blue", "a")]);
+        assert_eq!(replay.warnings.len(), 2, "{:?}", replay.warnings);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), with_tail);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_journal_is_refused_and_left_untouched() {
+        let dir = TempDir::new("journal-not-one");
+        let candidates = "# candidates\n[[candidate]]\nname = \"blue\"\ncomm = [\"stress-ng\"]\n";
+        for (name, content, kind) in [
+            ("candidates.toml", candidates, "TOML"),
+            ("notes.txt", "just some words\nand more\n", "text"),
+            ("one-line", "no newline at all", "text"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            let err = Journal::open(&path).expect_err("not a journal");
+            let msg = err.to_string();
+            assert!(msg.contains("is not a scx_ballot votes journal"), "{msg}");
+            assert!(msg.contains(kind), "{msg}");
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), content, "{name} untouched");
+        }
+    }
+
+    #[test]
+    fn a_symbolic_link_is_refused_and_its_target_untouched() {
+        let dir = TempDir::new("journal-symlink");
+        let target = dir.path().join("precious.txt");
+        std::fs::write(&target, "precious\n").expect("write");
+        let link = dir.path().join("votes.journal");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = Journal::open(&link).expect_err("a symlink is refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "precious\n");
+        // Even a link to a real journal.
+        let real = dir.path().join("real.journal");
+        journal_with(&real, &["a"]);
+        let link2 = dir.path().join("link.journal");
+        std::os::unix::fs::symlink(&real, &link2).expect("symlink");
+        assert!(Journal::open(&link2).is_err());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_journal_is_refused_while_the_first_holds_it() {
+        let dir = TempDir::new("journal-lock");
+        let path = dir.path().join("votes.journal");
+        let (mut first, _) = Journal::open(&path).expect("open");
+        first.append(&vote("blue", "a")).expect("append");
+        let before = std::fs::read(&path).expect("read");
+        let err = Journal::open(&path).expect_err("locked");
+        assert!(err.to_string().contains("in use by another scx_ballot"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), before, "the refused open wrote nothing");
+        first.append(&vote("blue", "b")).expect("the holder goes on");
+        drop(first);
+        let (_, replay) = Journal::open(&path).expect("free again");
+        assert_eq!(replay.events, vec![vote("blue", "a"), vote("blue", "b")]);
+    }
+
+    #[test]
+    fn a_newer_major_version_is_refused_and_a_newer_minor_one_read() {
+        let dir = TempDir::new("journal-version");
+        let path = dir.path().join("votes.journal");
+        let rec = encode(&vote("blue", "a"));
+        let newer = format!("{HEADER_PREFIX}{}.0\n{rec}", FORMAT_MAJOR + 1);
+        std::fs::write(&path, &newer).expect("write");
+        let err = Journal::open(&path).expect_err("newer major");
+        assert!(err.to_string().contains("newer scx_ballot"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), newer);
+
+        let minor = format!("{HEADER_PREFIX}{FORMAT_MAJOR}.{}\n{rec}", FORMAT_MINOR + 7);
+        std::fs::write(&path, &minor).expect("write");
+        let (_, replay) = Journal::open(&path).expect("newer minor");
+        assert_eq!(replay.events, vec![vote("blue", "a")]);
     }
 
     #[test]
@@ -332,7 +655,7 @@ mod tests {
     }
 
     #[test]
-    fn only_io_errors_fail_open() {
+    fn a_folder_is_not_a_journal() {
         let dir = TempDir::new("journal-io");
         let err = Journal::open(dir.path()).expect_err("a folder is not a journal");
         assert!(err.kind() != ErrorKind::NotFound, "{err}");

@@ -54,6 +54,9 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         Some(path) => ballot::load_candidates(path)?,
         None => Vec::new(),
     };
+    // The port first: a start that cannot serve must fail before the
+    // journal is opened (and written).
+    let listener = server::bind(opts.listen)?;
     let (store, warnings) = Store::open(opts.votes_file.as_deref(), initial, board.clone())
         .context("opening the ballot")?;
     for w in warnings {
@@ -81,7 +84,7 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         vote_interval_ms: opts.vote_interval_ms,
         max_body: ServerConfig::DEFAULT_MAX_BODY,
     };
-    let server = server::spawn(cfg, store, board.clone())
+    let server = server::spawn_on(listener, cfg, store, board.clone())
         .with_context(|| format!("starting the voting server on {}", opts.listen))?;
     info!("voting server: http://{}/", server.addr);
     if let (Some(token), None) = (&server.admin_token, &opts.admin_token) {

@@ -164,9 +164,8 @@ impl Shared {
     }
 }
 
-/// Binds `addr` and serves `app` on a thread per connection.
-pub(super) fn serve(addr: SocketAddr, app: Arc<dyn App>, limits: Limits) -> io::Result<Running> {
-    let listener = TcpListener::bind(addr)?;
+/// Serves `app` on `listener` (already bound), a thread per connection.
+pub(super) fn serve(listener: TcpListener, app: Arc<dyn App>, limits: Limits) -> io::Result<Running> {
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,10 +95,40 @@ pub fn spawn(
     store: Arc<Store>,
     board: Arc<Board>,
 ) -> anyhow::Result<ServerHandle> {
-    spawn_with(cfg, Limits::default(), store, board)
+    let listener = bind(cfg.listen)?;
+    spawn_on(listener, cfg, store, board)
 }
 
+/// Binds the voting port, so that a start which cannot serve fails before
+/// anything else (the votes journal above all) is touched.
+pub fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).with_context(|| format!("listening for votes on {listen}"))
+}
+
+/// [`spawn`] on a listener from [`bind`] (`cfg.listen` names what it was
+/// bound to).
+pub fn spawn_on(
+    listener: TcpListener,
+    cfg: ServerConfig,
+    store: Arc<Store>,
+    board: Arc<Board>,
+) -> anyhow::Result<ServerHandle> {
+    spawn_with_on(listener, cfg, Limits::default(), store, board)
+}
+
+#[cfg(test)]
 fn spawn_with(
+    cfg: ServerConfig,
+    limits: Limits,
+    store: Arc<Store>,
+    board: Arc<Board>,
+) -> anyhow::Result<ServerHandle> {
+    let listener = bind(cfg.listen)?;
+    spawn_with_on(listener, cfg, limits, store, board)
+}
+
+fn spawn_with_on(
+    listener: TcpListener,
     cfg: ServerConfig,
     limits: Limits,
     store: Arc<Store>,
@@ -121,7 +151,7 @@ fn spawn_with(
         vote_interval: Duration::from_millis(cfg.vote_interval_ms),
         last_vote: Mutex::new(HashMap::new()),
     });
-    let running = http::serve(cfg.listen, api, limits)
+    let running = http::serve(listener, api, limits)
         .with_context(|| format!("listening for votes on {}", cfg.listen))?;
     Ok(ServerHandle { addr: running.addr, admin_token, running })
 }
