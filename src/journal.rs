@@ -217,12 +217,17 @@ impl Journal {
     /// or SIGKILL. On error the file is cut back to its length before this
     /// append (never shorter).
     pub fn append(&mut self, event: &Event) -> io::Result<()> {
+        self.append_records(encode(event).as_bytes())
+    }
+
+    /// Appends whole records (each from [`encode`]) with one write and one
+    /// sync: several changes share one flush. As [`Journal::append`].
+    pub fn append_records(&mut self, lines: &[u8]) -> io::Result<()> {
         if let Some(len) = self.repair_to {
             self.repair(len)?;
         }
         let before = self.file.metadata()?.len();
-        let line = encode(event);
-        let result = self.write_and_sync(line.as_bytes());
+        let result = self.write_and_sync(lines);
         if result.is_err() {
             self.repair_to = Some(before);
             // Best effort now; tried again before the next append.
@@ -277,7 +282,7 @@ impl Journal {
 }
 
 /// One record, newline included.
-fn encode(event: &Event) -> String {
+pub(crate) fn encode(event: &Event) -> String {
     let json = serde_json::to_string(event).expect("an Event always serializes");
     format!("{:08x} {json}\n", crc32(json.as_bytes()))
 }

@@ -1,10 +1,19 @@
 //! The store: the ballot, its journal, and the standing published for the
 //! scheduler, changed only by [`Store::submit`]. The mutex inside is taken by
 //! request threads only; the scheduling loop reads `Board::standing`.
+//!
+//! Group commit: concurrent submissions share one journal write and one
+//! `fsync`. Each submission is checked against the ballot as it will be once
+//! everything already accepted is on disk, and queued. The first submitter
+//! that finds no flush under way writes the whole queue with one write and
+//! one sync, without holding the mutex; the others wait on a condition
+//! variable. A submission is answered only once its record is on disk, and
+//! the standing is published only from what is on disk.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use anyhow::Context;
 
@@ -19,14 +28,37 @@ type OnPublish = Box<dyn Fn(&Standing) + Send + Sync>;
 /// after every acknowledged change.
 pub struct Store {
     inner: Mutex<Inner>,
+    /// Signalled when a flush ends.
+    flushed: Condvar,
     board: Arc<Board>,
     on_publish: Mutex<Option<OnPublish>>,
 }
 
 struct Inner {
+    /// What is on disk (and published).
     ballot: Ballot,
+    /// Absent while a flush is writing it, outside the lock.
     journal: Option<Journal>,
+    /// Whether the store journals at all.
+    durable: bool,
     generation: u64,
+    /// Accepted, not yet on disk: each with its sequence number.
+    queue: Vec<(u64, Event)>,
+    /// `ballot` with `queue` applied: what new submissions are checked
+    /// against. `None` while the queue is empty.
+    ahead: Option<Ballot>,
+    /// The sequence number of the last accepted submission.
+    last_seq: u64,
+    /// Every submission up to this one is on disk or in `failed`.
+    done_seq: u64,
+    /// Submissions that failed, by sequence number, until their submitter
+    /// picks the error up.
+    failed: HashMap<u64, StoreError>,
+    /// Flushes so far (for tests and the bench: how many syncs were shared).
+    flushes: u64,
+    /// Tests: the next flush waits for a message here before it writes.
+    #[cfg(test)]
+    hold_next_flush: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 /// Why a submitted event was not acknowledged. Nothing changed.
@@ -98,7 +130,21 @@ impl Store {
             }
             None => None,
         };
-        let mut inner = Inner { ballot, journal, generation: 0 };
+        let durable = journal.is_some();
+        let mut inner = Inner {
+            ballot,
+            journal,
+            durable,
+            generation: 0,
+            queue: Vec::new(),
+            ahead: None,
+            last_seq: 0,
+            done_seq: 0,
+            failed: HashMap::new(),
+            flushes: 0,
+            #[cfg(test)]
+            hold_next_flush: None,
+        };
         for (name, members) in initial {
             if let Some(existing) = inner.ballot.members(&name) {
                 let wanted: Vec<Member> = members.iter().map(without_start_time).collect();
@@ -123,32 +169,138 @@ impl Store {
         }
         inner.generation = 1;
         board.standing.store(Arc::new(inner.ballot.standing(inner.generation)));
-        let store = Store { inner: Mutex::new(inner), board, on_publish: Mutex::new(None) };
+        let store = Store {
+            inner: Mutex::new(inner),
+            flushed: Condvar::new(),
+            board,
+            on_publish: Mutex::new(None),
+        };
         Ok((store, warnings))
     }
 
-    /// Validates `event`, appends it to the journal (synced), applies it and
-    /// publishes the new standing with the next generation, which it returns.
-    /// Any error leaves the ballot, the journal and the board as they were.
+    /// Validates `event`, appends it to the journal (synced, possibly in one
+    /// write and one sync with concurrent submissions), applies it and
+    /// publishes the new standing, which it returns. Any error leaves the
+    /// ballot, the journal and the board as they were.
     ///
     /// A `pid` member of an added or created candidate gets its start time
     /// from `/proc` (a given one must match the live process).
     pub fn submit(&self, event: Event) -> Result<Arc<Standing>, StoreError> {
         let event = fill_start_times(event)?;
         let mut inner = self.lock();
-        inner.ballot.check(&event)?;
-        if let Some(journal) = &mut inner.journal {
-            journal.append(&event).map_err(StoreError::Journal)?;
+        if !inner.durable {
+            inner.ballot.check(&event)?;
+            inner.ballot.apply(&event).expect("checked just above, under the same lock");
+            inner.generation += 1;
+            let standing = self.publish(&inner);
+            drop(inner);
+            self.after_publish(&standing);
+            return Ok(standing);
         }
-        inner.ballot.apply(&event).expect("checked just above, under the same lock");
-        inner.generation += 1;
+        let inner_ref = &mut *inner;
+        let ahead = inner_ref.ahead.get_or_insert_with(|| inner_ref.ballot.clone());
+        ahead.check(&event)?;
+        ahead.apply(&event).expect("checked just above, under the same lock");
+        inner.last_seq += 1;
+        let seq = inner.last_seq;
+        inner.queue.push((seq, event));
+        loop {
+            if let Some(e) = inner.failed.remove(&seq) {
+                return Err(e);
+            }
+            if inner.done_seq >= seq {
+                return Ok(self.board.standing.load_full());
+            }
+            if inner.journal.is_some() {
+                inner = self.flush(inner);
+            } else {
+                inner = self.flushed.wait(inner).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+
+    /// Writes everything queued with one write and one sync, with the lock
+    /// released meanwhile; then publishes, or on failure answers the batch
+    /// with the error and checks what was queued behind it again.
+    fn flush<'a>(&'a self, mut inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        let batch = std::mem::take(&mut inner.queue);
+        let mut journal = inner.journal.take().expect("the caller saw the journal");
+        #[cfg(test)]
+        let hold = inner.hold_next_flush.take();
+        drop(inner);
+        #[cfg(test)]
+        if let Some(hold) = hold {
+            let _ = hold.recv();
+        }
+        let mut lines = String::new();
+        for (_, event) in &batch {
+            lines.push_str(&crate::journal::encode(event));
+        }
+        let result = journal.append_records(lines.as_bytes());
+        let mut inner = self.lock();
+        inner.journal = Some(journal);
+        inner.flushes += 1;
+        let last = batch.last().map_or(inner.done_seq, |(seq, _)| *seq);
+        let mut published = None;
+        match result {
+            Ok(()) => {
+                for (_, event) in &batch {
+                    inner.ballot.apply(event).expect("checked against the ballot ahead");
+                }
+                inner.generation += batch.len() as u64;
+                if inner.queue.is_empty() {
+                    inner.ahead = None;
+                }
+                published = Some(self.publish(&inner));
+            }
+            Err(e) => {
+                for (seq, _) in &batch {
+                    let e = std::io::Error::new(e.kind(), e.to_string());
+                    inner.failed.insert(*seq, StoreError::Journal(e));
+                }
+                // What was queued behind the batch was checked against a
+                // ballot that included it: check it again.
+                let queued = std::mem::take(&mut inner.queue);
+                let mut ahead = inner.ballot.clone();
+                for (seq, event) in queued {
+                    match ahead.check(&event) {
+                        Ok(()) => {
+                            ahead.apply(&event).expect("checked just above");
+                            inner.queue.push((seq, event));
+                        }
+                        Err(e) => {
+                            inner.failed.insert(seq, StoreError::Ballot(e));
+                        }
+                    }
+                }
+                inner.ahead = (!inner.queue.is_empty()).then_some(ahead);
+            }
+        }
+        inner.done_seq = last;
+        self.flushed.notify_all();
+        if let Some(standing) = published {
+            drop(inner);
+            self.after_publish(&standing);
+            inner = self.lock();
+        }
+        inner
+    }
+
+    fn publish(&self, inner: &Inner) -> Arc<Standing> {
         let standing = Arc::new(inner.ballot.standing(inner.generation));
         self.board.standing.store(Arc::clone(&standing));
-        drop(inner);
+        standing
+    }
+
+    fn after_publish(&self, standing: &Standing) {
         if let Some(f) = &*self.on_publish.lock().unwrap_or_else(|p| p.into_inner()) {
-            f(&standing);
+            f(standing);
         }
-        Ok(standing)
+    }
+
+    /// How many journal flushes (write + sync) have run.
+    pub fn flushes(&self) -> u64 {
+        self.lock().flushes
     }
 
     /// Runs `f` after every publish, outside the ballot lock (e.g. to wake
@@ -169,7 +321,9 @@ impl Store {
     /// Swaps the journal (tests of the error path).
     #[cfg(test)]
     pub(crate) fn set_journal_for_test(&self, journal: Journal) {
-        self.lock().journal = Some(journal);
+        let mut inner = self.lock();
+        inner.journal = Some(journal);
+        inner.durable = true;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -354,11 +508,73 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn concurrent_votes_share_one_flush_and_each_is_on_disk_before_its_answer() {
+        let dir = TempDir::new("store-group-commit");
+        let path = dir.path().join("votes.journal");
+        let (store, _) = Store::open(Some(&path), initial(&["blue"]), Board::new()).expect("open");
+        let store = Arc::new(store);
+        let before = store.flushes();
+        let (release, hold) = std::sync::mpsc::channel();
+        store.lock().hold_next_flush = Some(hold);
+        let submit = |voter: String| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || store.submit(vote("blue", &voter)).map(|s| s.generation))
+        };
+        // The first vote's flush is held; ten more queue up behind it.
+        let first = submit("v0".into());
+        let wait_until = |what: &str, cond: &dyn Fn(&Inner) -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !cond(&store.lock()) {
+                assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        wait_until("the first flush", &|i| i.journal.is_none());
+        let rest: Vec<_> = (1..=10).map(|i| submit(format!("v{i}"))).collect();
+        wait_until("ten queued votes", &|i| i.queue.len() == 10);
+        assert_eq!(votes(&store), [("blue".into(), 0)], "nothing is published before the sync");
+        let on_disk = std::fs::read_to_string(&path).expect("read");
+        assert!(!on_disk.contains("\"v0\""), "the held flush has not written yet");
+        release.send(()).expect("release the flush");
+        assert_eq!(first.join().expect("no panic").expect("acknowledged"), 2);
+        for t in rest {
+            assert_eq!(t.join().expect("no panic").expect("acknowledged"), 12);
+        }
+        assert_eq!(store.flushes() - before, 2, "one flush for the first, one for the ten");
+        assert_eq!(votes(&store), [("blue".into(), 11)]);
+        drop(store);
+        let (store, _) = Store::open(Some(&path), vec![], Board::new()).expect("reopen");
+        assert_eq!(votes(&store), [("blue".into(), 11)]);
+    }
+
+    #[test]
+    fn a_failed_shared_flush_fails_every_vote_in_it_and_checks_the_ones_behind_again() {
+        let dir = TempDir::new("store-group-fail");
+        let board = Board::new();
+        let (store, _) = Store::open(None, initial(&["blue"]), Arc::clone(&board)).expect("open");
+        store.set_journal_for_test(Journal::failing_for_test(&dir.path().join("votes.journal")));
+        let store = Arc::new(store);
+        let results: Vec<_> = (0..8)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || store.submit(vote("blue", &format!("v{i}"))))
+            })
+            .collect();
+        for r in results {
+            let err = r.join().expect("no panic").expect_err("the write fails");
+            assert!(matches!(err, StoreError::Journal(_)), "{err}");
+        }
+        assert_eq!(board.standing.load().generation, 1);
+        assert_eq!(votes(&store), [("blue".into(), 0)]);
+        assert!(store.lock().queue.is_empty() && store.lock().failed.is_empty());
+    }
+
+    #[test]
     fn a_failed_journal_write_changes_nothing() {
         let dir = TempDir::new("store-fail");
         let board = Board::new();
         let (store, _) = Store::open(None, initial(&["blue"]), Arc::clone(&board)).expect("open");
-        store.lock().journal = Some(Journal::failing_for_test(&dir.path().join("votes.journal")));
+        store.set_journal_for_test(Journal::failing_for_test(&dir.path().join("votes.journal")));
         let err = store.submit(vote("blue", "ana")).expect_err("the write fails");
         assert!(matches!(err, StoreError::Journal(_)), "{err}");
         assert_eq!(board.standing.load().generation, 1);
