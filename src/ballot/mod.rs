@@ -14,7 +14,7 @@ use crate::election::view::{CandidateStanding, Member, Standing};
 mod file;
 pub(crate) mod store;
 
-pub use file::load_candidates;
+pub use file::{CandidatesFile, load_candidates, load_candidates_file};
 pub use store::{Store, StoreError, proc_start_time};
 
 /// Most candidates a ballot holds.
@@ -49,7 +49,8 @@ pub enum Event {
     /// One more membership rule for `candidate`.
     AddMember { candidate: String, member: Member },
     /// Drop the rules of `candidate` matching `member`; a `pid` rule without
-    /// `start_time` matches that PID whatever its start time.
+    /// `start_time` (or `boot_id`) matches that PID whatever its start time
+    /// (or boot).
     RemoveMember { candidate: String, member: Member },
     /// Every candidate back to zero votes.
     ResetVotes,
@@ -356,11 +357,22 @@ pub fn validate_voter(voter: &str) -> Result<(), BallotError> {
     }
 }
 
-/// A membership rule that can match: pid > 0; comm of 1..=15 bytes without
-/// NUL; a cgroup path starting with `/`, at most 4096 bytes, without NUL.
+/// Longest boot id, in bytes (the kernel's is a 36-character UUID).
+pub const MAX_BOOT_ID_BYTES: usize = 64;
+
+/// A membership rule that can match: pid > 0 and a boot id, if any, of
+/// 1..=64 characters of `0-9 a-f -`; comm of 1..=15 bytes without NUL; a
+/// cgroup path starting with `/`, at most 4096 bytes, without NUL.
 pub fn validate_member(member: &Member) -> Result<(), BallotError> {
     let why = match member {
         Member::Pid { pid, .. } if *pid <= 0 => format!("pid must be positive, not {pid}"),
+        Member::Pid { boot_id: Some(id), .. }
+            if id.is_empty()
+                || id.len() > MAX_BOOT_ID_BYTES
+                || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+        {
+            format!("boot_id must be 1 to {MAX_BOOT_ID_BYTES} characters of 0-9 a-f -")
+        }
         Member::Comm { comm } if comm.is_empty() || comm.len() > MAX_COMM_BYTES => {
             format!("comm must be 1 to {MAX_COMM_BYTES} bytes, not {}", comm.len())
         }
@@ -380,12 +392,14 @@ pub fn validate_member(member: &Member) -> Result<(), BallotError> {
 }
 
 /// Whether `rule` is matched by `query`: equal, except that a `pid` query
-/// without `start_time` matches that PID whatever its start time.
+/// without `start_time` (or `boot_id`) matches that PID whatever its start
+/// time (or boot).
 fn matches_rule(rule: &Member, query: &Member) -> bool {
     match (rule, query) {
-        (Member::Pid { pid: a, start_time: ta }, Member::Pid { pid: b, start_time: tb }) => {
-            a == b && (tb.is_none() || ta == tb)
-        }
+        (
+            Member::Pid { pid: a, start_time: ta, boot_id: ba },
+            Member::Pid { pid: b, start_time: tb, boot_id: bb },
+        ) => a == b && (tb.is_none() || ta == tb) && (bb.is_none() || ba == bb),
         _ => rule == query,
     }
 }
@@ -402,8 +416,8 @@ fn duplicate(candidate: &str, member: &Member) -> BallotError {
 /// A member as a short phrase for messages.
 pub fn describe(member: &Member) -> String {
     match member {
-        Member::Pid { pid, start_time: Some(t) } => format!("pid {pid} (start time {t})"),
-        Member::Pid { pid, start_time: None } => format!("pid {pid}"),
+        Member::Pid { pid, start_time: Some(t), .. } => format!("pid {pid} (start time {t})"),
+        Member::Pid { pid, start_time: None, .. } => format!("pid {pid}"),
         Member::Comm { comm } => format!("comm {comm:?}"),
         Member::Cgroup { path } => format!("cgroup {path:?}"),
     }
@@ -426,7 +440,7 @@ mod tests {
     }
 
     fn pid(pid: i32, start_time: Option<u64>) -> Member {
-        Member::Pid { pid, start_time }
+        Member::Pid { pid, start_time, boot_id: None }
     }
 
     fn ballot(names: &[&str]) -> Ballot {
