@@ -344,6 +344,18 @@ mod tests {
     }
 
     #[test]
+    fn member_uids_are_numbers_and_repeat() {
+        let cli = parse(&["--member-uid", "1000", "--member-uid", "0"]).unwrap();
+        assert_eq!(cli.sched.member_uid, [1000, 0]);
+        assert!(parse(&[]).unwrap().sched.member_uid.is_empty());
+        let cli = parse(&["--no-sched", "--member-uid", "65534"]).unwrap();
+        assert_eq!(cli.sched.member_uid, [65534]);
+        for bad in ["alice", "-1", "4294967295"] {
+            assert!(parse(&["--member-uid", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn exec_without_a_command_is_refused() {
         assert!(parse(&["exec"]).is_err());
     }

@@ -165,6 +165,25 @@ mod tests {
     }
 
     #[test]
+    fn uids_are_trusted_per_candidate_and_are_no_members() {
+        let dir = TempDir::new("candidates-uids");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[candidate]]\nname = \"blue\"\ncomm = [\"x\"]\nuids = [1000, 65534]\n\n\
+             [[candidate]]\nname = \"green\"\n",
+        )
+        .expect("write");
+        let (candidates, uids) = load_candidates_file(&path).expect("loads");
+        assert_eq!(
+            candidates,
+            [("blue".into(), vec![Member::Comm { comm: "x".into() }]), ("green".into(), vec![])]
+        );
+        assert_eq!(uids, [("blue".to_string(), vec![1000, 65534])]);
+        assert_eq!(load_candidates(&path).expect("loads"), candidates);
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_line() {
         let dir = TempDir::new("candidates-errors");
         let cases = [
@@ -188,6 +207,8 @@ mod tests {
                 "must start with /",
             ),
             ("pid.toml", "[[candidate]]\nname = \"a\"\npids = [0]\n", "pid must be positive"),
+            ("uid.toml", "[[candidate]]\nname = \"a\"\nuids = [-1]\n", "line 3"),
+            ("nouid.toml", "[[candidate]]\nname = \"a\"\nuids = [4294967295]\n", "no user's"),
             ("c.yaml", "candidate: []\n", "expected a .toml or .json"),
         ];
         for (name, text, want) in cases {

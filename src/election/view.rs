@@ -40,7 +40,8 @@ pub enum Member {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         boot_id: Option<String>,
     },
-    /// Every process whose command name (comm, at most 15 bytes) is this.
+    /// Every process whose command name (comm, at most 15 bytes) is this,
+    /// of a trusted uid (see `membership::Trust`: a process names itself).
     Comm { comm: String },
     /// Every process in this cgroup (v2 path, e.g. `/system.slice/foo`) or
     /// below it.
