@@ -473,6 +473,44 @@ mod tests {
     }
 
     #[test]
+    fn pid_members_carry_their_boot_and_old_records_still_parse() {
+        let boot = "c898f6fb-4e72-4334-9d39-f857fe2b5355";
+        let member = Member::Pid { pid: 7, start_time: Some(42), boot_id: Some(boot.into()) };
+        let e = Event::AddMember { candidate: "blue".into(), member };
+        let json = serde_json::to_string(&e).expect("serializable");
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"event":"add_member","candidate":"blue","member":{{"kind":"pid","pid":7,"start_time":42,"boot_id":"{boot}"}}}}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).expect("parses"), e);
+        // A record written before boot ids were kept.
+        let old = r#"{"event":"create_candidate","name":"x","members":[{"kind":"pid","pid":7,"start_time":42}]}"#;
+        assert_eq!(
+            serde_json::from_str::<Event>(old).expect("parses"),
+            create("x", vec![pid(7, Some(42))])
+        );
+        // The same pid and start time in two boots are two processes; a bare
+        // pid removes both.
+        let mut b = ballot(&["blue"]);
+        let in_boot =
+            |id: &str| Member::Pid { pid: 7, start_time: Some(42), boot_id: Some(id.into()) };
+        let add = |m| Event::AddMember { candidate: "blue".into(), member: m };
+        b.apply(&add(in_boot("aa-1"))).expect("add");
+        b.apply(&add(in_boot("bb-2"))).expect("another boot's process");
+        assert_eq!(b.apply(&add(in_boot("aa-1"))).map_err(|e| e.code()), Err("duplicate_member"));
+        assert_eq!(b.apply(&add(pid(7, Some(42)))).map_err(|e| e.code()), Err("duplicate_member"));
+        b.apply(&Event::RemoveMember { candidate: "blue".into(), member: pid(7, None) })
+            .expect("remove");
+        assert_eq!(b.members("blue"), Some(&[][..]));
+        for bad in ["", "not a uuid", &"a".repeat(65)] {
+            let m = Member::Pid { pid: 7, start_time: None, boot_id: Some(bad.into()) };
+            assert_eq!(validate_member(&m).map_err(|e| e.code()), Err("invalid_member"), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn votes_are_counted_and_the_leader_has_the_most() {
         let mut b = ballot(&["blue", "green"]);
         assert_eq!(b.leader(), None, "no votes, no leader");
