@@ -38,7 +38,10 @@ pub enum Command {
     Exec {
         /// Make CMD and its children members of this candidate (the election
         /// policy finds them by the SCX_BALLOT_CANDIDATE variable this sets
-        /// in their environment).
+        /// in their environment). Any process can set that variable, so the
+        /// scheduler honours it only for processes whose real and effective
+        /// uids it trusts: its own (root) and those of --member-uid or the
+        /// candidate's `uids` in the candidates file.
         #[arg(long, value_name = "NAME")]
         candidate: Option<String>,
 
@@ -129,6 +132,18 @@ pub struct SchedOpts {
     /// candidates already in the votes journal are kept as they are.
     #[arg(long, value_name = "FILE", help_heading = "Election")]
     pub candidates: Option<std::path::PathBuf>,
+
+    /// Election: also trust this (numeric) uid's processes to join any
+    /// candidate by a `comm` rule or `scx_ballot exec --candidate`
+    /// (repeatable). A process picks its own command name and environment,
+    /// so by default only processes whose real and effective uids are the
+    /// one scx_ballot runs as join that way; `pid` and `cgroup` members,
+    /// which the admin names, join whatever their uid. Every uid trusted
+    /// lets its user put any of its processes into any candidate (per
+    /// candidate: `uids` in the candidates file).
+    #[arg(long, value_name = "UID", help_heading = "Election",
+        value_parser = clap::value_parser!(u32).range(0..u32::MAX as i64))]
+    pub member_uid: Vec<u32>,
 
     /// Election: where the voting server listens. Anything but a loopback
     /// address exposes it to the network; the admin routes then need a token.
@@ -327,6 +342,18 @@ mod tests {
                 clap::error::ErrorKind::ArgumentConflict,
                 "{flag:?}"
             );
+        }
+    }
+
+    #[test]
+    fn member_uids_are_numbers_and_repeat() {
+        let cli = parse(&["--member-uid", "1000", "--member-uid", "0"]).unwrap();
+        assert_eq!(cli.sched.member_uid, [1000, 0]);
+        assert!(parse(&[]).unwrap().sched.member_uid.is_empty());
+        let cli = parse(&["--no-sched", "--member-uid", "65534"]).unwrap();
+        assert_eq!(cli.sched.member_uid, [65534]);
+        for bad in ["alice", "-1", "4294967295"] {
+            assert!(parse(&["--member-uid", bad]).is_err(), "{bad}");
         }
     }
 

@@ -29,8 +29,8 @@ pub fn enter_sched_ext() -> Result<()> {
 
 /// Enters SCHED_EXT, then replaces this process with `argv`; with
 /// `candidate`, CMD and its children are members of that candidate (the
-/// scheduler finds `SCX_BALLOT_CANDIDATE` in their environment). Returns only
-/// on failure.
+/// scheduler finds `SCX_BALLOT_CANDIDATE` in their environment) as long as
+/// their uids are ones the scheduler trusts. Returns only on failure.
 pub fn exec_in_sched_ext(argv: &[OsString], candidate: Option<&str>) -> Result<std::convert::Infallible> {
     let Some((program, args)) = argv.split_first() else {
         bail!("no command given: usage is `scx_ballot exec -- CMD [ARGS...]`");
@@ -44,6 +44,9 @@ pub fn exec_in_sched_ext(argv: &[OsString], candidate: Option<&str>) -> Result<s
         }
     }
     enter_sched_ext()?;
+    if candidate.is_some() {
+        warn_if_not_trusted_by_default();
+    }
     let mut cmd = Command::new(program);
     cmd.args(args);
     if let Some(name) = candidate {
@@ -51,4 +54,21 @@ pub fn exec_in_sched_ext(argv: &[OsString], candidate: Option<&str>) -> Result<s
     }
     let err = cmd.exec();
     bail!("cannot run {}: {err}", program.to_string_lossy())
+}
+
+/// Says so when the marker will count only if the scheduler was told to
+/// trust this uid (by default it trusts its own, root's, alone).
+fn warn_if_not_trusted_by_default() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(me) = crate::election::membership::parse_status(&status) else { return };
+    if me.ruid != 0 || me.euid != 0 {
+        log::warn!(
+            "--candidate counts only for uids the scheduler trusts, and this runs as uid {} \
+             (real {}): a scheduler of another uid needs --member-uid {} (or the uid in the \
+             candidate's uids)",
+            me.euid,
+            me.ruid,
+            me.euid
+        );
+    }
 }

@@ -395,7 +395,7 @@ mod tests {
         vec![
             Event::CreateCandidate {
                 name: "blue".into(),
-                members: vec![Member::Pid { pid: 7, start_time: Some(99) }],
+                members: vec![Member::Pid { pid: 7, start_time: Some(99), boot_id: None }],
             },
             vote("blue", "ana"),
             vote("blue", "line\nbreak \"quoted\""),

@@ -17,7 +17,7 @@ use log::{error, info, warn};
 
 use scx_ballot::ballot::{self, Event, Store};
 use scx_ballot::cli::{Cli, Command, Mutant, SchedOpts};
-use scx_ballot::election::membership::Tracker;
+use scx_ballot::election::membership::{Tracker, Trust};
 use scx_ballot::election::view::{Board, Member};
 use scx_ballot::policy::{PolicyName, election};
 use scx_ballot::server::{self, ServerConfig, ServerHandle};
@@ -50,10 +50,12 @@ struct ElectionSide {
 
 fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
     let board = Board::new();
-    let initial = match &opts.candidates {
-        Some(path) => ballot::load_candidates(path)?,
-        None => Vec::new(),
+    let (initial, trusted_per_candidate) = match &opts.candidates {
+        Some(path) => ballot::load_candidates_file(path)?,
+        None => (Vec::new(), Vec::new()),
     };
+    let trust = Trust::new(opts.member_uid.iter().copied(), trusted_per_candidate)
+        .context("reading the uid scx_ballot runs as")?;
     // The port first: a start that cannot serve must fail before the
     // journal is opened (and written).
     let listener = server::bind(opts.listen)?;
@@ -77,7 +79,7 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         }
     });
     let tracker =
-        Tracker::spawn(board.clone(), on_exit).context("starting the membership tracker")?;
+        Tracker::spawn(board.clone(), trust, on_exit).context("starting the membership tracker")?;
     let cfg = ServerConfig {
         listen: opts.listen,
         admin_token: opts.admin_token.clone(),

@@ -14,7 +14,7 @@ use crate::election::view::{CandidateStanding, Member, Standing};
 mod file;
 pub(crate) mod store;
 
-pub use file::load_candidates;
+pub use file::{CandidatesFile, load_candidates, load_candidates_file};
 pub use store::{Store, StoreError, proc_start_time};
 
 /// Most candidates a ballot holds.
@@ -49,7 +49,8 @@ pub enum Event {
     /// One more membership rule for `candidate`.
     AddMember { candidate: String, member: Member },
     /// Drop the rules of `candidate` matching `member`; a `pid` rule without
-    /// `start_time` matches that PID whatever its start time.
+    /// `start_time` (or `boot_id`) matches that PID whatever its start time
+    /// (or boot).
     RemoveMember { candidate: String, member: Member },
     /// Every candidate back to zero votes.
     ResetVotes,
@@ -356,11 +357,22 @@ pub fn validate_voter(voter: &str) -> Result<(), BallotError> {
     }
 }
 
-/// A membership rule that can match: pid > 0; comm of 1..=15 bytes without
-/// NUL; a cgroup path starting with `/`, at most 4096 bytes, without NUL.
+/// Longest boot id, in bytes (the kernel's is a 36-character UUID).
+pub const MAX_BOOT_ID_BYTES: usize = 64;
+
+/// A membership rule that can match: pid > 0 and a boot id, if any, of
+/// 1..=64 characters of `0-9 a-f -`; comm of 1..=15 bytes without NUL; a
+/// cgroup path starting with `/`, at most 4096 bytes, without NUL.
 pub fn validate_member(member: &Member) -> Result<(), BallotError> {
     let why = match member {
         Member::Pid { pid, .. } if *pid <= 0 => format!("pid must be positive, not {pid}"),
+        Member::Pid { boot_id: Some(id), .. }
+            if id.is_empty()
+                || id.len() > MAX_BOOT_ID_BYTES
+                || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+        {
+            format!("boot_id must be 1 to {MAX_BOOT_ID_BYTES} characters of 0-9 a-f -")
+        }
         Member::Comm { comm } if comm.is_empty() || comm.len() > MAX_COMM_BYTES => {
             format!("comm must be 1 to {MAX_COMM_BYTES} bytes, not {}", comm.len())
         }
@@ -380,12 +392,14 @@ pub fn validate_member(member: &Member) -> Result<(), BallotError> {
 }
 
 /// Whether `rule` is matched by `query`: equal, except that a `pid` query
-/// without `start_time` matches that PID whatever its start time.
+/// without `start_time` (or `boot_id`) matches that PID whatever its start
+/// time (or boot).
 fn matches_rule(rule: &Member, query: &Member) -> bool {
     match (rule, query) {
-        (Member::Pid { pid: a, start_time: ta }, Member::Pid { pid: b, start_time: tb }) => {
-            a == b && (tb.is_none() || ta == tb)
-        }
+        (
+            Member::Pid { pid: a, start_time: ta, boot_id: ba },
+            Member::Pid { pid: b, start_time: tb, boot_id: bb },
+        ) => a == b && (tb.is_none() || ta == tb) && (bb.is_none() || ba == bb),
         _ => rule == query,
     }
 }
@@ -402,8 +416,8 @@ fn duplicate(candidate: &str, member: &Member) -> BallotError {
 /// A member as a short phrase for messages.
 pub fn describe(member: &Member) -> String {
     match member {
-        Member::Pid { pid, start_time: Some(t) } => format!("pid {pid} (start time {t})"),
-        Member::Pid { pid, start_time: None } => format!("pid {pid}"),
+        Member::Pid { pid, start_time: Some(t), .. } => format!("pid {pid} (start time {t})"),
+        Member::Pid { pid, start_time: None, .. } => format!("pid {pid}"),
         Member::Comm { comm } => format!("comm {comm:?}"),
         Member::Cgroup { path } => format!("cgroup {path:?}"),
     }
@@ -426,7 +440,7 @@ mod tests {
     }
 
     fn pid(pid: i32, start_time: Option<u64>) -> Member {
-        Member::Pid { pid, start_time }
+        Member::Pid { pid, start_time, boot_id: None }
     }
 
     fn ballot(names: &[&str]) -> Ballot {
@@ -456,6 +470,44 @@ mod tests {
         assert_eq!(created, create("x", vec![]));
         assert!(serde_json::from_str::<Event>(r#"{"event":"vote","candidate":"x"}"#).is_err());
         assert!(serde_json::from_str::<Event>(r#"{"event":"elect","name":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn pid_members_carry_their_boot_and_old_records_still_parse() {
+        let boot = "c898f6fb-4e72-4334-9d39-f857fe2b5355";
+        let member = Member::Pid { pid: 7, start_time: Some(42), boot_id: Some(boot.into()) };
+        let e = Event::AddMember { candidate: "blue".into(), member };
+        let json = serde_json::to_string(&e).expect("serializable");
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"event":"add_member","candidate":"blue","member":{{"kind":"pid","pid":7,"start_time":42,"boot_id":"{boot}"}}}}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).expect("parses"), e);
+        // A record written before boot ids were kept.
+        let old = r#"{"event":"create_candidate","name":"x","members":[{"kind":"pid","pid":7,"start_time":42}]}"#;
+        assert_eq!(
+            serde_json::from_str::<Event>(old).expect("parses"),
+            create("x", vec![pid(7, Some(42))])
+        );
+        // The same pid and start time in two boots are two processes; a bare
+        // pid removes both.
+        let mut b = ballot(&["blue"]);
+        let in_boot =
+            |id: &str| Member::Pid { pid: 7, start_time: Some(42), boot_id: Some(id.into()) };
+        let add = |m| Event::AddMember { candidate: "blue".into(), member: m };
+        b.apply(&add(in_boot("aa-1"))).expect("add");
+        b.apply(&add(in_boot("bb-2"))).expect("another boot's process");
+        assert_eq!(b.apply(&add(in_boot("aa-1"))).map_err(|e| e.code()), Err("duplicate_member"));
+        assert_eq!(b.apply(&add(pid(7, Some(42)))).map_err(|e| e.code()), Err("duplicate_member"));
+        b.apply(&Event::RemoveMember { candidate: "blue".into(), member: pid(7, None) })
+            .expect("remove");
+        assert_eq!(b.members("blue"), Some(&[][..]));
+        for bad in ["", "not a uuid", &"a".repeat(65)] {
+            let m = Member::Pid { pid: 7, start_time: None, boot_id: Some(bad.into()) };
+            assert_eq!(validate_member(&m).map_err(|e| e.code()), Err("invalid_member"), "{bad:?}");
+        }
     }
 
     #[test]

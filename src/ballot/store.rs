@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use anyhow::Context;
 
 use super::{Ballot, BallotError, Event};
+use crate::election::membership::{current_boot_id, parse_status};
 use crate::election::view::{Board, Member, Standing};
 use crate::journal::Journal;
 
@@ -184,7 +185,8 @@ impl Store {
     /// ballot, the journal and the board as they were.
     ///
     /// A `pid` member of an added or created candidate gets its start time
-    /// from `/proc` (a given one must match the live process).
+    /// from `/proc` and this boot's id (given ones must match the live
+    /// process); a thread id is refused, with the id of its process.
     pub fn submit(&self, event: Event) -> Result<Arc<Standing>, StoreError> {
         let event = fill_start_times(event)?;
         let mut inner = self.lock();
@@ -335,7 +337,7 @@ impl Store {
 
 fn without_start_time(member: &Member) -> Member {
     match member {
-        Member::Pid { pid, .. } => Member::Pid { pid: *pid, start_time: None },
+        Member::Pid { pid, .. } => Member::Pid { pid: *pid, start_time: None, boot_id: None },
         other => other.clone(),
     }
 }
@@ -355,15 +357,48 @@ fn fill_start_times(event: Event) -> Result<Event, BallotError> {
 }
 
 fn fill_start_time(member: Member) -> Result<Member, BallotError> {
+    fill_identity(member, proc_tgid, proc_start_time, current_boot_id())
+}
+
+/// [`fill_start_time`] with the `/proc` lookups given: `tgid` and
+/// `start_time` of a pid (`None`: no such task), and this boot's id.
+fn fill_identity(
+    member: Member,
+    tgid: impl Fn(i32) -> Option<i32>,
+    start_time: impl Fn(i32) -> Option<u64>,
+    this_boot: Option<String>,
+) -> Result<Member, BallotError> {
     match member {
-        Member::Pid { pid, start_time } if pid > 0 => match (proc_start_time(pid), start_time) {
-            (Some(live), None) => Ok(Member::Pid { pid, start_time: Some(live) }),
-            (Some(live), Some(given)) if live == given => Ok(Member::Pid { pid, start_time }),
-            _ => Err(BallotError::NoSuchProcess(pid)),
-        },
+        Member::Pid { pid, start_time: given, boot_id } if pid > 0 => {
+            // /proc/TID exists for every thread, though /proc lists only
+            // processes: a thread id would be taken for a process that is
+            // never seen, and dropped as exited.
+            match tgid(pid) {
+                None => return Err(BallotError::NoSuchProcess(pid)),
+                Some(tgid) if tgid != pid => {
+                    return Err(BallotError::InvalidMember(format!(
+                        "pid {pid} is a thread of process {tgid}; a pid member is a whole \
+                         process: add pid {tgid}"
+                    )));
+                }
+                Some(_) => {}
+            }
+            let live = start_time(pid).ok_or(BallotError::NoSuchProcess(pid))?;
+            if given.is_some_and(|t| t != live) || boot_id.is_some() && boot_id != this_boot {
+                return Err(BallotError::NoSuchProcess(pid));
+            }
+            Ok(Member::Pid { pid, start_time: Some(live), boot_id: this_boot })
+        }
         // Invalid pids are refused by validation with a better message.
         other => Ok(other),
     }
+}
+
+/// The thread group (process) of task `pid`, from `/proc/PID/status`, or
+/// `None` if there is no such task.
+pub fn proc_tgid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status(&status).map(|s| s.tgid)
 }
 
 /// The start time of process `pid` (clock ticks after boot, field 22 of
@@ -422,6 +457,10 @@ pub(crate) mod tests {
         Event::Vote { candidate: candidate.into(), voter: voter.into() }
     }
 
+    fn bare_pid(pid: i32) -> Member {
+        Member::Pid { pid, start_time: None, boot_id: None }
+    }
+
     fn initial(names: &[&str]) -> Vec<(String, Vec<Member>)> {
         names.iter().map(|n| (n.to_string(), vec![])).collect()
     }
@@ -467,14 +506,63 @@ pub(crate) mod tests {
         let (store, _) = Store::open(None, initial(&["blue"]), Board::new()).expect("open");
         let me = std::process::id() as i32;
         let add = |member| Event::AddMember { candidate: "blue".into(), member };
-        store.submit(add(Member::Pid { pid: me, start_time: None })).expect("live pid");
+        store.submit(add(bare_pid(me))).expect("live pid");
         let members = &store.standing().candidates[0].members;
-        assert_eq!(members, &[Member::Pid { pid: me, start_time: proc_start_time(me) }]);
-        let err = store.submit(add(Member::Pid { pid: i32::MAX, start_time: None }));
+        let boot_id = current_boot_id();
+        assert!(boot_id.is_some(), "this boot has an id");
+        assert_eq!(members, &[Member::Pid { pid: me, start_time: proc_start_time(me), boot_id }]);
+        let err = store.submit(add(bare_pid(i32::MAX)));
         assert!(matches!(err, Err(StoreError::Ballot(BallotError::NoSuchProcess(_)))), "{err:?}");
-        let stale = Member::Pid { pid: me, start_time: proc_start_time(me).map(|t| t + 1) };
+        let stale =
+            Member::Pid { pid: me, start_time: proc_start_time(me).map(|t| t + 1), boot_id: None };
         let err = store.submit(add(stale));
         assert!(matches!(err, Err(StoreError::Ballot(BallotError::NoSuchProcess(_)))), "{err:?}");
+    }
+
+    #[test]
+    fn a_thread_id_is_refused_with_the_id_of_its_process() {
+        let (store, _) = Store::open(None, initial(&["blue"]), Board::new()).expect("open");
+        let me = std::process::id() as i32;
+        // A thread of this process that lives until the end of the test;
+        // /proc/thread-self names it PID/task/TID.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+            let tid = link.file_name().and_then(|t| t.to_str()?.parse::<i32>().ok());
+            tid_tx.send(tid.expect("a thread id")).expect("the test waits for it");
+            rx.recv()
+        });
+        let tid = tid_rx.recv().expect("the thread says its id");
+        assert_ne!(tid, me);
+        let add = |member| Event::AddMember { candidate: "blue".into(), member };
+        let err = store.submit(add(bare_pid(tid)));
+        drop(tx);
+        let _ = thread.join();
+        let Err(StoreError::Ballot(BallotError::InvalidMember(why))) = err else {
+            panic!("a thread id must be refused, got {err:?}");
+        };
+        assert_eq!(
+            why,
+            format!(
+                "pid {tid} is a thread of process {me}; a pid member is a whole process: add pid {me}"
+            )
+        );
+        assert_eq!(store.standing().candidates[0].members, [], "nothing added");
+    }
+
+    #[test]
+    fn a_pid_member_is_pinned_to_this_boot() {
+        let ok = |_| Some(7);
+        let start = |_| Some(100);
+        let boot = || Some("aaaa-1".to_string());
+        let filled = fill_identity(bare_pid(7), ok, start, boot()).expect("live");
+        assert_eq!(filled, Member::Pid { pid: 7, start_time: Some(100), boot_id: boot() });
+        let given = Member::Pid { pid: 7, start_time: Some(100), boot_id: boot() };
+        assert_eq!(fill_identity(given.clone(), ok, start, boot()), Ok(given.clone()));
+        // Another boot's pid 7 is not this one's, whatever its start time.
+        let other = Some("bbbb-2".to_string());
+        assert_eq!(fill_identity(given, ok, start, other), Err(BallotError::NoSuchProcess(7)));
     }
 
     #[test]
@@ -585,7 +673,7 @@ pub(crate) mod tests {
     fn an_invalid_initial_candidate_fails_open() {
         let err = Store::open(None, initial(&["no spaces"]), Board::new()).expect_err("invalid");
         assert!(format!("{err:#}").contains("invalid candidate name"), "{err:#}");
-        let dead = vec![("blue".into(), vec![Member::Pid { pid: i32::MAX, start_time: None }])];
+        let dead = vec![("blue".into(), vec![bare_pid(i32::MAX)])];
         let err = Store::open(None, dead, Board::new()).expect_err("dead pid");
         assert!(format!("{err:#}").contains("no process with pid"), "{err:#}");
     }

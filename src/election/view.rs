@@ -27,14 +27,21 @@ pub enum Mode {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Member {
     /// A process (all its threads). `start_time` (clock ticks after boot,
-    /// field 22 of /proc/PID/stat) pins its identity, so a recycled PID never
-    /// inherits a candidate's votes; it is filled in when the member is added.
+    /// field 22 of /proc/PID/stat) and `boot_id`
+    /// (/proc/sys/kernel/random/boot_id) pin its identity, so neither a
+    /// recycled PID nor the same PID after a reboot inherits a candidate's
+    /// votes; both are filled in when the member is added. (A member
+    /// journaled without `boot_id`, by an older version, matches by PID and
+    /// start time alone.)
     Pid {
         pid: i32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         start_time: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot_id: Option<String>,
     },
-    /// Every process whose command name (comm, at most 15 bytes) is this.
+    /// Every process whose command name (comm, at most 15 bytes) is this,
+    /// of a trusted uid (see `membership::Trust`: a process names itself).
     Comm { comm: String },
     /// Every process in this cgroup (v2 path, e.g. `/system.slice/foo`) or
     /// below it.

@@ -483,7 +483,8 @@ fn admin_routes_create_change_and_delete_candidates() {
             {"name": "blue", "votes": 0, "members": [], "live": []},
             {"name": "red", "votes": 0, "members": [
                 {"kind": "comm", "comm": "stress-ng"},
-                {"kind": "pid", "pid": me, "start_time": start_time},
+                {"kind": "pid", "pid": me, "start_time": start_time,
+                 "boot_id": crate::election::membership::current_boot_id()},
                 {"kind": "cgroup", "path": "/demo/red"},
             ], "live": []},
         ])
