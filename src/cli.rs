@@ -151,10 +151,25 @@ pub struct SchedOpts {
     pub listen: std::net::SocketAddr,
 
     /// Election: the token the admin routes require (`Authorization: Bearer
-    /// TOKEN`). Without it, a loopback-only server leaves them open and any
-    /// other listener gets a generated token, printed at start.
-    #[arg(long, value_name = "TOKEN", help_heading = "Election")]
+    /// TOKEN`). Every user can read it in /proc/PID/cmdline: prefer
+    /// --admin-token-file or the SCX_BALLOT_ADMIN_TOKEN environment variable.
+    /// Without a token, a loopback-only server leaves the admin routes open
+    /// (to local clients: pages of other sites are refused) and any other
+    /// listener gets a generated token, printed at start.
+    #[arg(long, value_name = "TOKEN", help_heading = "Election",
+        conflicts_with = "admin_token_file")]
     pub admin_token: Option<String>,
+
+    /// Election: read the admin token from FILE (its first line), so that it
+    /// is not on the command line. Keep the file readable by its owner only.
+    #[arg(long, value_name = "FILE", help_heading = "Election")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// Election: a host name the voting server answers for besides IP
+    /// addresses and localhost (repeatable), e.g. the name the room's phones
+    /// open. Requests naming any other host are refused (DNS rebinding).
+    #[arg(long = "allow-host", value_name = "NAME", help_heading = "Election")]
+    pub allow_hosts: Vec<String>,
 
     /// Election: the least time between two votes of the same voter, in
     /// milliseconds (0: no limit). Cheap protection against a voter script.
@@ -212,7 +227,33 @@ pub enum Mutant {
     IgnoreVotes,
 }
 
+/// The environment variable an admin token may come from.
+pub const ADMIN_TOKEN_ENV: &str = "SCX_BALLOT_ADMIN_TOKEN";
+
 impl SchedOpts {
+    /// The admin token given: `--admin-token`, else `--admin-token-file`'s
+    /// first line, else `$SCX_BALLOT_ADMIN_TOKEN`; `None` if none is.
+    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = &self.admin_token {
+            log::warn!(
+                "--admin-token is visible to every user of this machine in /proc; \
+                 prefer --admin-token-file or ${ADMIN_TOKEN_ENV}"
+            );
+            return Ok(Some(token.clone()));
+        }
+        if let Some(path) = &self.admin_token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("reading the admin token file {}: {e}", path.display())
+            })?;
+            let token = text.lines().next().unwrap_or("").trim().to_owned();
+            if token.is_empty() {
+                anyhow::bail!("the admin token file {} is empty", path.display());
+            }
+            return Ok(Some(token));
+        }
+        Ok(std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()))
+    }
+
     pub fn init_opts(&self, idle_dispatch: IdleDispatch) -> InitOpts {
         InitOpts {
             partial: !self.full,

@@ -49,6 +49,7 @@ struct ElectionSide {
 }
 
 fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
+    let admin_token = opts.admin_token()?;
     let board = Board::new();
     let (initial, trusted_per_candidate) = match &opts.candidates {
         Some(path) => ballot::load_candidates_file(path)?,
@@ -82,14 +83,15 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         Tracker::spawn(board.clone(), trust, on_exit).context("starting the membership tracker")?;
     let cfg = ServerConfig {
         listen: opts.listen,
-        admin_token: opts.admin_token.clone(),
+        admin_token: admin_token.clone(),
+        allow_hosts: opts.allow_hosts.clone(),
         vote_interval_ms: opts.vote_interval_ms,
         max_body: ServerConfig::DEFAULT_MAX_BODY,
     };
     let server = server::spawn_on(listener, cfg, store, board.clone())
         .with_context(|| format!("starting the voting server on {}", opts.listen))?;
     info!("voting server: http://{}/", server.addr);
-    if let (Some(token), None) = (&server.admin_token, &opts.admin_token) {
+    if let (Some(token), None) = (&server.admin_token, &admin_token) {
         info!("admin token (the listener is not loopback-only): {token}");
     }
     let inputs = election::Inputs {

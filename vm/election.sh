@@ -40,7 +40,7 @@ api() { # api METHOD PATH [JSON]: prints the body; the status goes to stderr
 	if [ $# -ge 3 ]; then
 		curl -sS -m 10 -X "$m" -H 'Content-Type: application/json' -d "$3" "$API$p"
 	else
-		curl -sS -m 10 -X "$m" "$API$p"
+		curl -sS -m 10 -X "$m" -H 'Content-Type: application/json' "$API$p"
 	fi
 }
 

@@ -624,7 +624,8 @@ pub(crate) mod tests {
         let on_disk = std::fs::read_to_string(&path).expect("read");
         assert!(!on_disk.contains("\"v0\""), "the held flush has not written yet");
         release.send(()).expect("release the flush");
-        assert_eq!(first.join().expect("no panic").expect("acknowledged"), 2);
+        // The first vote's answer shows it (and maybe the next batch too).
+        assert!(first.join().expect("no panic").expect("acknowledged") >= 2);
         for t in rest {
             assert_eq!(t.join().expect("no panic").expect("acknowledged"), 12);
         }

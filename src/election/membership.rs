@@ -1247,6 +1247,9 @@ mod tests {
                 // SAFETY: as above; `thread` outlives the call, the start
                 // routine takes no argument.
                 unsafe {
+                    // Drop the copies of the test process's descriptors (a
+                    // votes journal's lock among them) that fork made.
+                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
                     let mut thread: libc::pthread_t = std::mem::zeroed();
                     let made = libc::pthread_create(
                         &mut thread,

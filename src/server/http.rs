@@ -407,7 +407,7 @@ fn serve_connection(stream: TcpStream, app: &dyn App, limits: &Limits) {
         buf: Vec::new(),
         read_timeout: None,
     };
-    for _ in 0..limits.max_requests_per_connection {
+    for served in 1..=limits.max_requests_per_connection {
         let deadline = Instant::now() + limits.request_timeout;
         let request = match read_request(&mut conn, deadline, limits) {
             Ok(Some(request)) => request,
@@ -431,7 +431,10 @@ fn serve_connection(stream: TcpStream, app: &dyn App, limits: &Limits) {
             },
         };
         let response = app.respond(&request, &mut body);
-        let close = body.state != BodyState::Read || !request.keep_alive;
+        // The last request a connection may carry says so in its answer.
+        let close = body.state != BodyState::Read
+            || !request.keep_alive
+            || served == limits.max_requests_per_connection;
         if conn.send(&response, close, head_only).is_err() || close {
             return;
         }

@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub vote_interval_ms: u64,
     /// Largest request body, in bytes.
     pub max_body: usize,
+    /// Host names (besides IP addresses and `localhost`) that requests may
+    /// name in their `Host` header, e.g. the name a room's phones use.
+    pub allow_hosts: Vec<String>,
 }
 
 impl ServerConfig {
@@ -61,6 +64,7 @@ impl ServerConfig {
             admin_token: None,
             vote_interval_ms: 0,
             max_body: Self::DEFAULT_MAX_BODY,
+            allow_hosts: Vec::new(),
         }
     }
 }
@@ -149,7 +153,8 @@ fn spawn_with_on(
         admin_token: admin_token.clone(),
         max_body: cfg.max_body,
         vote_interval: Duration::from_millis(cfg.vote_interval_ms),
-        last_vote: Mutex::new(HashMap::new()),
+        last_vote: Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS)),
+        allow_hosts: cfg.allow_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     });
     let running = http::serve(listener, api, limits)
         .with_context(|| format!("listening for votes on {}", cfg.listen))?;
@@ -204,6 +209,12 @@ enum ApiError {
     VersionNotSupported,
     /// Too many connections.
     Unavailable,
+    /// The `Host` header names a host this server does not answer for.
+    ForeignHost(String),
+    /// A state-changing request from a page of another origin.
+    CrossOrigin(String),
+    /// Too many distinct voters within the vote interval.
+    TooManyVoters,
 }
 
 impl ApiError {
@@ -211,13 +222,14 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::Malformed(_) => 400,
             ApiError::Unauthorized => 401,
+            ApiError::ForeignHost(_) | ApiError::CrossOrigin(_) => 403,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Timeout => 408,
             ApiError::LengthRequired => 411,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType => 415,
-            ApiError::RateLimited(_) => 429,
+            ApiError::RateLimited(_) | ApiError::TooManyVoters => 429,
             ApiError::HeadTooLarge => 431,
             ApiError::Journal => 500,
             ApiError::Unavailable => 503,
@@ -253,6 +265,9 @@ impl ApiError {
             ApiError::HeadTooLarge => "headers_too_large",
             ApiError::VersionNotSupported => "http_version_not_supported",
             ApiError::Unavailable => "unavailable",
+            ApiError::ForeignHost(_) => "foreign_host",
+            ApiError::CrossOrigin(_) => "cross_origin",
+            ApiError::TooManyVoters => "too_many_voters",
         }
     }
 
@@ -264,6 +279,7 @@ impl ApiError {
         match self {
             ApiError::MethodNotAllowed(allow) => response.headers.push(("Allow", allow.clone())),
             ApiError::Unauthorized => response.headers.push(("WWW-Authenticate", "Bearer".into())),
+            ApiError::TooManyVoters => response.headers.push(("Retry-After", "1".into())),
             ApiError::RateLimited(wait) => {
                 let secs = wait.as_millis().div_ceil(1000).max(1);
                 response.headers.push(("Retry-After", secs.to_string()));
@@ -287,7 +303,22 @@ impl fmt::Display for ApiError {
             ApiError::BadRequest(why) => write!(f, "bad request: {why}"),
             ApiError::Malformed(why) => write!(f, "malformed body: {why}"),
             ApiError::PayloadTooLarge(max) => write!(f, "the body is larger than {max} bytes"),
-            ApiError::UnsupportedMediaType => write!(f, "the body must be application/json"),
+            ApiError::UnsupportedMediaType => write!(
+                f,
+                "a POST or DELETE must say Content-Type: application/json (even without a body)"
+            ),
+            ApiError::ForeignHost(host) => write!(
+                f,
+                "this server does not answer for host {host:?} (allowed: IP addresses, \
+                 localhost, and names given with --allow-host)"
+            ),
+            ApiError::CrossOrigin(origin) => {
+                write!(f, "changes are not accepted from pages of another origin ({origin})")
+            }
+            ApiError::TooManyVoters => write!(
+                f,
+                "too many distinct voters within the vote interval; retry later"
+            ),
             ApiError::RateLimited(wait) => {
                 write!(f, "this voter voted too recently; retry in {} ms", wait.as_millis())
             }
@@ -416,8 +447,6 @@ struct PidView<'a> {
     candidate: Option<&'a str>,
 }
 
-/// Tracked voters beyond which expired last-vote times are dropped.
-const PRUNE_VOTERS_AT: usize = 10_000;
 
 struct Api {
     store: Arc<Store>,
@@ -426,7 +455,119 @@ struct Api {
     max_body: usize,
     vote_interval: Duration,
     /// When each voter's last vote was accepted (only with an interval).
-    last_vote: Mutex<HashMap<String, Instant>>,
+    last_vote: Mutex<RateLimiter>,
+    /// Lower-case names allowed in `Host` besides IPs and localhost.
+    allow_hosts: Vec<String>,
+}
+
+/// The host part of a `Host` header (`name`, `name:port`, `[v6]:port`).
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// A state-changing request that carries an `Origin` must come from this
+/// server's own origin (the page it serves): same scheme-less host and port
+/// as the request's `Host`. `Sec-Fetch-Site: cross-site` is refused too.
+fn check_same_origin(request: &Request) -> Result<(), ApiError> {
+    if let Some(site) = request.header("sec-fetch-site")
+        && site.eq_ignore_ascii_case("cross-site")
+    {
+        return Err(ApiError::CrossOrigin(format!("Sec-Fetch-Site: {site}")));
+    }
+    let Some(origin) = request.header("origin") else { return Ok(()) };
+    let same = origin
+        .strip_prefix("http://")
+        .zip(request.header("host"))
+        .is_some_and(|(o, host)| o.trim_end_matches('/').eq_ignore_ascii_case(host.trim()));
+    if same { Ok(()) } else { Err(ApiError::CrossOrigin(origin.to_owned())) }
+}
+
+/// Voters tracked at most by the rate limiter: with more distinct voters
+/// inside one interval, new voters are refused (429) until some expire.
+const MAX_TRACKED_VOTERS: usize = 100_000;
+
+/// When each voter last voted, for `--vote-interval-ms`. Expiry is O(1)
+/// amortised: voters are kept in the order of their last vote as well, and
+/// every admission drops the expired ones from the front.
+struct RateLimiter {
+    last: HashMap<String, Instant>,
+    /// (time, voter) in time order; an entry is stale when the voter voted
+    /// again later (its time in `last` differs).
+    order: std::collections::VecDeque<(Instant, String)>,
+    cap: usize,
+}
+
+impl RateLimiter {
+    fn new(cap: usize) -> Self {
+        RateLimiter { last: HashMap::new(), order: std::collections::VecDeque::new(), cap }
+    }
+
+    /// Records a vote of `voter` at `now` if the interval allows it; returns
+    /// the voter's previous time, for [`RateLimiter::undo`].
+    fn admit(
+        &mut self,
+        voter: &str,
+        now: Instant,
+        interval: Duration,
+    ) -> Result<Option<Instant>, ApiError> {
+        while let Some((t, _)) = self.order.front() {
+            if now.duration_since(*t) < interval {
+                break;
+            }
+            let (t, v) = self.order.pop_front().expect("just looked");
+            if self.last.get(&v) == Some(&t) {
+                self.last.remove(&v);
+            }
+        }
+        let previous = self.last.get(voter).copied();
+        if let Some(wait) = previous
+            .and_then(|t| interval.checked_sub(now.duration_since(t)))
+            .filter(|w| !w.is_zero())
+        {
+            return Err(ApiError::RateLimited(wait));
+        }
+        if previous.is_none() && self.last.len() >= self.cap {
+            return Err(ApiError::TooManyVoters);
+        }
+        self.last.insert(voter.to_owned(), now);
+        self.order.push_back((now, voter.to_owned()));
+        // Stale entries (voters who voted again) are at most one per vote
+        // and leave from the front as they expire; keep them bounded too.
+        if self.order.len() > 2 * self.cap.max(1) {
+            let last = &self.last;
+            self.order.retain(|(t, v)| last.get(v) == Some(t));
+        }
+        Ok(previous)
+    }
+
+    /// Takes back the admission of `voter` at `at` (its vote failed).
+    fn undo(&mut self, voter: &str, at: Instant, previous: Option<Instant>) {
+        if self.last.get(voter) != Some(&at) {
+            return;
+        }
+        match previous {
+            Some(t) => {
+                self.last.insert(voter.to_owned(), t);
+            }
+            None => {
+                self.last.remove(voter);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.order.len()
+    }
 }
 
 impl App for Api {
@@ -451,22 +592,24 @@ impl Api {
                 ApiError::MethodNotAllowed(allow.join(", "))
             });
         };
+        self.check_host(request)?;
+        let changes_state = matches!(request.method.as_str(), "POST" | "DELETE");
+        if changes_state {
+            check_same_origin(request)?;
+        }
         if route.is_admin() && !self.authorized(request) {
             return Err(ApiError::Unauthorized);
         }
-        let raw = if request.content_length() == 0 {
-            Vec::new()
-        } else {
-            if request.content_length() > self.max_body as u64 {
-                return Err(ApiError::PayloadTooLarge(self.max_body));
-            }
-            if matches!(request.method.as_str(), "POST" | "DELETE")
-                && !is_json(request.header("content-type"))
-            {
-                return Err(ApiError::UnsupportedMediaType);
-            }
-            body.read(self.max_body)?
-        };
+        if request.content_length() > self.max_body as u64 {
+            return Err(ApiError::PayloadTooLarge(self.max_body));
+        }
+        // A browser sends application/json to another origin only after a
+        // CORS preflight, which this server never grants: no page elsewhere
+        // can change anything, body or not.
+        if changes_state && !is_json(request.header("content-type")) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let raw = if request.content_length() == 0 { Vec::new() } else { body.read(self.max_body)? };
         match route {
             Route::Page => Ok(page_response()),
             Route::Tally => Ok(json_response(200, &Tally::of(&self.board.standing.load()))),
@@ -494,6 +637,24 @@ impl Api {
         }
     }
 
+    /// The `Host` header must name an IP address, `localhost`, or a name
+    /// given with `--allow-host`: a page served from another name that
+    /// resolves here (DNS rebinding) is refused. A request without one
+    /// (HTTP/1.0) passes: browsers always send it.
+    fn check_host(&self, request: &Request) -> Result<(), ApiError> {
+        let Some(host) = request.header("host") else { return Ok(()) };
+        let name = host_name(host).to_ascii_lowercase();
+        let ip = name.trim_start_matches('[').trim_end_matches(']');
+        if ip.parse::<std::net::IpAddr>().is_ok()
+            || name == "localhost"
+            || self.allow_hosts.iter().any(|a| *a == name || *a == host.to_ascii_lowercase())
+        {
+            Ok(())
+        } else {
+            Err(ApiError::ForeignHost(host.to_owned()))
+        }
+    }
+
     fn authorized(&self, request: &Request) -> bool {
         let Some(token) = &self.admin_token else { return true };
         let Some((scheme, given)) = request.header("authorization").and_then(|h| h.split_once(' '))
@@ -514,22 +675,20 @@ impl Api {
         if self.vote_interval.is_zero() {
             return self.submit(event, 200);
         }
-        // Held across the submit, so two votes of one voter cannot both pass.
-        let mut last_vote = self.last_vote.lock().unwrap_or_else(|p| p.into_inner());
+        // The voter's slot is taken before the submit and given back if it
+        // fails, so two votes of one voter cannot both pass and the lock is
+        // not held across the journal's disk write.
         let now = Instant::now();
-        if let Some(wait) = last_vote
-            .get(&voter)
-            .and_then(|&t| self.vote_interval.checked_sub(now.duration_since(t)))
-            .filter(|w| !w.is_zero())
-        {
-            return Err(ApiError::RateLimited(wait));
+        let previous = self.limiter().admit(&voter, now, self.vote_interval)?;
+        let result = self.submit(event, 200);
+        if result.is_err() {
+            self.limiter().undo(&voter, now, previous);
         }
-        let response = self.submit(event, 200)?;
-        if last_vote.len() >= PRUNE_VOTERS_AT {
-            last_vote.retain(|_, t| now.duration_since(*t) < self.vote_interval);
-        }
-        last_vote.insert(voter, now);
-        Ok(response)
+        result
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
+        self.last_vote.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn candidates(&self) -> Response {

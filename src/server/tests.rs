@@ -97,7 +97,7 @@ fn call_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -114,6 +114,10 @@ fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Repl
     match body {
         Some(b) => {
             call_with(addr, method, path, &[("Content-Type", "application/json")], &b.to_string())
+        }
+        // Every change says it is JSON, body or not (what the server asks).
+        None if matches!(method, "POST" | "DELETE") => {
+            call_with(addr, method, path, &[("Content-Type", "application/json")], "")
         }
         None => call_with(addr, method, path, &[], ""),
     }
@@ -527,7 +531,11 @@ fn admin_routes_create_change_and_delete_candidates() {
 fn admin_routes_need_the_token_when_one_is_set() {
     let f = start_with(&["blue"], test_limits(), |c| c.admin_token = Some("s3cret".into()));
     assert_eq!(f.handle.admin_token.as_deref(), Some("s3cret"));
-    let reset = |headers: &[(&str, &str)]| call_with(f.addr(), "POST", "/votes/reset", headers, "");
+    let reset = |headers: &[(&str, &str)]| {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        call_with(f.addr(), "POST", "/votes/reset", &all, "")
+    };
     let r = reset(&[]);
     assert_eq!((r.status, r.code()), (401, "unauthorized"), "{r:?}");
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
@@ -803,4 +811,152 @@ fn path_segments_are_percent_decoded_strictly() {
     assert!(split_path("/a%+f").is_err());
     assert!(split_path("/a%ff").is_err(), "not UTF-8");
     assert_eq!(split_path("//").ok(), Some(vec![]));
+}
+
+#[test]
+fn a_request_naming_a_foreign_host_is_refused() {
+    let f = start(&["blue"]);
+    for host in ["evil.example", "evil.example:7447", "127.0.0.1.evil.example", "localhost.evil"] {
+        let req = format!("GET /votes HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let alone = raw(f.addr(), req.as_bytes());
+        assert_eq!((alone.status, alone.code()), (403, "foreign_host"), "{host}: {alone:?}");
+        let body = r#"{"candidate":"blue","voter":"x"}"#;
+        let req = format!(
+            "POST /votes HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(raw(f.addr(), req.as_bytes()).status, 403, "{host}");
+    }
+    assert_eq!(f.generation(), 1, "nothing changed");
+    for host in ["127.0.0.1:7447", "localhost:7447", "LOCALHOST", "[::1]:7447", "10.1.2.3"] {
+        let req = format!("GET /votes HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw(f.addr(), req.as_bytes()).status, 200, "{host}");
+    }
+}
+
+#[test]
+fn a_configured_host_name_is_answered() {
+    let f = start_with(&["blue"], test_limits(), |c| c.allow_hosts = vec!["Ballot.Local".into()]);
+    for host in ["ballot.local", "ballot.local:7447"] {
+        let req = format!("GET /votes HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw(f.addr(), req.as_bytes()).status, 200, "{host}");
+    }
+    let req = "GET /votes HTTP/1.1\r\nHost: other.local\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(f.addr(), req.as_bytes()).status, 403);
+}
+
+#[test]
+fn a_bodiless_change_without_json_is_refused_so_no_simple_request_can_reset() {
+    let f = start(&["blue"]);
+    assert_eq!(vote(f.addr(), "blue", "ana").status, 200);
+    // What fetch(url, {method: "POST", mode: "no-cors"}) sends: no body, no
+    // JSON content type, an Origin of another site.
+    for headers in [
+        vec![],
+        vec![("Content-Type", "text/plain")],
+        vec![("Content-Type", "application/x-www-form-urlencoded")],
+        vec![("Origin", "http://evil.example"), ("Content-Type", "text/plain")],
+    ] {
+        let r = call_with(f.addr(), "POST", "/votes/reset", &headers, "");
+        assert!(matches!(r.status, 403 | 415), "{headers:?}: {r:?}");
+        let r = call_with(f.addr(), "DELETE", "/candidates/blue", &headers, "");
+        assert!(matches!(r.status, 403 | 415), "{headers:?}: {r:?}");
+    }
+    assert_eq!(f.store.standing().candidates.len(), 1, "blue is still there");
+    assert_eq!(call(f.addr(), "GET", "/votes", None).body["votes"], json!({"blue": 1}));
+}
+
+#[test]
+fn changes_from_another_origin_are_refused_and_the_own_page_is_not() {
+    let f = start(&["blue"]);
+    let json_ct = ("Content-Type", "application/json");
+    let body = r#"{"candidate":"blue","voter":"x"}"#;
+    for origin in ["http://evil.example", "null", "https://127.0.0.1", "http://127.0.0.1:1"] {
+        let r = call_with(f.addr(), "POST", "/votes", &[json_ct, ("Origin", origin)], body);
+        assert_eq!((r.status, r.code()), (403, "cross_origin"), "{origin}: {r:?}");
+        let r = call_with(f.addr(), "POST", "/votes/reset", &[json_ct, ("Origin", origin)], "");
+        assert_eq!(r.status, 403, "{origin}: {r:?}");
+    }
+    let r = call_with(
+        f.addr(),
+        "POST",
+        "/votes",
+        &[json_ct, ("Sec-Fetch-Site", "cross-site")],
+        body,
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(f.generation(), 1, "nothing changed");
+    // The ballot page's own requests: Origin is this server.
+    let own = format!("http://{}", f.addr());
+    let req = format!(
+        "POST /votes HTTP/1.1\r\nHost: {}\r\nOrigin: {own}\r\nContent-Type: application/json\r\n\
+         Sec-Fetch-Site: same-origin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        f.addr(),
+        body.len()
+    );
+    assert_eq!(raw(f.addr(), req.as_bytes()).status, 200);
+}
+
+#[test]
+fn the_last_request_a_connection_may_carry_says_close() {
+    let limits = Limits { max_requests_per_connection: 3, ..test_limits() };
+    let f = start_with(&["blue"], limits, |_| {});
+    let mut conn = BufReader::new(connect(f.addr()));
+    for n in 1..=3 {
+        conn.get_mut()
+            .write_all(b"GET /votes HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("send");
+        let r = read_reply(&mut conn);
+        let want = if n == 3 { "close" } else { "keep-alive" };
+        assert_eq!(r.header("connection"), Some(want), "response {n}: {r:?}");
+    }
+}
+
+#[test]
+fn the_rate_limiter_forgets_expired_voters_as_it_goes_and_is_capped() {
+    let interval = Duration::from_millis(10);
+    let mut limiter = RateLimiter::new(1000);
+    let t0 = Instant::now();
+    // 50,000 distinct voters, one per millisecond: only the last interval's
+    // voters are kept, whatever the total, and each vote expires only what
+    // fell out of the interval (the queue never holds more than that).
+    for i in 0..50_000u64 {
+        let now = t0 + Duration::from_millis(i);
+        limiter.admit(&format!("v{i}"), now, interval).expect("a new voter");
+        assert!(limiter.len() <= 10 && limiter.queued() <= 10, "at {i}: {}", limiter.len());
+    }
+    // A voter again within the interval is refused, after it is admitted.
+    let now = t0 + Duration::from_millis(50_000);
+    limiter.admit("ana", now, interval).expect("first vote");
+    assert!(matches!(
+        limiter.admit("ana", now + Duration::from_millis(3), interval),
+        Err(ApiError::RateLimited(_))
+    ));
+    limiter.admit("ana", now + interval, interval).expect("after the interval");
+
+    // Full of live voters: a new one is refused, a known one still limited.
+    let mut full = RateLimiter::new(3);
+    let hour = Duration::from_secs(3600);
+    for v in ["a", "b", "c"] {
+        full.admit(v, t0, hour).expect("room");
+    }
+    assert!(matches!(full.admit("d", t0, hour), Err(ApiError::TooManyVoters)));
+    assert!(matches!(full.admit("a", t0, hour), Err(ApiError::RateLimited(_))));
+    assert_eq!(full.len(), 3);
+    // Voting again and again keeps the queue bounded too.
+    let mut again = RateLimiter::new(2);
+    for i in 0..10_000u64 {
+        let now = t0 + Duration::from_millis(i);
+        again.admit("a", now, Duration::from_millis(1)).expect("one per interval");
+        assert!(again.queued() <= 4, "at {i}: {}", again.queued());
+    }
+}
+
+#[test]
+fn a_vote_that_fails_gives_the_voter_its_slot_back() {
+    let f = start_with(&["blue"], test_limits(), |c| c.vote_interval_ms = 3_600_000);
+    assert_eq!(vote(f.addr(), "nope", "ana").status, 404, "an unknown candidate");
+    assert_eq!(vote(f.addr(), "blue", "ana").status, 200, "the failed vote did not count");
+    assert_eq!(vote(f.addr(), "blue", "ana").status, 429);
 }

@@ -987,7 +987,7 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> Result<Value> {
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     stream

@@ -119,7 +119,7 @@ fn one_connection(addr: &str, candidate: &str, t: u32, end: Instant) -> Result<(
         let vote = format!("{{\"candidate\":\"{candidate}\",\"voter\":\"load-{t}-{i}\"}}");
         i += 1;
         let request = format!(
-            "POST /votes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{vote}",
+            "POST /votes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{vote}",
             vote.len()
         );
         let started = Instant::now();
