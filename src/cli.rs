@@ -291,6 +291,26 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_token_comes_from_a_file_and_never_needs_the_command_line() {
+        let dir = std::env::temp_dir().join(format!("scx_ballot-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\nignored\n").unwrap();
+        let f = file.to_str().unwrap();
+        let cli = parse(&["--admin-token-file", f]).unwrap();
+        assert_eq!(cli.sched.admin_token().unwrap().as_deref(), Some("s3cret"));
+        assert!(parse(&["--admin-token-file", f, "--admin-token", "x"]).is_err(), "one or other");
+        std::fs::write(&file, "\n").unwrap();
+        let err = parse(&["--admin-token-file", f]).unwrap().sched.admin_token().unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let missing = dir.join("missing");
+        let cli = parse(&["--admin-token-file", missing.to_str().unwrap()]).unwrap();
+        assert!(cli.sched.admin_token().unwrap_err().to_string().contains("reading the admin token"));
+        assert_eq!(parse(&["--admin-token", "t"]).unwrap().sched.admin_token().unwrap().as_deref(), Some("t"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn defaults_run_the_scheduler_in_partial_mode() {
         let cli = parse(&[]).unwrap();
         assert!(cli.command.is_none());
