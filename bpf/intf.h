@@ -27,8 +27,14 @@ typedef long long s64;
 enum ballot_consts {
 	/* Dispatch queue of tasks that may run on any CPU, ordered by vtime. */
 	BALLOT_SHARED_DSQ = 0,
-	/* Dispatch queue of the scheduler's own threads (full mode). */
+	/* Dispatch queue of the scheduling loop's thread (full mode). */
 	BALLOT_SCHED_DSQ = 1,
+	/*
+	 * First-in first-out queue of the tasks the BPF side dispatches on its
+	 * own (user space too slow, stopped or congested): every one of them
+	 * runs in turn, whatever vtime the policy last gave it.
+	 */
+	BALLOT_FALLBACK_DSQ = 2,
 	/* dispatched_task.cpu: no CPU chosen, the first free CPU takes it. */
 	BALLOT_CPU_ANY = -1,
 };

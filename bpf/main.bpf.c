@@ -14,9 +14,16 @@
  * so no task comes near the kernel watchdog's timeout. A full ring buffer
  * (congestion) is handled the same way, at once.
  *
- * The scheduler's own threads, per-CPU kernel threads, kswapd and khugepaged
- * never wait for user space: they are dispatched here directly, so the
- * scheduler cannot end up waiting on itself in full mode.
+ * The scheduling loop's thread, per-CPU kernel threads, kswapd and
+ * khugepaged never wait for user space: they are dispatched here directly,
+ * so the scheduler cannot end up waiting on itself in full mode. The
+ * scheduler's other threads (the voting server, the membership scan) are
+ * scheduled like every other task.
+ *
+ * Tasks the dispatcher queues itself (rescued or congested) go to a FIFO
+ * queue, not to the policy's vtime-ordered one: with the policy stopped the
+ * vtimes stop advancing, and a vtime order would leave the task with the
+ * highest one behind the others for ever.
  *
  * In partial mode (the default) only tasks whose policy is SCHED_EXT are
  * ours; everything else stays in the fair class.
@@ -42,8 +49,8 @@ const volatile u64 slice_max_ns = 100ULL * 1000 * 1000;
  */
 const volatile u64 starvation_ns = 1000ULL * 1000 * 1000;
 
-/* The scheduler process (its threads are dispatched directly). */
-const volatile s32 usersched_tgid;
+/* The scheduling loop's thread (dispatched directly, not counted). */
+const volatile s32 usersched_pid;
 
 /* khugepaged's pid (0: none), dispatched directly like kswapd. */
 const volatile s32 khugepaged_pid;
@@ -73,6 +80,9 @@ u64 nr_rescued;
  * far: with what user space sent, it tells how many are still in transit.
  */
 u64 nr_any_drained;
+
+/* ops.dispatch() calls so far: which queue goes first alternates. */
+u64 nr_dispatch_rounds;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -139,11 +149,11 @@ static struct task_ctx *lookup_task_ctx(const struct task_struct *p)
 
 static bool is_usersched_task(const struct task_struct *p)
 {
-	return usersched_tgid && p->tgid == usersched_tgid;
+	return usersched_pid && p->pid == usersched_pid;
 }
 
 /*
- * Tasks that must never wait for user space: the scheduler's own threads,
+ * Tasks that must never wait for user space: the scheduling loop's thread,
  * kernel threads bound to one CPU (ksoftirqd, kworkers, ...), kswapd and
  * khugepaged, on which the scheduler may itself depend.
  */
@@ -187,7 +197,8 @@ s32 BPF_STRUCT_OPS(ballot_select_cpu, struct task_struct *p, s32 prev_cpu,
 		return prev_cpu;
 	if (idle_dispatch == BALLOT_IDLE_WHEN_CLEAR &&
 	    (nr_scheduled || bpf_ringbuf_query(&queued, BPF_RB_AVAIL_DATA) ||
-	     scx_bpf_dsq_nr_queued(BALLOT_SHARED_DSQ)))
+	     scx_bpf_dsq_nr_queued(BALLOT_SHARED_DSQ) ||
+	     scx_bpf_dsq_nr_queued(BALLOT_FALLBACK_DSQ)))
 		return prev_cpu;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
@@ -198,12 +209,19 @@ s32 BPF_STRUCT_OPS(ballot_select_cpu, struct task_struct *p, s32 prev_cpu,
 	return cpu;
 }
 
-/* Fallback path: the dispatcher queues @p on the shared DSQ itself. */
+/*
+ * Fallback path: the dispatcher queues @p itself, in arrival order, and
+ * wakes an idle CPU for it.
+ */
 static void kernel_dispatch(struct task_struct *p, u64 enq_flags)
 {
-	scx_bpf_dsq_insert_vtime(p, BALLOT_SHARED_DSQ, slice_ns,
-				 p->scx.dsq_vtime, enq_flags);
+	s32 cpu;
+
+	scx_bpf_dsq_insert(p, BALLOT_FALLBACK_DSQ, slice_ns, enq_flags);
 	count(&nr_kernel_dispatches);
+	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	if (cpu >= 0)
+		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 }
 
 static void queue_to_user(struct task_struct *p, u64 enq_flags)
@@ -263,6 +281,8 @@ void BPF_STRUCT_OPS(ballot_enqueue, struct task_struct *p, u64 enq_flags)
 	if ((enq_flags & SCX_ENQ_LAST) && !nr_scheduled && !debug_no_dispatch) {
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
 		count(&nr_kernel_dispatches);
+		/* Its CPU may have gone idle meanwhile: make it look again. */
+		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_IDLE);
 		return;
 	}
 	if (needs_direct_dispatch(p)) {
@@ -391,8 +411,7 @@ static void rescue_overdue(void)
 			return;
 		}
 		tctx->done_seq = note.enq_seq;
-		scx_bpf_dsq_insert_vtime(p, BALLOT_SHARED_DSQ, slice_ns,
-					 p->scx.dsq_vtime, 0);
+		scx_bpf_dsq_insert(p, BALLOT_FALLBACK_DSQ, slice_ns, 0);
 		count(&nr_rescued);
 		count(&nr_kernel_dispatches);
 		bpf_task_release(p);
@@ -411,8 +430,21 @@ void BPF_STRUCT_OPS(ballot_dispatch, s32 cpu, struct task_struct *prev)
 
 	if (scx_bpf_dsq_move_to_local(BALLOT_SCHED_DSQ, 0))
 		return;
-	if (scx_bpf_dsq_move_to_local(BALLOT_SHARED_DSQ, 0))
-		return;
+	/*
+	 * The policy's queue and the fallback queue take turns going first,
+	 * so neither can keep the other waiting.
+	 */
+	if (__sync_fetch_and_add(&nr_dispatch_rounds, 1) & 1) {
+		if (scx_bpf_dsq_move_to_local(BALLOT_FALLBACK_DSQ, 0))
+			return;
+		if (scx_bpf_dsq_move_to_local(BALLOT_SHARED_DSQ, 0))
+			return;
+	} else {
+		if (scx_bpf_dsq_move_to_local(BALLOT_SHARED_DSQ, 0))
+			return;
+		if (scx_bpf_dsq_move_to_local(BALLOT_FALLBACK_DSQ, 0))
+			return;
+	}
 	/*
 	 * Nothing to run here while the policy holds tasks back: wake it with
 	 * an empty record (pid 0), so a CPU going idle gets a decision without
@@ -572,6 +604,9 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(ballot_init)
 	if (err)
 		return err;
 	err = scx_bpf_create_dsq(BALLOT_SCHED_DSQ, -1);
+	if (err)
+		return err;
+	err = scx_bpf_create_dsq(BALLOT_FALLBACK_DSQ, -1);
 	if (err)
 		return err;
 

@@ -167,6 +167,70 @@ pub struct BpfScheduler<'obj> {
     kick_targets: Vec<i32>,
     /// Decisions for any CPU sent so far (see `backlog`).
     any_sent: u64,
+    /// Decisions the user ring buffer had no room for.
+    held: Held,
+}
+
+/// Decisions that did not fit in the user ring buffer (the BPF side had not
+/// drained it yet), oldest first: sent again before any newer one, after
+/// the next drain. A full ring buffer thus delays decisions, never drops
+/// them or stops the scheduler.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    queue: VecDeque<DispatchedTask>,
+    /// Decisions held so far.
+    pub(crate) total: u64,
+}
+
+impl Held {
+    /// More than this many held decisions means the BPF side is not draining
+    /// at all: the error is then returned.
+    pub(crate) const MAX: usize = 1 << 16;
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Sends what is held, oldest first, until one does not fit; whether
+    /// nothing is held any more.
+    pub(crate) fn flush<E>(&mut self, mut send: impl FnMut(&DispatchedTask) -> Result<(), E>) -> bool {
+        while let Some(task) = self.queue.front() {
+            if send(task).is_err() {
+                return false;
+            }
+            self.queue.pop_front();
+        }
+        true
+    }
+
+    /// Keeps `task` for later; `false` (not kept) past [`Held::MAX`].
+    pub(crate) fn hold(&mut self, task: DispatchedTask) -> bool {
+        if self.queue.len() >= Self::MAX {
+            return false;
+        }
+        self.queue.push_back(task);
+        self.total += 1;
+        true
+    }
+
+    /// Sends `task` after what is held, or holds it if it does not fit.
+    pub(crate) fn send_or_hold<E>(
+        &mut self,
+        task: &DispatchedTask,
+        mut send: impl FnMut(&DispatchedTask) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.flush(&mut send) {
+            match send(task) {
+                Ok(()) => return Ok(()),
+                Err(e) if self.queue.len() >= Self::MAX => return Err(e),
+                Err(_) => {}
+            }
+        }
+        match self.hold(*task) {
+            true => Ok(()),
+            false => send(task),
+        }
+    }
 }
 
 /// The bytes of a plain-old-data argument struct of a syscall program.
@@ -239,7 +303,9 @@ impl<'obj> BpfScheduler<'obj> {
         rodata.slice_ns = opts.slice_us * 1000;
         rodata.slice_max_ns = opts.slice_max_us * 1000;
         rodata.starvation_ns = opts.starvation_ms * 1_000_000;
-        rodata.usersched_tgid = std::process::id() as i32;
+        // The thread that runs the scheduling loop: the one that attaches.
+        // SAFETY: gettid has no arguments and cannot fail.
+        rodata.usersched_pid = unsafe { libc::gettid() };
         rodata.khugepaged_pid = khugepaged_pid();
         rodata.idle_dispatch = opts.idle_dispatch.raw();
         rodata.debug_no_dispatch = opts.debug_no_dispatch;
@@ -276,6 +342,7 @@ impl<'obj> BpfScheduler<'obj> {
             struct_ops: Some(struct_ops),
             kick_targets: Vec::with_capacity(64),
             any_sent: 0,
+            held: Held::default(),
         })
     }
 
@@ -292,8 +359,18 @@ impl<'obj> BpfScheduler<'obj> {
     }
 
     /// Hands a decision to the BPF side; it is carried out at the next
-    /// ops.dispatch() on any CPU.
+    /// ops.dispatch() on any CPU. When the user ring buffer is full the
+    /// decision is kept and sent again after the next drain (counted in
+    /// `nr_retried_dispatches`); an error means the BPF side has stopped
+    /// draining altogether.
     pub fn dispatch_task(&mut self, task: &DispatchedTask) -> Result<(), libbpf_rs::Error> {
+        let mut held = std::mem::take(&mut self.held);
+        let result = held.send_or_hold(task, |t| self.send_decision(t));
+        self.held = held;
+        result
+    }
+
+    fn send_decision(&mut self, task: &DispatchedTask) -> Result<(), libbpf_rs::Error> {
         let mut sample = self
             .dispatched
             .reserve(size_of::<bpf_intf::dispatched_task>())?;
@@ -357,7 +434,16 @@ impl<'obj> BpfScheduler<'obj> {
     /// the CPUs that the decisions made since the last call name (or an idle
     /// CPU, for decisions that name none), so they are carried out at once.
     pub fn notify_complete(&mut self, nr_pending: u64) {
-        self.bss_mut().nr_scheduled = nr_pending;
+        let mut held = std::mem::take(&mut self.held);
+        if !held.flush(|t| self.send_decision(t)) && !self.kick_targets.contains(&-1) {
+            // Some CPU must run ops.dispatch() and drain the ring buffer.
+            self.kick_targets.push(-1);
+        }
+        let still_held = held.len() as u64;
+        self.held = held;
+        // Held decisions are tasks still waiting: a CPU going idle wakes
+        // the policy, which sends them again.
+        self.bss_mut().nr_scheduled = nr_pending + still_held;
         let targets = std::mem::take(&mut self.kick_targets);
         for &cpu in &targets {
             let mut arg = bpf_intf::kick_arg { cpu };
@@ -408,6 +494,7 @@ impl<'obj> BpfScheduler<'obj> {
             nr_failed_dispatches: bss.nr_failed_dispatches,
             nr_sched_congested: bss.nr_sched_congested,
             nr_rescued: bss.nr_rescued,
+            nr_retried_dispatches: self.held.total,
         }
     }
 
@@ -534,5 +621,63 @@ pub fn lock_memory() -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(pid: i32) -> DispatchedTask {
+        DispatchedTask { pid, cpu: RL_CPU_ANY, flags: 0, slice_ns: 0, vtime: 0, enq_seq: 1 }
+    }
+
+    /// A user ring buffer with room for `room` decisions until drained.
+    struct Ring {
+        room: usize,
+        sent: Vec<i32>,
+    }
+
+    impl Ring {
+        fn send(&mut self, t: &DispatchedTask) -> Result<(), &'static str> {
+            if self.room == 0 {
+                return Err("ENOSPC");
+            }
+            self.room -= 1;
+            self.sent.push(t.pid);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_ring_buffer_delays_decisions_in_order_and_loses_none() {
+        let mut ring = Ring { room: 2, sent: Vec::new() };
+        let mut held = Held::default();
+        for pid in 1..=5 {
+            held.send_or_hold(&decision(pid), |t| ring.send(t)).expect("never an error");
+        }
+        assert_eq!(ring.sent, [1, 2]);
+        assert_eq!((held.len(), held.total), (3, 3));
+        // The BPF side drains; the next notify sends what was held, oldest
+        // first, before anything newer.
+        ring.room = 2;
+        assert!(!held.flush(|t| ring.send(t)), "one still does not fit");
+        held.send_or_hold(&decision(6), |t| ring.send(t)).expect("held behind the others");
+        assert_eq!(ring.sent, [1, 2, 3, 4]);
+        ring.room = 10;
+        assert!(held.flush(|t| ring.send(t)));
+        assert_eq!(ring.sent, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(held.len(), 0);
+    }
+
+    #[test]
+    fn a_ring_buffer_never_drained_ends_in_an_error_not_unbounded_memory() {
+        let mut ring = Ring { room: 0, sent: Vec::new() };
+        let mut held = Held::default();
+        for pid in 0..Held::MAX as i32 {
+            held.send_or_hold(&decision(pid), |t| ring.send(t)).expect("held");
+        }
+        assert_eq!(held.send_or_hold(&decision(-1), |t| ring.send(t)), Err("ENOSPC"));
+        assert_eq!(held.len(), Held::MAX);
     }
 }

@@ -108,7 +108,9 @@ pub struct SchedOpts {
 
     /// The kernel watchdog's timeout in milliseconds: a runnable task left
     /// waiting this long makes the kernel eject the scheduler.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1000..=30000))]
+    /// The starvation limit plus the longest slice must stay within half of
+    /// it (checked at start). `SCX_TIMEOUT_MS` overrides it.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(TIMEOUT_MS_MIN as i64..=TIMEOUT_MS_MAX as i64))]
     pub timeout_ms: u32,
 
     /// libbpf debug output while loading.
@@ -227,6 +229,23 @@ pub enum Mutant {
     IgnoreVotes,
 }
 
+/// The watchdog timeouts scx_ballot accepts, in milliseconds.
+pub const TIMEOUT_MS_MIN: u32 = 1000;
+pub const TIMEOUT_MS_MAX: u32 = 30_000;
+/// How often the BPF side looks for a task left waiting (its heartbeat).
+const HEARTBEAT_MS: u64 = 50;
+
+/// `SCX_TIMEOUT_MS`'s value, if it is a timeout scx_ballot can honour.
+fn timeout_from_env(raw: &str) -> anyhow::Result<u32> {
+    match raw.trim().parse::<u32>() {
+        Ok(ms) if (TIMEOUT_MS_MIN..=TIMEOUT_MS_MAX).contains(&ms) => Ok(ms),
+        _ => anyhow::bail!(
+            "SCX_TIMEOUT_MS={raw:?} is not a watchdog timeout this scheduler can honour \
+             ({TIMEOUT_MS_MIN} to {TIMEOUT_MS_MAX} ms)"
+        ),
+    }
+}
+
 /// The environment variable an admin token may come from.
 pub const ADMIN_TOKEN_ENV: &str = "SCX_BALLOT_ADMIN_TOKEN";
 
@@ -254,16 +273,43 @@ impl SchedOpts {
         Ok(std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()))
     }
 
+    /// The watchdog timeout in force: `$SCX_TIMEOUT_MS` when set (it must
+    /// be a number of milliseconds in the flag's range), else `--timeout-ms`.
+    pub fn timeout_ms(&self) -> anyhow::Result<u32> {
+        match std::env::var("SCX_TIMEOUT_MS") {
+            Ok(raw) => timeout_from_env(&raw),
+            Err(_) => Ok(self.timeout_ms),
+        }
+    }
+
+    /// Refuses flag combinations under which the kernel's watchdog would
+    /// eject the scheduler by design: a task left to the BPF side's rescue
+    /// waits up to the starvation limit, the heartbeat that notices it, and
+    /// a CPU's current slice, and all of that must fit in half the watchdog
+    /// timeout (the other half is margin for a loaded machine).
+    pub fn check_timing(&self) -> anyhow::Result<()> {
+        let timeout = u64::from(self.timeout_ms()?);
+        let slice_max_ms = self.slice_max_us.max(self.slice_us).div_ceil(1000);
+        let worst = self.starvation_ms + HEARTBEAT_MS + slice_max_ms;
+        if worst > timeout / 2 {
+            anyhow::bail!(
+                "--starvation-ms {} + the {HEARTBEAT_MS} ms heartbeat + the longest slice ({slice_max_ms} ms) \
+                 is {worst} ms, more than half the {timeout} ms watchdog timeout: a task the policy \
+                 leaves waiting would get the scheduler ejected; lower --starvation-ms or \
+                 --slice-max-us/--slice-us, or raise --timeout-ms",
+                self.starvation_ms
+            );
+        }
+        Ok(())
+    }
+
     pub fn init_opts(&self, idle_dispatch: IdleDispatch) -> InitOpts {
         InitOpts {
             partial: !self.full,
             slice_us: self.slice_us,
             slice_max_us: self.slice_max_us.max(self.slice_us),
             starvation_ms: self.starvation_ms,
-            timeout_ms: std::env::var("SCX_TIMEOUT_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(self.timeout_ms),
+            timeout_ms: self.timeout_ms().unwrap_or(self.timeout_ms),
             exit_dump_len: self.exit_dump_len,
             idle_dispatch,
             debug: self.debug,
@@ -308,6 +354,25 @@ mod tests {
         assert!(cli.sched.admin_token().unwrap_err().to_string().contains("reading the admin token"));
         assert_eq!(parse(&["--admin-token", "t"]).unwrap().sched.admin_token().unwrap().as_deref(), Some("t"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn timings_that_guarantee_an_ejection_are_refused_with_the_reason() {
+        let check = |args: &[&str]| parse(args).unwrap().sched.check_timing();
+        check(&[]).expect("the defaults are safe");
+        check(&["--timeout-ms", "1000", "--starvation-ms", "100"]).expect("a short, safe set");
+        let err = check(&["--timeout-ms", "1000", "--starvation-ms", "4000", "--slice-us", "1000000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ejected") && err.contains("--starvation-ms 4000"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert!(check(&["--timeout-ms", "1000"]).is_err(), "starvation 1000 = the timeout");
+        assert!(check(&["--slice-max-us", "1000000", "--timeout-ms", "2000"]).is_err());
+        for bad in ["50", "0", "999", "30001", "soon", ""] {
+            let err = timeout_from_env(bad).unwrap_err().to_string();
+            assert!(err.contains("SCX_TIMEOUT_MS"), "{bad}: {err}");
+        }
+        assert_eq!(timeout_from_env("30000").unwrap(), 30_000);
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn run_election_only(opts: &SchedOpts) -> Result<()> {
 }
 
 fn run_scheduler(opts: &SchedOpts) -> Result<()> {
+    opts.check_timing()?;
     preflight::check(&preflight::HostFacts::read())?;
 
     let shutdown = Arc::new(AtomicBool::new(false));

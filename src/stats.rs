@@ -33,6 +33,10 @@ pub struct Metrics {
     /// Tasks dispatched by the BPF side because user space left them waiting
     /// longer than the starvation limit.
     pub nr_rescued: u64,
+    /// Decisions the user ring buffer had no room for, kept and sent again
+    /// after the BPF side drained it (none is lost).
+    #[serde(default)]
+    pub nr_retried_dispatches: u64,
 }
 
 impl std::fmt::Display for Metrics {
@@ -40,7 +44,7 @@ impl std::fmt::Display for Metrics {
         write!(
             f,
             "cpus {} running {} queued {} held {} | dispatches: user {} kernel {} cancel {} \
-             bounce {} failed {} congested {} rescued {}",
+             bounce {} failed {} congested {} rescued {} retried {}",
             self.nr_online_cpus,
             self.nr_running,
             self.nr_queued,
@@ -51,7 +55,8 @@ impl std::fmt::Display for Metrics {
             self.nr_bounce_dispatches,
             self.nr_failed_dispatches,
             self.nr_sched_congested,
-            self.nr_rescued
+            self.nr_rescued,
+            self.nr_retried_dispatches
         )
     }
 }

@@ -11,6 +11,8 @@
 #   share-fifo                    4 equal SCHED_EXT burners on the vCPUs
 #   share-vruntime                2 nice-0 and 2 nice-10 SCHED_EXT burners
 #   sigkill                       the scheduler is SIGKILLed under load
+#   sigstop                       the scheduler is stopped past the watchdog
+#                                 timeout under 4 burners per CPU
 set -u
 
 BIN=$1
@@ -123,6 +125,42 @@ run_sigkill() {
 	say "case $c: $(tr '\n' ' ' < "$OUT/$c/result")"
 }
 
+# A stopped policy (SIGSTOP: a debugger, a long page fault) must not get the
+# scheduler ejected: the BPF side runs every waiting task by itself, each in
+# turn. 4 SCHED_EXT burners per CPU, the scheduler stopped for twice the
+# watchdog timeout, then continued.
+run_sigstop() {
+	local c=sigstop
+	case_dir $c
+	say "case $c: SIGSTOP the scheduler for twice its watchdog timeout under 4 burners per CPU"
+	start_scheduler "$OUT/$c/scheduler.log" --policy fifo --timeout-ms 2000 --starvation-ms 200
+	local pids=() i n=$(($(nproc) * 4))
+	for ((i = 0; i < n; i++)); do
+		"$BIN" exec -- sh -c 'while :; do :; done' &
+		pids+=($!)
+	done
+	sleep 2
+	local before=() least=-1 d
+	for i in "${!pids[@]}"; do before[i]=$(cpu_ns "${pids[i]}"); done
+	kill -STOP "$SCHED_BIN_PID"
+	sleep 4
+	fact $c state_while_stopped "$(sched_state)"
+	for i in "${!pids[@]}"; do
+		d=$(($(cpu_ns "${pids[i]}") - before[i]))
+		if [ "$least" -lt 0 ] || [ "$d" -lt "$least" ]; then least=$d; fi
+	done
+	kill -CONT "$SCHED_BIN_PID"
+	sleep 2
+	fact $c burners "$n"
+	fact $c least_burner_cpu_ns_while_stopped "$least"
+	fact $c state_after_cont "$(sched_state)"
+	stop_scheduler
+	fact $c scheduler_exit "$SCHED_EXIT"
+	fact $c rescued "$(last_counter "$OUT/$c/scheduler.log" rescued)"
+	kill_all "${pids[@]}"
+	say "case $c: $(tr '\n' ' ' < "$OUT/$c/result")"
+}
+
 say "framework suite: kernel $(uname -r), $(nproc) CPUs, stress ${STRESS}s"
 run_stress stress-fifo "$STRESS" --policy fifo
 run_stress stress-vruntime "$STRESS" --policy vruntime
@@ -130,4 +168,5 @@ run_stress full-vruntime $((STRESS * 2 / 3)) --policy vruntime --full
 run_share share-fifo fifo 0 0 0 0
 run_share share-vruntime vruntime 0 0 10 10
 run_sigkill
+run_sigstop
 say "framework suite done"

@@ -26,6 +26,7 @@ pub const CASES: &[(&str, &str, Judge)] = &[
     ("share-fifo", "fifo: equal SCHED_EXT burners get roughly equal CPU time", share_fifo),
     ("share-vruntime", "vruntime: nice 0 burners get clearly more than nice 10 burners", share_vruntime),
     ("sigkill", "SIGKILL of the scheduler: SCHED_EXT tasks keep running, state back to disabled", sigkill),
+    ("sigstop", "SIGSTOP of the scheduler past the watchdog timeout: still attached, every burner ran", sigstop),
 ];
 
 pub fn stress(f: &CaseFacts) -> Vec<String> {
@@ -106,6 +107,20 @@ pub fn sigkill(f: &CaseFacts) -> Vec<String> {
     v.problems
 }
 
+pub fn sigstop(f: &CaseFacts) -> Vec<String> {
+    let mut v = Verdict::new(f);
+    v.expect("state_while_stopped", "enabled", "the stopped scheduler was ejected")
+        .expect("state_after_cont", "enabled", "the scheduler did not survive being stopped")
+        .expect("scheduler_exit", "0", "scx_ballot did not exit cleanly on SIGINT")
+        .expect_in("rescued", 1..=i64::MAX, "the BPF side rescued nothing while the policy was stopped")
+        .expect_in(
+            "least_burner_cpu_ns_while_stopped",
+            1..=i64::MAX,
+            "a burner got no CPU at all while the policy was stopped",
+        );
+    v.problems
+}
+
 /// Judges every case found under `dir`; a case that left no facts fails.
 pub fn judge(dir: &Path) -> Vec<(&'static str, Vec<String>)> {
     CASES
@@ -175,6 +190,17 @@ mod tests {
         assert!(share_vruntime(&CaseFacts::parse(&good)).is_empty());
         let flat = share_text(&[(0, 250), (0, 250), (10, 250), (10, 250)]);
         assert_eq!(share_vruntime(&CaseFacts::parse(&flat)).len(), 1);
+    }
+
+    #[test]
+    fn sigstop_needs_every_burner_to_run_and_no_ejection() {
+        let ok = "state_while_stopped=enabled\nstate_after_cont=enabled\nscheduler_exit=0\nrescued=40\n\
+            burners=8\nleast_burner_cpu_ns_while_stopped=90000000\n";
+        assert!(sigstop(&CaseFacts::parse(ok)).is_empty());
+        let starved = ok.replace("least_burner_cpu_ns_while_stopped=90000000", "least_burner_cpu_ns_while_stopped=0");
+        assert_eq!(sigstop(&CaseFacts::parse(&starved)).len(), 1);
+        let ejected = ok.replace("state_while_stopped=enabled", "state_while_stopped=disabled");
+        assert!(!sigstop(&CaseFacts::parse(&ejected)).is_empty());
     }
 
     #[test]
