@@ -133,7 +133,9 @@ run_sigstop() {
 	local c=sigstop
 	case_dir $c
 	say "case $c: SIGSTOP the scheduler for twice its watchdog timeout under 4 burners per CPU"
-	start_scheduler "$OUT/$c/scheduler.log" --policy fifo --timeout-ms 2000 --starvation-ms 200
+	# vruntime: the vtimes the policy gave differ from task to task and stop
+	# advancing while it is stopped.
+	start_scheduler "$OUT/$c/scheduler.log" --policy vruntime --timeout-ms 2000 --starvation-ms 200
 	local pids=() i n=$(($(nproc) * 4))
 	for ((i = 0; i < n; i++)); do
 		"$BIN" exec -- sh -c 'while :; do :; done' &
@@ -152,6 +154,8 @@ run_sigstop() {
 	kill -CONT "$SCHED_BIN_PID"
 	sleep 2
 	fact $c burners "$n"
+	fact $c cpus "$(nproc)"
+	fact $c window_ns 4000000000
 	fact $c least_burner_cpu_ns_while_stopped "$least"
 	fact $c state_after_cont "$(sched_state)"
 	stop_scheduler
