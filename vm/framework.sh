@@ -127,16 +127,20 @@ run_sigkill() {
 
 # A stopped policy (SIGSTOP: a debugger, a long page fault) must not get the
 # scheduler ejected: the BPF side runs every waiting task by itself, each in
-# turn. 4 SCHED_EXT burners per CPU, the scheduler stopped for twice the
+# turn. 16 SCHED_EXT burners per CPU, the scheduler stopped for four times the
 # watchdog timeout, then continued.
 run_sigstop() {
 	local c=sigstop
 	case_dir $c
-	say "case $c: SIGSTOP the scheduler for twice its watchdog timeout under 4 burners per CPU"
+	say "case $c: SIGSTOP the scheduler for 8 s (watchdog 2 s) under 16 burners per CPU"
 	# vruntime: the vtimes the policy gave differ from task to task and stop
-	# advancing while it is stopped.
-	start_scheduler "$OUT/$c/scheduler.log" --policy vruntime --timeout-ms 2000 --starvation-ms 200
-	local pids=() i n=$(($(nproc) * 4))
+	# advancing while it is stopped. Short slices and starvation limit fill
+	# the queue to user space within seconds; from then on every enqueue
+	# is dispatched by the BPF side at once (congestion), and only a fair
+	# order among those keeps every burner running.
+	start_scheduler "$OUT/$c/scheduler.log" --policy vruntime --timeout-ms 2000 \
+		--starvation-ms 10 --slice-us 1000
+	local pids=() i n=$(($(nproc) * 16))
 	for ((i = 0; i < n; i++)); do
 		"$BIN" exec -- sh -c 'while :; do :; done' &
 		pids+=($!)
@@ -145,7 +149,7 @@ run_sigstop() {
 	local before=() least=-1 d
 	for i in "${!pids[@]}"; do before[i]=$(cpu_ns "${pids[i]}"); done
 	kill -STOP "$SCHED_BIN_PID"
-	sleep 4
+	sleep 8
 	fact $c state_while_stopped "$(sched_state)"
 	for i in "${!pids[@]}"; do
 		d=$(($(cpu_ns "${pids[i]}") - before[i]))
@@ -155,12 +159,13 @@ run_sigstop() {
 	sleep 2
 	fact $c burners "$n"
 	fact $c cpus "$(nproc)"
-	fact $c window_ns 4000000000
+	fact $c window_ns 8000000000
 	fact $c least_burner_cpu_ns_while_stopped "$least"
 	fact $c state_after_cont "$(sched_state)"
 	stop_scheduler
 	fact $c scheduler_exit "$SCHED_EXIT"
 	fact $c rescued "$(last_counter "$OUT/$c/scheduler.log" rescued)"
+	fact $c congested "$(last_counter "$OUT/$c/scheduler.log" congested)"
 	kill_all "${pids[@]}"
 	say "case $c: $(tr '\n' ' ' < "$OUT/$c/result")"
 }
