@@ -12,7 +12,9 @@
 #   share-vruntime                2 nice-0 and 2 nice-10 SCHED_EXT burners
 #   sigkill                       the scheduler is SIGKILLed under load
 #   sigstop                       the scheduler is stopped past the watchdog
-#                                 timeout under 4 burners per CPU
+#                                 timeout under 16 burners per CPU
+#   full-threads                  full mode: the scheduler's threads other than
+#                                 its loop wait their turn
 set -u
 
 BIN=$1
@@ -170,6 +172,42 @@ run_sigstop() {
 	say "case $c: $(tr '\n' ' ' < "$OUT/$c/result")"
 }
 
+# In full mode only the scheduling loop's thread may jump the queue: the
+# scheduler's other threads (here the membership scan, which wakes every
+# 50 ms) wait their turn like every other task. 16 burners per CPU, the
+# election policy in full mode; the scan thread's wait per run is recorded
+# (/proc/PID/task/TID/schedstat), with the loop thread's beside it.
+run_full_threads() {
+	local c=full-threads
+	case_dir $c
+	say "case $c: full mode, election policy, 16 burners per CPU: do the scheduler's other threads wait their turn?"
+	start_scheduler "$OUT/$c/scheduler.log" --full --policy election --listen 127.0.0.1:7449
+	local pids=() i n=$(($(nproc) * 16)) tid="" f
+	for ((i = 0; i < n; i++)); do
+		sh -c 'while :; do :; done' &
+		pids+=($!)
+	done
+	sleep 2
+	for f in /proc/"$SCHED_BIN_PID"/task/*/comm; do
+		[ "$(cat "$f" 2>/dev/null)" = membership ] && tid=$(basename "$(dirname "$f")")
+	done
+	local a0 w0 r0 a1 w1 r1 la0 lw0 lr0 la1 lw1 lr1
+	read -r a0 w0 r0 < "/proc/$SCHED_BIN_PID/task/${tid:-none}/schedstat" 2>/dev/null
+	read -r la0 lw0 lr0 < "/proc/$SCHED_BIN_PID/task/$SCHED_BIN_PID/schedstat"
+	sleep 4
+	read -r a1 w1 r1 < "/proc/$SCHED_BIN_PID/task/${tid:-none}/schedstat" 2>/dev/null
+	read -r la1 lw1 lr1 < "/proc/$SCHED_BIN_PID/task/$SCHED_BIN_PID/schedstat"
+	fact $c membership_thread "${tid:-none}"
+	fact $c membership_runs $((${r1:-0} - ${r0:-0}))
+	fact $c membership_wait_us_per_run $(((${w1:-0} - ${w0:-0}) / 1000 / ((${r1:-0} - ${r0:-0}) > 0 ? (${r1:-0} - ${r0:-0}) : 1)))
+	fact $c loop_wait_us_per_run $(((lw1 - lw0) / 1000 / ((lr1 - lr0) > 0 ? (lr1 - lr0) : 1)))
+	fact $c state_after_window "$(sched_state)"
+	kill_all "${pids[@]}"
+	stop_scheduler
+	fact $c scheduler_exit "$SCHED_EXIT"
+	say "case $c: $(tr '\n' ' ' < "$OUT/$c/result")"
+}
+
 say "framework suite: kernel $(uname -r), $(nproc) CPUs, stress ${STRESS}s"
 run_stress stress-fifo "$STRESS" --policy fifo
 run_stress stress-vruntime "$STRESS" --policy vruntime
@@ -178,4 +216,5 @@ run_share share-fifo fifo 0 0 0 0
 run_share share-vruntime vruntime 0 0 10 10
 run_sigkill
 run_sigstop
+run_full_threads
 say "framework suite done"

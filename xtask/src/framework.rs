@@ -27,7 +27,13 @@ pub const CASES: &[(&str, &str, Judge)] = &[
     ("share-vruntime", "vruntime: nice 0 burners get clearly more than nice 10 burners", share_vruntime),
     ("sigkill", "SIGKILL of the scheduler: SCHED_EXT tasks keep running, state back to disabled", sigkill),
     ("sigstop", "SIGSTOP of the scheduler past the watchdog timeout: still attached, every burner ran", sigstop),
+    ("full-threads", "full mode: only the scheduling loop jumps the queue; the scheduler's other threads wait their turn", full_threads),
 ];
+
+/// In `full-threads`, the membership thread's least average wait per run:
+/// behind 16 burners per CPU on 5 ms slices a task waits tens of
+/// milliseconds; dispatched ahead of everyone it waits for one slice end.
+pub const MIN_OTHER_THREAD_WAIT_US: i64 = 15_000;
 
 pub fn stress(f: &CaseFacts) -> Vec<String> {
     let mut v = Verdict::new(f);
@@ -124,6 +130,19 @@ pub fn sigstop(f: &CaseFacts) -> Vec<String> {
     v.problems
 }
 
+pub fn full_threads(f: &CaseFacts) -> Vec<String> {
+    let mut v = Verdict::new(f);
+    v.expect("state_after_window", "enabled", "the scheduler did not stay attached")
+        .expect("scheduler_exit", "0", "scx_ballot did not exit cleanly on SIGINT")
+        .expect_in("membership_runs", 5..=i64::MAX, "the membership thread was not seen running")
+        .expect_in(
+            "membership_wait_us_per_run",
+            MIN_OTHER_THREAD_WAIT_US..=i64::MAX,
+            "the scheduler's membership thread jumped the queue (dispatched ahead of every task)",
+        );
+    v.problems
+}
+
 /// Judges every case found under `dir`; a case that left no facts fails.
 pub fn judge(dir: &Path) -> Vec<(&'static str, Vec<String>)> {
     CASES
@@ -206,6 +225,15 @@ mod tests {
         }
         let ejected = ok.replace("state_while_stopped=enabled", "state_while_stopped=disabled");
         assert!(!sigstop(&CaseFacts::parse(&ejected)).is_empty());
+    }
+
+    #[test]
+    fn full_threads_needs_the_other_threads_to_wait_their_turn() {
+        let ok = "state_after_window=enabled\nscheduler_exit=0\nmembership_runs=80\n\
+            membership_wait_us_per_run=70000\nloop_wait_us_per_run=900\n";
+        assert!(full_threads(&CaseFacts::parse(ok)).is_empty());
+        let jumped = ok.replace("=70000", "=2500");
+        assert_eq!(full_threads(&CaseFacts::parse(&jumped)).len(), 1);
     }
 
     #[test]
