@@ -98,6 +98,7 @@ struct select_cpu_arg {
 /* Argument of the kick syscall program. */
 struct kick_arg {
 	s32 cpu;		/* the CPU to wake if idle; negative: any idle CPU */
+	u32 preempt;		/* 1: make @cpu (>= 0) give up its current task now */
 };
 
 #endif /* __SCX_BALLOT_INTF_H */

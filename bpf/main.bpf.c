@@ -80,6 +80,8 @@ u64 nr_rescued;
  * far: with what user space sent, it tells how many are still in transit.
  */
 u64 nr_any_drained;
+/* Every decision read from the user ring buffer so far. */
+u64 nr_drained;
 
 /* ops.dispatch() calls so far: which queue goes first alternates. */
 u64 nr_dispatch_rounds;
@@ -312,6 +314,7 @@ static void dispatch_from_user(const struct dispatched_task *d)
 	s32 cpu = d->cpu;
 	bool ok;
 
+	__sync_fetch_and_add(&nr_drained, 1);
 	if (cpu == BALLOT_CPU_ANY)
 		__sync_fetch_and_add(&nr_any_drained, 1);
 	p = bpf_task_from_pid(d->pid);
@@ -550,8 +553,10 @@ int ballot_shared_depth(void *ctx)
 /*
  * Wakes a CPU after user space queued decisions, so that it runs
  * ops.dispatch() and carries them out: @arg->cpu if it is idle (a CPU the
- * policy chose), or any idle CPU. Run by user space through
- * BPF_PROG_TEST_RUN.
+ * policy chose), or any idle CPU. With @arg->preempt, @arg->cpu gives up
+ * the task it runs at once (its slice ends, so it goes back to the policy):
+ * the standing changed and that CPU runs a class that lost weight. Run by
+ * user space through BPF_PROG_TEST_RUN.
  */
 SEC("syscall")
 int ballot_kick(struct kick_arg *arg)
@@ -559,6 +564,10 @@ int ballot_kick(struct kick_arg *arg)
 	const struct cpumask *online;
 	s32 cpu = arg->cpu;
 
+	if (arg->preempt && cpu >= 0) {
+		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
+		return cpu;
+	}
 	if (cpu < 0) {
 		online = scx_bpf_get_online_cpumask();
 		cpu = scx_bpf_pick_idle_cpu(online, 0);

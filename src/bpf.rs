@@ -11,7 +11,9 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -167,8 +169,49 @@ pub struct BpfScheduler<'obj> {
     kick_targets: Vec<i32>,
     /// Decisions for any CPU sent so far (see `backlog`).
     any_sent: u64,
+    /// Decisions sent so far (see `in_transit`).
+    sent: u64,
     /// Decisions the user ring buffer had no room for.
     held: Held,
+    /// Wakes `wait_for_tasks` from other threads, once asked for.
+    waker: Option<Waker>,
+}
+
+/// Cuts the scheduling loop's wait short from another thread: an eventfd in
+/// the same epoll set as the queued-task ring buffer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Waker(Arc<OwnedFd>);
+
+impl Waker {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; a negative result is an error.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Waker(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
+    }
+
+    fn fd(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+
+    /// Wakes the loop (or makes its next wait return at once).
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd; a full
+        // counter (EAGAIN) already means "woken".
+        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the eventfd so the next wait sleeps again.
+    fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; the fd is
+        // non-blocking, so an unwoken eventfd returns EAGAIN at once.
+        unsafe { libc::read(self.fd(), (&mut count as *mut u64).cast(), 8) };
+    }
 }
 
 /// Decisions that did not fit in the user ring buffer (the BPF side had not
@@ -342,7 +385,9 @@ impl<'obj> BpfScheduler<'obj> {
             struct_ops: Some(struct_ops),
             kick_targets: Vec::with_capacity(64),
             any_sent: 0,
+            sent: 0,
             held: Held::default(),
+            waker: None,
         })
     }
 
@@ -388,6 +433,7 @@ impl<'obj> BpfScheduler<'obj> {
         // write_unaligned makes no alignment assumption.
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), raw) };
         self.dispatched.submit(sample)?;
+        self.sent += 1;
         if task.cpu == RL_CPU_ANY {
             self.any_sent += 1;
         }
@@ -430,6 +476,13 @@ impl<'obj> BpfScheduler<'obj> {
         (queued + in_transit, local_here)
     }
 
+    /// Decisions sent that the BPF side has not read yet (held ones
+    /// included).
+    pub fn in_transit(&mut self) -> u64 {
+        let drained = self.bss_mut().nr_drained;
+        self.sent.saturating_sub(drained) + self.held.len() as u64
+    }
+
     /// Tells the BPF side how many tasks the policy still holds and wakes
     /// the CPUs that the decisions made since the last call name (or an idle
     /// CPU, for decisions that name none), so they are carried out at once.
@@ -446,22 +499,75 @@ impl<'obj> BpfScheduler<'obj> {
         self.bss_mut().nr_scheduled = nr_pending + still_held;
         let targets = std::mem::take(&mut self.kick_targets);
         for &cpu in &targets {
-            let mut arg = bpf_intf::kick_arg { cpu };
-            let input = ProgramInput {
-                context_in: Some(pod_bytes(&mut arg)),
-                ..Default::default()
-            };
-            let _ = self.skel.progs.ballot_kick.test_run(input);
+            self.kick(cpu, false);
         }
         self.kick_targets = targets;
         self.kick_targets.clear();
     }
 
-    /// Sleeps until a task is queued or `timeout` passes.
+    /// Makes `cpu` give up the task it runs now: its slice ends, so the
+    /// task goes back through the policy (`SCX_KICK_PREEMPT`).
+    pub fn preempt_cpu(&mut self, cpu: i32) {
+        if cpu >= 0 {
+            self.kick(cpu, true);
+        }
+    }
+
+    fn kick(&mut self, cpu: i32, preempt: bool) {
+        let mut arg = bpf_intf::kick_arg {
+            cpu,
+            preempt: u32::from(preempt),
+        };
+        let input = ProgramInput {
+            context_in: Some(pod_bytes(&mut arg)),
+            ..Default::default()
+        };
+        let _ = self.skel.progs.ballot_kick.test_run(input);
+    }
+
+    /// Sleeps until a task is queued, a [`Waker`] of this scheduler is
+    /// woken, or `timeout` passes.
     pub fn wait_for_tasks(&mut self, timeout: Duration) {
         if self.inbox.borrow().is_empty() {
             self.queued.poll_raw(timeout);
         }
+        if let Some(waker) = &self.waker {
+            waker.clear();
+        }
+    }
+
+    /// A handle another thread can use to cut [`wait_for_tasks`]'s sleep
+    /// short (for example when the votes change).
+    ///
+    /// [`wait_for_tasks`]: BpfScheduler::wait_for_tasks
+    pub fn waker(&mut self) -> Result<Waker> {
+        if let Some(waker) = &self.waker {
+            return Ok(waker.clone());
+        }
+        let waker = Waker::new().context("creating the scheduler's wake-up eventfd")?;
+        // libbpf's poll reads the event's data as the index of the ring that
+        // is ready: 0 names the one ring there is, which it then consumes
+        // (harmlessly, when empty).
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open for the duration of the call and
+        // `event` is a valid epoll_event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.queued.epoll_fd(),
+                libc::EPOLL_CTL_ADD,
+                waker.fd(),
+                &mut event,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("adding the wake-up eventfd to the ring buffer's epoll");
+        }
+        self.waker = Some(waker.clone());
+        Ok(waker)
     }
 
     /// True once the kernel has ejected or unloaded the BPF program.

@@ -81,7 +81,7 @@ pub struct SchedOpts {
     #[arg(
         long,
         conflicts_with_all = [
-            "full", "slice_max_us", "starvation_ms", "timeout_ms", "debug", "mode", "min_share",
+            "full", "slice_max_us", "starvation_ms", "timeout_ms", "debug", "mode", "min_share", "cap",
             "slice_us", "stats", "exit_dump_len", "debug_no_dispatch", "debug_mutant",
         ]
     )]
@@ -129,6 +129,21 @@ pub struct SchedOpts {
     /// wait (about slice / share).
     #[arg(long, default_value_t = 5.0, value_parser = parse_percent, help_heading = "Election")]
     pub min_share: f64,
+
+    /// Election, winner mode: also hold every class but the leader's to
+    /// `--min-share` of the whole machine when a CPU would otherwise idle.
+    /// Without it the scheduler is work-conserving: when the candidates have
+    /// fewer runnable tasks than there are CPUs, a losing candidate's tasks
+    /// take the CPUs the leader cannot use, and a vote shows only once the
+    /// machine is full (two single-process candidates on two CPUs each get a
+    /// whole CPU, whatever the votes). With it, a vote shows on an idle
+    /// machine too (the leader about a CPU, each loser about its minimum),
+    /// at the price of idle CPUs: the losers' work takes longer. Their tasks
+    /// still run every 200 ms or sooner (shorter slices when there are many),
+    /// far from the watchdog. No effect in proportional mode or before the
+    /// first vote.
+    #[arg(long, help_heading = "Election")]
+    pub cap: bool,
 
     /// Election: candidates to create at start (TOML or JSON, see README);
     /// candidates already in the votes journal are kept as they are.

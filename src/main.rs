@@ -45,6 +45,8 @@ fn main() {
 struct ElectionSide {
     inputs: election::Inputs,
     tracker: Tracker,
+    /// Kept to wake the scheduling loop on every published change.
+    store: Arc<Store>,
     _server: ServerHandle,
 }
 
@@ -88,7 +90,7 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         vote_interval_ms: opts.vote_interval_ms,
         max_body: ServerConfig::DEFAULT_MAX_BODY,
     };
-    let server = server::spawn_on(listener, cfg, store, board.clone())
+    let server = server::spawn_on(listener, cfg, store.clone(), board.clone())
         .with_context(|| format!("starting the voting server on {}", opts.listen))?;
     info!("voting server: http://{}/", server.addr);
     if let (Some(token), None) = (&server.admin_token, &admin_token) {
@@ -100,11 +102,13 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         nudge: tracker.nudge.clone(),
         mode: opts.mode,
         min_share: opts.min_share,
+        cap: opts.cap,
         ignore_votes: opts.debug_mutant == Some(Mutant::IgnoreVotes),
     };
     Ok(ElectionSide {
         inputs,
         tracker,
+        store,
         _server: server,
     })
 }
@@ -173,6 +177,12 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
     let mut open_object = MaybeUninit::uninit();
     loop {
         let mut sched = bpf::BpfScheduler::init(&mut open_object, &init)?;
+        if let Some(e) = &election {
+            // A vote changes the next decision: the loop wakes for it
+            // instead of finishing its sleep.
+            let waker = sched.waker()?;
+            e.store.on_publish(move |_| waker.wake());
+        }
         info!(
             "scx_ballot attached: policy {}, {} mode, slice {} us",
             policy.name(),

@@ -16,20 +16,37 @@
 //! standing changes, every class restarts from the current virtual time, so a
 //! new leader runs at the next free CPU instead of paying for its past.
 //!
-//! Tasks are not sent to the shared queue all at once: the policy keeps
-//! them and puts the best one on any idle CPU. Only when fewer of its tasks
-//! run than there are CPUs (the CPU the policy itself runs on looks busy
-//! while it decides) does it leave the best ones in the shared queue
-//! (ordered by tag) for the next CPU that frees up. A vote acknowledged now
-//! decides the very next dispatch. A task that wakes while nothing waits
-//! (no task held, none on its way to the policy, the shared queue empty)
-//! goes on an idle CPU straight from the BPF side: the policy would have put
-//! it there too, and the round trip is saved. The BPF side still runs any
-//! task left waiting longer than `--starvation-ms`.
+//! Tasks are not sent to the kernel all at once: the policy keeps them and
+//! puts the best one on each idle CPU, by number. A CPU goes idle only after
+//! the task that ran there was queued to the policy, so once it has claimed
+//! an idle CPU the policy reads what was queued meanwhile and decides with
+//! that task in view: a leader's task whose slice just ended competes for
+//! its own CPU, and no waiting loser takes it first. The CPU the policy runs
+//! on looks busy only because it does: when no task of ours waits there,
+//! the best task is given that CPU for when the policy sleeps. Decisions
+//! never go to a shared queue that any CPU could take from. A vote
+//! acknowledged now decides the very next dispatch: the voting server wakes
+//! the scheduling loop, and the CPUs running tasks of the classes that lost
+//! weight give them up at once (`SCX_KICK_PREEMPT`), as many as there are
+//! tasks of other classes waiting.
+//!
+//! `--cap` (winner mode, once someone leads): every class but the leader's
+//! is held to `min_share` of the machine even when a CPU would otherwise
+//! idle. Each capped class earns `min_share` of every CPU's time and pays
+//! for what its tasks really ran; its tasks wait while it is in debt, and
+//! share shorter slices when there are many, so each still runs every
+//! 200 ms or sooner.
+//!
+//! A task that wakes while nothing waits (no task held, none on its way to
+//! the policy, the shared queue empty) goes on an idle CPU straight from
+//! the BPF side: the policy would have put it there too, and the round trip
+//! is saved. The BPF side still runs any task left waiting longer than
+//! `--starvation-ms`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use arc_swap::ArcSwap;
@@ -79,6 +96,9 @@ pub fn weights(standing: &Standing, mode: Mode, min_share: f64) -> BTreeMap<Stri
 struct Class {
     weight: u64,
     vclock: u64,
+    /// `--cap`: held to its minimum share of the machine even when a CPU
+    /// would otherwise idle.
+    capped: bool,
 }
 
 /// What the election policy reads: the standing (votes), the membership of
@@ -93,10 +113,66 @@ pub struct Inputs {
     pub mode: Mode,
     /// In winner mode, the share each other class keeps (0..0.5).
     pub min_share: f64,
+    /// In winner mode, hold every class but the leader's to `min_share` of
+    /// the machine, even when that leaves a CPU idle (`--cap`).
+    pub cap: bool,
     /// Testing aid (`--debug-mutant ignore-votes`): weigh every class as if
     /// nobody had voted.
     pub ignore_votes: bool,
 }
+
+/// A capped class's CPU allowance: it may run while `ns` is positive; it
+/// earns `min_share` of every CPU's time and pays for what its tasks run.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    ns: i64,
+    /// Tasks of the class the policy holds.
+    held: usize,
+}
+
+/// A task the policy put on a CPU: its pid and class.
+type OnCpu = Option<(i32, Arc<str>)>;
+
+/// What the policy knows of one CPU: the task of ours it runs.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    running: OnCpu,
+    /// Its start tag.
+    running_start: u64,
+    /// When `running` was put there (or taken from the shared queue).
+    since: Option<Instant>,
+}
+
+/// A task on a CPU for longer than this is not taken as the system's
+/// virtual time (it may have exited without the policy hearing of it).
+const SLOT_STALE: Duration = Duration::from_secs(1);
+
+/// The most slices a task may be given in a row when no waiting task of
+/// another class would be due before it (fewer round trips to the policy;
+/// a vote still preempts it at once).
+const MAX_LEASE: u64 = 4;
+
+/// What a class was charged for a task on a CPU, to settle when the task
+/// comes back with what it really ran.
+#[derive(Debug, Clone)]
+struct Charge {
+    class: Arc<str>,
+    ns: u64,
+    exec_runtime: u64,
+    stop_ts: u64,
+}
+
+/// The most a capped class may save up: it runs in bursts of a slice at
+/// most.
+const BURST_SLICES: i64 = 1;
+/// A capped class's tasks each run at least this often (the slice shrinks
+/// to make it so), far from the starvation limit.
+const CAPPED_TURN: Duration = Duration::from_millis(200);
+/// The shortest slice a capped class is given.
+const MIN_CAPPED_SLICE_NS: u64 = 200_000;
+/// Charges kept at most for tasks on a CPU (one that exits never comes
+/// back to settle).
+const MAX_CHARGES: usize = 1 << 16;
 
 pub struct Election {
     board: Arc<Board>,
@@ -104,6 +180,7 @@ pub struct Election {
     nudge: Arc<Nudge>,
     mode: Mode,
     min_share: f64,
+    cap: bool,
     ignore_votes: bool,
     slice_ns: u64,
     generation: Option<u64>,
@@ -115,6 +192,18 @@ pub struct Election {
     tasks: HashMap<i32, (QueuedTask, Arc<str>)>,
     arrivals: u64,
     unaffiliated: Arc<str>,
+    /// What the policy put on each CPU (by CPU number): the task running
+    /// there and the one queued behind it.
+    slots: Vec<Slot>,
+    /// Decisions put in the shared queue, oldest first, with their start
+    /// tags: the next CPU a task of ours leaves takes the first.
+    ahead: VecDeque<(OnCpu, u64)>,
+    /// `--cap`: the allowance of every class that has been capped (and how
+    /// many of its tasks wait, counted once per round).
+    budgets: HashMap<Arc<str>, Budget>,
+    /// Tasks on a CPU, by pid, with what their class was charged.
+    charges: HashMap<i32, Charge>,
+    last_refill: Option<Instant>,
 }
 
 impl Election {
@@ -125,6 +214,7 @@ impl Election {
             nudge,
             mode,
             min_share,
+            cap,
             ignore_votes,
         } = inputs;
         Election {
@@ -133,6 +223,7 @@ impl Election {
             nudge,
             mode,
             min_share,
+            cap,
             ignore_votes,
             slice_ns,
             generation: None,
@@ -142,31 +233,60 @@ impl Election {
             tasks: HashMap::new(),
             arrivals: 0,
             unaffiliated: Arc::from(UNAFFILIATED),
+            slots: Vec::new(),
+            ahead: VecDeque::new(),
+            budgets: HashMap::new(),
+            charges: HashMap::new(),
+            last_refill: None,
         }
     }
 
     /// Follows the standing: new weights, and every class restarts from the
     /// current virtual time (held tasks are tagged again, in their order).
-    fn refresh(&mut self) {
+    /// Returns the classes whose part of the CPU shrank, when some did.
+    fn refresh(&mut self) -> Vec<Arc<str>> {
         let standing = self.board.standing.load();
         if self.generation == Some(standing.generation) {
-            return;
+            return Vec::new();
         }
+        let first = self.generation.is_none();
         self.generation = Some(standing.generation);
-        let weights = if self.ignore_votes {
+        let standing = if self.ignore_votes {
             let mut blind = Standing::clone(&standing);
             blind.candidates.iter_mut().for_each(|c| c.votes = 0);
-            weights(&blind, self.mode, self.min_share)
+            Arc::new(blind)
         } else {
-            weights(&standing, self.mode, self.min_share)
+            Arc::clone(&standing)
+        };
+        let weights = weights(&standing, self.mode, self.min_share);
+        let leader = match self.mode {
+            Mode::Winner => standing_leader(&standing).map(str::to_string),
+            Mode::Proportional => None,
+        };
+        let part = |w: &BTreeMap<String, u64>, name: &str| {
+            let total: u64 = w.values().sum();
+            w.get(name).copied().unwrap_or(1) as f64 / total.max(1) as f64
+        };
+        let before: BTreeMap<String, u64> =
+            self.classes.iter().map(|(n, c)| (n.to_string(), c.weight)).collect();
+        let shrunk: Vec<Arc<str>> = if first {
+            Vec::new()
+        } else {
+            self.classes
+                .keys()
+                .filter(|n| part(&weights, n) < part(&before, n) - 1e-9)
+                .cloned()
+                .collect()
         };
         self.classes.clear();
         for (name, weight) in weights {
+            let capped = self.cap && leader.as_ref().is_some_and(|l| *l != name);
             self.classes.insert(
                 Arc::from(name.as_str()),
                 Class {
                     weight,
                     vclock: self.vnow,
+                    capped,
                 },
             );
         }
@@ -178,6 +298,7 @@ impl Election {
                 self.hold(pid, &class);
             }
         }
+        shrunk
     }
 
     /// Queues `pid` of `class` with the tags of its class's next slice.
@@ -195,6 +316,7 @@ impl Election {
         let c = self.classes.entry(class.clone()).or_insert(Class {
             weight: 1,
             vclock: vnow,
+            capped: false,
         });
         let start = c.vclock.max(vnow);
         c.vclock = start + slice * VSCALE / c.weight.max(1);
@@ -213,21 +335,310 @@ impl Election {
         (class, stale)
     }
 
-    /// Puts the best held task on `cpu`, an idle CPU the policy claimed.
+    /// Takes every task queued so far into the policy's hands.
+    fn take_queued(&mut self, d: &mut dyn Dispatcher) -> Result<()> {
+        // One snapshot of the membership per call, not one per task.
+        let membership = self.membership.load_full();
+        let mut stale = false;
+        while let Some(task) = d.dequeue_task()? {
+            let (class, stale_here) = self.class_of(&membership, &task);
+            stale |= stale_here;
+            self.settle(&task);
+            self.left_cpu(task.pid);
+            self.hold(task.pid, &class);
+            // A newer enqueue of the same task replaces the older one.
+            self.tasks.insert(task.pid, (task, class));
+        }
+        if stale {
+            self.nudge.ask();
+        }
+        // Tasks that never came back (they exited) are forgotten.
+        if self.charges.len() > MAX_CHARGES {
+            self.charges.clear();
+        }
+        Ok(())
+    }
+
+    /// A task is back: its class pays for what it really ran, not for the
+    /// slice it was given.
+    fn settle(&mut self, task: &QueuedTask) {
+        let Some(c) = self.charges.remove(&task.pid) else {
+            return;
+        };
+        let ran = if !task.wakeup && task.exec_runtime >= c.exec_runtime {
+            task.exec_runtime - c.exec_runtime
+        } else if task.stop_ts > c.stop_ts {
+            task.stop_ts.saturating_sub(task.start_ts)
+        } else {
+            0
+        };
+        let ran = ran.min(i64::MAX as u64 / VSCALE);
+        if let Some(b) = self.budgets.get_mut(&c.class) {
+            b.ns += c.ns as i64 - ran as i64;
+        }
+        // The class's clock moves by what really ran: a slice ends at a
+        // tick, so a short one runs longer than given and a long one about
+        // as given (and a task that sleeps early runs less).
+        if let Some(k) = self.classes.get_mut(&c.class) {
+            let w = k.weight.max(1);
+            if ran >= c.ns {
+                k.vclock = k.vclock.saturating_add((ran - c.ns) * VSCALE / w);
+            } else {
+                k.vclock = k.vclock.saturating_sub((c.ns - ran) * VSCALE / w);
+            }
+        }
+    }
+
+    /// `--cap`: every capped class earns its minimum share of the machine
+    /// for the time gone by.
+    fn refill(&mut self, cpus: u64) {
+        let now = Instant::now();
+        let elapsed = self.last_refill.map(|t| now - t).unwrap_or_default();
+        self.last_refill = Some(now);
+        let earned = (elapsed.as_nanos() as f64 * self.min_share * cpus as f64) as i64;
+        let burst = self.slice_ns as i64 * BURST_SLICES;
+        for (name, class) in &self.classes {
+            if !class.capped {
+                continue;
+            }
+            let b = self.budgets.entry(name.clone()).or_insert(Budget { ns: burst, held: 0 });
+            b.ns = b.ns.saturating_add(earned).min(burst);
+        }
+        // How many tasks of each class wait, as of this round.
+        for b in self.budgets.values_mut() {
+            b.held = 0;
+        }
+        for (_, class) in self.tasks.values() {
+            if let Some(b) = self.budgets.get_mut(class) {
+                b.held += 1;
+            }
+        }
+
+    }
+
+    /// The slice for a task of `class`, and whether it may run now.
+    fn allowance(&self, class: &Arc<str>, cpus: u64) -> (u64, bool) {
+        let capped = self.classes.get(class).is_some_and(|c| c.capped);
+        if !capped {
+            return (self.slice_ns, true);
+        }
+        let Some(b) = self.budgets.get(class) else {
+            return (self.slice_ns, true);
+        };
+        // Every task of the class gets its turn within CAPPED_TURN: the
+        // class earns min_share of every CPU, shared by its tasks.
+        let earned = CAPPED_TURN.as_nanos() as f64 * self.min_share * cpus as f64;
+        let slice = (earned / b.held.max(1) as f64) as u64;
+        (slice.max(MIN_CAPPED_SLICE_NS).min(self.slice_ns), b.ns > 0)
+    }
+
+    /// Puts the best held task that may run now on `cpu` (or in the
+    /// shared queue, [`RL_CPU_ANY`]); false when there is none.
     fn place(&mut self, d: &mut dyn Dispatcher, cpu: i32) -> Result<bool> {
-        while let Some(Reverse((finish, _, pid, start))) = self.held.pop() {
-            let Some((task, _)) = self.tasks.remove(&pid) else {
+        let cpus = d.nr_online_cpus();
+        let mut waiting = Vec::new();
+        let mut placed = false;
+        while let Some(Reverse(key)) = self.held.pop() {
+            let (finish, _, pid, start) = key;
+            let Some((_, class)) = self.tasks.get(&pid) else {
                 continue;
             };
-            self.vnow = self.vnow.max(start);
+            let (slice, may_run) = self.allowance(class, cpus);
+            if !may_run {
+                waiting.push(Reverse(key));
+                continue;
+            }
+            let Some((task, class)) = self.tasks.remove(&pid) else {
+                continue;
+            };
+            let slices = self.lease(&class, finish);
             let mut out = DispatchedTask::new(&task);
             out.cpu = cpu;
             out.vtime = finish;
-            out.slice_ns = self.slice_ns;
+            out.slice_ns = slice * slices;
             d.dispatch_task(&out)?;
-            return Ok(true);
+            if let Some(b) = self.budgets.get_mut(&class)
+                && self.classes.get(&class).is_some_and(|c| c.capped)
+            {
+                b.ns -= slice as i64;
+            }
+            let charge = Charge {
+                class: class.clone(),
+                ns: out.slice_ns,
+                exec_runtime: task.exec_runtime,
+                stop_ts: task.stop_ts,
+            };
+            self.charges.insert(pid, charge);
+            if cpu == RL_CPU_ANY {
+                self.ahead.push_back((Some((pid, class)), start));
+            } else if let Ok(i) = usize::try_from(cpu) {
+                if self.slots.len() <= i {
+                    self.slots.resize(i + 1, Slot::default());
+                }
+                let slot = &mut self.slots[i];
+                {
+                    *slot = Slot {
+                        running: Some((pid, class)),
+                        running_start: start,
+                        since: Some(Instant::now()),
+                        ..Slot::default()
+                    };
+                }
+            }
+            self.advance_vnow(start);
+            placed = true;
+            break;
         }
-        Ok(false)
+        self.held.extend(waiting);
+        Ok(placed)
+    }
+
+    /// The best held task that may run now: its pid and last CPU.
+    fn best(&mut self, cpus: u64) -> Option<(i32, i32)> {
+        // Entries of tasks placed since (by an older entry) go first.
+        while let Some(Reverse((_, _, pid, _))) = self.held.peek() {
+            if self.tasks.contains_key(pid) {
+                break;
+            }
+            self.held.pop();
+        }
+        let runs_now = |Reverse((_, _, pid, _)): &Reverse<(u64, u64, i32, u64)>| {
+            let (task, class) = self.tasks.get(pid)?;
+            self.allowance(class, cpus).1.then_some((*pid, task.cpu))
+        };
+        if self.budgets.is_empty() {
+            return self.held.peek().and_then(runs_now);
+        }
+        // With capped classes, the best may be one that must wait.
+        let mut order: Vec<&Reverse<(u64, u64, i32, u64)>> = self.held.iter().collect();
+        order.sort_unstable();
+        order.into_iter().find_map(runs_now)
+    }
+
+    /// How many slices in a row a task of `class`, whose slice ends at
+    /// tag `finish`, may run: as long as no held task of another class is
+    /// due before its next slice would end (at most [`MAX_LEASE`]). The
+    /// class pays for all of them now. Capped classes get one.
+    fn lease(&mut self, class: &Arc<str>, finish: u64) -> u64 {
+        let Some(c) = self.classes.get(class) else {
+            return 1;
+        };
+        if c.capped {
+            return 1;
+        }
+        let step = self.slice_ns * VSCALE / c.weight.max(1);
+        // When the next slice of any other class with a task waiting or on
+        // a CPU would end: held tasks by their tags, running ones by their
+        // class's next tag (they come back at their slice's end).
+        let held = self
+            .held
+            .iter()
+            .filter(|Reverse((_, _, pid, _))| self.tasks.get(pid).is_some_and(|(_, k)| k != class))
+            .map(|Reverse((f, ..))| *f);
+        let running = self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .filter(|(_, k)| k != class)
+            .filter_map(|(_, k)| self.classes.get(k))
+            .map(|k| k.vclock.max(self.vnow) + self.slice_ns * VSCALE / k.weight.max(1));
+        let due = held.chain(running).min().unwrap_or(u64::MAX);
+        let mut slices = 1;
+        while slices < MAX_LEASE && finish.saturating_add(slices * step) < due {
+            slices += 1;
+        }
+        if let Some(c) = self.classes.get_mut(class) {
+            c.vclock = c.vclock.max(finish) + (slices - 1) * step;
+        }
+        slices
+    }
+
+    /// The system's virtual time moves to the least start tag of the tasks
+    /// on CPUs (SFQ's "start tag of the task in service", over several
+    /// CPUs), never back. Not to the start of the task just placed: a light
+    /// class's far-ahead tag would push it forward, and every other class
+    /// restarting there would forfeit what it is owed.
+    fn advance_vnow(&mut self, placed_start: u64) {
+        let now = Instant::now();
+        let least = self
+            .slots
+            .iter()
+            .filter(|s| s.running.is_some() && s.since.is_some_and(|t| now - t < SLOT_STALE))
+            .map(|s| s.running_start)
+            .min()
+            .unwrap_or(placed_start);
+        self.vnow = self.vnow.max(least);
+    }
+
+    /// A task is back from a CPU: what was queued behind it there runs now.
+    fn left_cpu(&mut self, pid: i32) {
+        for slot in &mut self.slots {
+            if slot.running.as_ref().is_some_and(|(p, _)| *p == pid) {
+                // The CPU it leaves takes the oldest decision in the shared
+                // queue, if one waits there.
+                let (next, start) = self.ahead.pop_front().unwrap_or((None, 0));
+                slot.running = next;
+                slot.running_start = start;
+                slot.since = Some(Instant::now());
+            }
+        }
+        self.ahead.retain(|(on, _)| on.as_ref().is_none_or(|(p, _)| *p != pid));
+    }
+
+    /// Keeps the next decisions ready in the shared queue, so a CPU whose
+    /// slice ends goes on at once instead of idling while the policy
+    /// decides, but only decisions that are sure: a waiting task is queued
+    /// there only when it would win against every task that can come back
+    /// from a CPU before it is taken (its finish tag is below the next tag
+    /// of every class on a CPU). A leader's task whose slice ends is thus
+    /// never beaten to its CPU by a waiting loser; it comes back and
+    /// competes, in view. At most one decision per CPU of ours waits there.
+    fn queue_ahead(&mut self, d: &mut dyn Dispatcher, cpus: u64) -> Result<()> {
+        let on_cpus = self.slots.iter().filter(|s| s.running.is_some()).count() as u64;
+        let mut ready = d.cpu_use().backlog;
+        while ready < on_cpus {
+            let returns_at = self
+                .slots
+                .iter()
+                .filter_map(|s| s.running.as_ref())
+                .filter_map(|(_, k)| self.classes.get(k))
+                .map(|k| k.vclock.max(self.vnow) + self.slice_ns * VSCALE / k.weight.max(1))
+                .min()
+                .unwrap_or(u64::MAX);
+            let Some((pid, _)) = self.best(cpus) else {
+                return Ok(());
+            };
+            let finish = self
+                .held
+                .iter()
+                .filter(|Reverse((_, _, p, _))| *p == pid)
+                .map(|Reverse((f, ..))| *f)
+                .min()
+                .unwrap_or(u64::MAX);
+            if finish >= returns_at || !self.place(d, RL_CPU_ANY)? {
+                return Ok(());
+            }
+            ready += 1;
+        }
+        Ok(())
+    }
+
+    /// The standing moved CPU away from `shrunk`: CPUs running their tasks
+    /// give them up now, as many as there are tasks of other classes
+    /// waiting, so a new leader runs at once instead of after a slice.
+    fn preempt(&mut self, d: &mut dyn Dispatcher, shrunk: &[Arc<str>]) {
+        let waiting = self.tasks.values().filter(|(_, class)| !shrunk.contains(class)).count();
+        let cpus: Vec<i32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.running.as_ref().is_some_and(|(_, c)| shrunk.contains(c)))
+            .map(|(cpu, _)| cpu as i32)
+            .take(waiting)
+            .collect();
+        for cpu in cpus {
+            d.preempt_cpu(cpu);
+        }
     }
 }
 
@@ -237,55 +648,48 @@ impl Policy for Election {
     }
 
     fn schedule(&mut self, d: &mut dyn Dispatcher) -> Result<()> {
-        self.refresh();
-        // One snapshot of the membership per round, not one per task.
-        let membership = self.membership.load_full();
-        let mut stale = false;
-        while let Some(task) = d.dequeue_task()? {
-            let (class, stale_here) = self.class_of(&membership, &task);
-            stale |= stale_here;
-            self.hold(task.pid, &class);
-            // A newer enqueue of the same task replaces the older one.
-            self.tasks.insert(task.pid, (task, class));
+        let shrunk = self.refresh();
+        let cpus = d.nr_online_cpus();
+        if self.cap {
+            self.refill(cpus);
         }
-        if stale {
-            self.nudge.ask();
+        self.take_queued(d)?;
+        if !shrunk.is_empty() {
+            self.preempt(d, &shrunk);
         }
-        // Every idle CPU takes the best waiting task. A task whose slice
-        // ended came back here with its CPU left idle, so the decision for
-        // that CPU is made with every waiting task in view, itself included.
-        // Claiming an idle CPU clears its idle state until it idles again, so
-        // no CPU is given two tasks.
-        while let Some(&Reverse((_, _, pid, _))) = self.held.peek() {
-            let Some((task, _)) = self.tasks.get(&pid) else {
-                self.held.pop();
-                continue;
-            };
-            let cpu = d.select_cpu(task.pid, task.cpu, 0);
+        // Every idle CPU takes the best waiting task. A CPU goes idle only
+        // after the task that ran there was queued to the policy (the kernel
+        // enqueues it before the CPU looks for work), so once a CPU is
+        // claimed the policy takes what was queued meanwhile and decides
+        // with it in view: a task whose slice just ended competes for its
+        // own CPU. Claiming an idle CPU clears its idle state until it idles
+        // again, so no CPU is given two tasks.
+        while let Some((pid, prev_cpu)) = self.best(cpus) {
+            let cpu = d.select_cpu(pid, prev_cpu, 0);
             if cpu < 0 {
                 break;
             }
+            self.take_queued(d)?;
             self.place(d, cpu)?;
         }
-        // No CPU is idle, as far as the kernel's idle tracking tells. But
-        // the CPU this policy runs on counts as busy while it runs, and a
-        // CPU may be taken by a fair-class task: when fewer of our tasks run
-        // than there are CPUs, leave the best waiting tasks in the shared
-        // queue (ordered by finish tag) for a CPU that frees up to take.
-        // Only then: a decision waiting there would take a CPU whose slice
-        // just ended before the task that ran there is back for its turn.
+        // No CPU is idle, as far as the kernel's idle tracking tells; but
+        // the CPU this policy runs on looks busy only because it does. When
+        // no task of ours waits there and no decision is still on its way,
+        // the best waiting task gets that CPU, for when the policy sleeps.
+        // No other CPU can take it (decisions never go to a shared queue),
+        // so a CPU whose slice just ended waits for the policy's decision,
+        // made with its own task back in view.
         if self.tasks.is_empty() {
             return Ok(());
         }
-        let cap = d.nr_online_cpus();
-        let CpuUse {
-            running,
-            mut backlog,
-        } = d.cpu_use();
-        while running + backlog < cap && self.place(d, RL_CPU_ANY)? {
-            backlog += 1;
+        let CpuUse { local_here, in_transit, .. } = d.cpu_use();
+        if local_here == 0 && in_transit == 0 {
+            let cpu = d.this_cpu();
+            if cpu >= 0 {
+                self.place(d, cpu)?;
+            }
         }
-        Ok(())
+        self.queue_ahead(d, cpus)
     }
 
     fn nr_pending(&self) -> u64 {
@@ -322,6 +726,7 @@ mod tests {
             nudge: Arc::default(),
             mode: Mode::Winner,
             min_share: 0.05,
+            cap: false,
             ignore_votes: false,
         }
     }
@@ -401,70 +806,137 @@ mod tests {
         assert_eq!((w["blue"], w["red"], w[UNAFFILIATED]), (4, 2, 1));
     }
 
-    /// Two CPUs, burners of blue (pids 1, 2) and red (pids 3, 4) that never
-    /// sleep: each dispatched task runs one slice and comes back. Returns
-    /// slices per candidate over `rounds` slices.
-    fn run(votes: &[(&str, u64)], mode: Mode, rounds: usize) -> (u64, u64) {
+    /// A machine of `cpus` CPUs running burners (never sleeping) of the
+    /// given candidates, `tasks` each, for `total_ms`: each CPU runs
+    /// its task for the whole slice it was given, then what was queued
+    /// behind it, or idles until the policy gives it a task. The policy
+    /// runs on a CPU of its own, once after every slice end. Returns CPU
+    /// time (ms) per candidate.
+    fn simulate(
+        votes: &[(&str, u64)],
+        mode: Mode,
+        cap: bool,
+        cpus: usize,
+        tasks: usize,
+        total_ms: u64,
+    ) -> BTreeMap<String, u64> {
         let board = Board::new();
         board.standing.store(Arc::new(standing(1, votes)));
         let mut m = Membership::default();
-        for pid in [1, 2] {
-            seen(&mut m, pid, Some("blue"));
+        let mut class_of = HashMap::new();
+        let mut pids = 0;
+        for (name, _) in votes {
+            for _ in 0..tasks {
+                pids += 1;
+                seen(&mut m, pids, Some(name));
+                class_of.insert(pids, name.to_string());
+            }
         }
-        for pid in [3, 4] {
-            seen(&mut m, pid, Some("red"));
-        }
-        let mut p = Election::new(Inputs { mode, ..inputs(board, m) }, 1000);
-        let mut d = FakeDispatcher {
-            cpus: 2,
-            ..Default::default()
-        };
-        // All four wake up; CPUs 0 and 1 are idle.
-        d.idle_cpus.extend([0, 1]);
-        for pid in 1..=4 {
+        let mut p = Election::new(Inputs { mode, cap, ..inputs(board, m) }, 5_000_000);
+        let mut d = FakeDispatcher { cpus: cpus as u64, this_cpu: -1, ..Default::default() };
+        for pid in 1..=pids {
             let mut t = task(pid, 100, 0, 0);
             t.wakeup = true;
             d.queue.push_back(t);
         }
-        let (mut blue, mut red) = (0, 0);
-        for _ in 0..rounds {
+        // Per CPU: the decision it runs and when its slice ends; its queue.
+        let mut running: Vec<Option<(DispatchedTask, u64)>> = vec![None; cpus];
+        let mut local: Vec<VecDeque<DispatchedTask>> = vec![VecDeque::new(); cpus];
+        // The shared queue: lowest vtime first.
+        let mut shared: Vec<DispatchedTask> = Vec::new();
+        let take_shared = |shared: &mut Vec<DispatchedTask>, d: &mut FakeDispatcher| {
+            let i = (0..shared.len()).min_by_key(|&i| shared[i].vtime)?;
+            d.backlog -= 1;
+            Some(shared.remove(i))
+        };
+        let mut runtime: HashMap<i32, u64> = HashMap::new();
+        let mut got: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut now, mut last) = (0u64, 0u64);
+        while now < total_ms * 1_000_000 {
+            d.idle_cpus = (0..cpus).filter(|&c| running[c].is_none()).map(|c| c as i32).collect();
+            p.last_refill = Some(Instant::now() - Duration::from_nanos(now - last));
+            last = now;
             p.schedule(&mut d).unwrap();
-            // The earliest decision runs its slice and comes back, freeing
-            // its CPU.
-            let ran = d.dispatched.remove(0);
-            if ran.pid <= 2 {
-                blue += 1
-            } else {
-                red += 1
+            d.in_transit = 0;
+            for t in std::mem::take(&mut d.dispatched) {
+                match usize::try_from(t.cpu) {
+                    Ok(cpu) => local[cpu].push_back(t),
+                    Err(_) => shared.push(t),
+                }
             }
-            // Its CPU is idle until the policy gives it the next task.
-            d.idle_cpus.push_back(ran.cpu);
-            let mut back = task(ran.pid, 100, 0, 1);
-            back.cpu = ran.cpu;
-            back.enq_seq = ran.enq_seq() + 1;
+            for cpu in 0..cpus {
+                if running[cpu].is_none()
+                    && let Some(t) = local[cpu].pop_front().or_else(|| take_shared(&mut shared, &mut d))
+                {
+                    *got.entry(class_of[&t.pid].clone()).or_default() += t.slice_ns;
+                    running[cpu] = Some((t, now + t.slice_ns));
+                }
+            }
+            // The next slice to end: its task comes back, its CPU goes on.
+            let next = running.iter().enumerate().filter_map(|(c, r)| r.map(|(_, end)| (c, end))).min_by_key(|&(_, end)| end);
+            let Some((cpu, end)) = next else {
+                now += 1_000_000;
+                continue;
+            };
+            let (t, _) = running[cpu].take().expect("running");
+            now = end;
+            *runtime.entry(t.pid).or_default() += t.slice_ns;
+            let mut back = task(t.pid, 100, 0, 1);
+            back.cpu = cpu as i32;
+            back.exec_runtime = runtime[&t.pid];
+            back.enq_seq = t.enq_seq() + 1;
             d.queue.push_back(back);
+            if let Some(t) = local[cpu].pop_front().or_else(|| take_shared(&mut shared, &mut d)) {
+                *got.entry(class_of[&t.pid].clone()).or_default() += t.slice_ns;
+                running[cpu] = Some((t, now + t.slice_ns));
+            }
         }
-        (blue, red)
+        got.values_mut().for_each(|ns| *ns /= 1_000_000);
+        got
+    }
+
+    /// Percent of the candidates' CPU time that `name` got.
+    fn part(got: &BTreeMap<String, u64>, name: &str) -> f64 {
+        got.get(name).copied().unwrap_or(0) as f64 * 100.0 / got.values().sum::<u64>().max(1) as f64
     }
 
     #[test]
-    fn the_leader_gets_most_and_the_loser_its_minimum() {
-        let (blue, red) = run(&[("blue", 3), ("red", 1)], Mode::Winner, 400);
-        assert!(blue > 10 * red, "blue {blue} red {red}");
-        assert!(red as f64 >= 0.04 * 400.0, "red {red} starved");
+    fn the_leader_gets_most_and_the_loser_its_minimum_at_every_size() {
+        for (cpus, per_cpu) in [(2, 1), (2, 2), (2, 3), (4, 1), (4, 2)] {
+            let got = simulate(&[("blue", 3), ("red", 1)], Mode::Winner, false, cpus, cpus * per_cpu, 4000);
+            let red = part(&got, "red");
+            assert!((3.0..=8.0).contains(&red), "{cpus} CPUs, {per_cpu} per CPU each: {got:?}");
+        }
+        let got = simulate(&[("blue", 0), ("red", 0), ("green", 3)], Mode::Winner, false, 2, 2, 4000);
+        for loser in ["blue", "red"] {
+            assert!((3.0..=8.0).contains(&part(&got, loser)), "{got:?}");
+        }
     }
 
     #[test]
     fn proportional_three_to_one() {
-        let (blue, red) = run(&[("blue", 2), ("red", 0)], Mode::Proportional, 400);
-        let ratio = blue as f64 / red as f64;
-        assert!((2.5..=3.5).contains(&ratio), "blue {blue} red {red}");
+        for per_cpu in [1, 2] {
+            let got = simulate(&[("blue", 2), ("red", 0)], Mode::Proportional, false, 2, 2 * per_cpu, 4000);
+            let ratio = got["blue"] as f64 / got["red"] as f64;
+            assert!((2.55..=3.45).contains(&ratio), "{per_cpu} per CPU each: {got:?}");
+        }
     }
 
     #[test]
     fn no_votes_is_fair() {
-        let (blue, red) = run(&[("blue", 0), ("red", 0)], Mode::Winner, 400);
-        assert!(blue.abs_diff(red) <= 4, "blue {blue} red {red}");
+        for per_cpu in [1, 2] {
+            let got = simulate(&[("blue", 0), ("red", 0)], Mode::Winner, false, 2, 2 * per_cpu, 4000);
+            assert!((part(&got, "blue") - 50.0).abs() <= 5.0, "{per_cpu} per CPU each: {got:?}");
+        }
+    }
+
+    #[test]
+    fn no_cpu_idles_while_tasks_wait() {
+        // Every slice end finds its next task queued behind it or decided.
+        let got = simulate(&[("blue", 0), ("red", 0)], Mode::Winner, false, 2, 4, 4000);
+        assert!(got.values().sum::<u64>() >= 2 * 4000, "{got:?}");
+        let got = simulate(&[("blue", 3), ("red", 0)], Mode::Winner, false, 2, 2, 4000);
+        assert!(got.values().sum::<u64>() >= 2 * 4000, "{got:?}");
     }
 
     #[test]
@@ -500,10 +972,11 @@ mod tests {
         board.standing.store(Arc::new(standing(1, &[])));
         let inputs = inputs(board, Membership::default());
         let mut p = Election::new(inputs, 1000);
-        // One CPU, busy, and one decision already ready in the shared queue.
+        // One CPU, busy: the policy runs on it and a task of ours waits
+        // there.
         let mut d = FakeDispatcher {
             cpus: 1,
-            backlog: 1,
+            local_here: 1,
             ..Default::default()
         };
         let mut t = task(9, 100, 0, 0);
@@ -518,43 +991,121 @@ mod tests {
         assert_eq!(p.nr_pending(), 0);
     }
 
-    #[test]
-    fn the_shared_queue_is_used_only_while_a_cpu_is_free_best_first() {
+    /// Blue leads; red's pids 1 and 2 and blue's pid 3 wait.
+    fn red_waits_blue_leads() -> (Election, FakeDispatcher) {
         let board = Board::new();
-        board
-            .standing
-            .store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
+        board.standing.store(Arc::new(standing(1, &[("blue", 1), ("red", 0)])));
         let mut m = Membership::default();
         seen(&mut m, 1, Some("red"));
         seen(&mut m, 2, Some("red"));
         seen(&mut m, 3, Some("blue"));
-        let inputs = inputs(board, m);
-        let mut p = Election::new(inputs, 1000);
-        // Two CPUs, none idle (one runs this policy), nothing ready.
-        let mut d = FakeDispatcher {
+        let p = Election::new(inputs(board, m), 1000);
+        let d = FakeDispatcher {
             cpus: 2,
             ..Default::default()
         };
-        d.queue
-            .extend([task(1, 100, 0, 1), task(2, 100, 0, 1), task(3, 100, 0, 1)]);
-        // Both CPUs run our tasks: nothing is left in the shared queue, so a
-        // CPU whose slice ends waits for the policy's decision.
-        d.running = 2;
+        (p, d)
+    }
+
+    #[test]
+    fn the_cpu_the_policy_runs_on_takes_the_best_task_when_nothing_of_ours_waits_there() {
+        let (mut p, mut d) = red_waits_blue_leads();
+        d.queue.extend([task(1, 100, 0, 1), task(2, 100, 0, 1), task(3, 100, 0, 1)]);
+        // No CPU idle; the policy runs on CPU 1 and a decision is still on
+        // its way: nothing more is given.
+        d.this_cpu = 1;
+        d.in_transit = 1;
         p.schedule(&mut d).unwrap();
         assert!(d.dispatched.is_empty());
-        d.running = 0;
+        // A task of ours waits on CPU 1 (the policy preempted it): nothing.
+        d.in_transit = 0;
+        d.local_here = 1;
         p.schedule(&mut d).unwrap();
-        let pids: Vec<i32> = d.dispatched.iter().map(|t| t.pid).collect();
-        assert_eq!(pids, [3, 1], "the leader's task first, then red's oldest");
-        assert!(d.dispatched.iter().all(|t| t.cpu == RL_CPU_ANY));
-        assert!(d.dispatched[0].vtime < d.dispatched[1].vtime);
-        assert_eq!(p.nr_pending(), 1);
-        // Nothing changes until a CPU takes one.
+        assert!(d.dispatched.is_empty());
+        // CPU 1 is free once the policy sleeps: the leader's task gets it,
+        // by number (no other CPU can take it), and only it.
+        d.local_here = 0;
         p.schedule(&mut d).unwrap();
-        assert_eq!(d.dispatched.len(), 2);
-        d.backlog = 1;
+        let placed: Vec<(i32, i32)> = d.dispatched.iter().map(|t| (t.pid, t.cpu)).collect();
+        assert_eq!(placed, [(3, 1)]);
+        assert_eq!(p.nr_pending(), 2);
+    }
+
+    #[test]
+    fn a_task_queued_as_its_cpu_went_idle_competes_for_that_cpu() {
+        let (mut p, mut d) = red_waits_blue_leads();
+        // Red's tasks wait; blue's task is running on CPU 0.
+        d.queue.extend([task(1, 100, 0, 1), task(2, 100, 0, 1)]);
+        d.local_here = 1;
         p.schedule(&mut d).unwrap();
-        assert_eq!(d.dispatched[2].pid, 2);
-        assert_eq!(p.nr_pending(), 0);
+        assert!(d.dispatched.is_empty());
+        // Blue's slice ends: it is queued, then CPU 0 goes idle. The policy
+        // sees the idle CPU before it has read blue's task.
+        let mut back = task(3, 100, 0, 1);
+        back.enq_seq = 2;
+        d.late.push_back(back);
+        d.idle_cpus.push_back(0);
+        p.schedule(&mut d).unwrap();
+        assert_eq!(d.dispatched[0].pid, 3, "the leader keeps its CPU: {:?}", d.dispatched);
+        assert_eq!(d.dispatched[0].cpu, 0);
+    }
+
+    #[test]
+    fn a_new_leader_preempts_the_cpus_of_the_old_one() {
+        let (mut p, mut d) = red_waits_blue_leads();
+        let board = p.board.clone();
+        let mut m = Membership::default();
+        seen(&mut m, 1, Some("red"));
+        seen(&mut m, 3, Some("blue"));
+        seen(&mut m, 4, Some("blue"));
+        p.membership.store(Arc::new(m));
+        // Blue's tasks 3 and 4 run on CPUs 0 and 1; red's 1 waits.
+        d.queue.extend([task(3, 100, 0, 1), task(4, 100, 0, 1), task(1, 100, 0, 1)]);
+        d.idle_cpus.extend([0, 1]);
+        p.schedule(&mut d).unwrap();
+        let placed: Vec<(i32, i32)> = d.dispatched.iter().map(|t| (t.pid, t.cpu)).collect();
+        assert_eq!(placed, [(3, 0), (4, 1)]);
+        d.local_here = 1;
+        p.schedule(&mut d).unwrap();
+        assert!(d.preempted.is_empty(), "no change, no preemption");
+        // Red takes the lead: one of blue's CPUs gives its task up at once,
+        // for the one task of red that waits.
+        board.standing.store(Arc::new(standing(2, &[("blue", 1), ("red", 2)])));
+        p.schedule(&mut d).unwrap();
+        assert_eq!(d.preempted, [0]);
+    }
+
+    /// One burner per candidate on 2 CPUs, blue leading, for 4 s.
+    fn simulate_one_each(cap: bool) -> BTreeMap<String, u64> {
+        simulate(&[("blue", 3), ("red", 0)], Mode::Winner, cap, 2, 1, 4000)
+    }
+
+    #[test]
+    fn the_cap_holds_a_loser_to_its_minimum_of_the_machine_with_a_cpu_idle() {
+        // One task each on 2 CPUs for 4 s: red may have 5% of 8 CPU-seconds.
+        let got = simulate_one_each(true);
+        assert!(got["blue"] >= 3900, "the leader runs all the time: {got:?}");
+        assert!((340..=460).contains(&got["red"]), "{got:?}");
+        // Without the cap the idle CPU is red's.
+        let got = simulate_one_each(false);
+        assert!(got["red"] >= 3900, "{got:?}");
+    }
+
+    #[test]
+    fn a_capped_class_with_many_tasks_gets_shorter_slices_so_each_runs_soon() {
+        let (p, _) = red_waits_blue_leads();
+        let inputs = Inputs { cap: true, ..inputs(p.board.clone(), Membership::default()) };
+        let mut p = Election::new(inputs, 5_000_000);
+        p.refresh();
+        p.tasks.clear();
+        for pid in 10..42 {
+            p.tasks.insert(pid, (task(pid, 100, 0, 0), Arc::from("red")));
+        }
+        p.refill(2);
+        let (slice, _) = p.allowance(&Arc::from("red"), 2);
+        // 32 tasks share 5% of 2 CPUs: each gets its turn within 200 ms.
+        assert_eq!(slice, 625_000);
+        let (blue_slice, _) = p.allowance(&Arc::from("blue"), 2);
+        assert_eq!(blue_slice, 5_000_000, "the leader is not capped");
     }
 }

@@ -27,6 +27,11 @@ pub trait Dispatcher {
     /// How busy the CPUs are right now, for a policy that holds tasks and
     /// wants a CPU that frees up to always find work (one BPF call).
     fn cpu_use(&mut self) -> CpuUse;
+    /// The CPU the policy runs on right now.
+    fn this_cpu(&mut self) -> i32;
+    /// Makes `cpu` give up the task it runs: its slice ends at once and the
+    /// task comes back through the policy.
+    fn preempt_cpu(&mut self, cpu: i32);
 }
 
 /// See [`Dispatcher::cpu_use`].
@@ -39,6 +44,12 @@ pub struct CpuUse {
     /// Decisions for any CPU ([`crate::bpf::RL_CPU_ANY`]) that no CPU has
     /// taken yet.
     pub backlog: u64,
+    /// SCHED_EXT tasks waiting in the local queue of the CPU the policy
+    /// runs on (a task it preempted by running there, or one already given
+    /// that CPU).
+    pub local_here: u64,
+    /// Decisions sent that the BPF side has not carried out yet.
+    pub in_transit: u64,
 }
 
 /// A scheduling policy.
@@ -88,7 +99,18 @@ impl Dispatcher for BpfScheduler<'_> {
         CpuUse {
             running: *self.nr_running_mut() + local_here,
             backlog,
+            local_here,
+            in_transit: self.in_transit(),
         }
+    }
+
+    fn this_cpu(&mut self) -> i32 {
+        // SAFETY: sched_getcpu takes no arguments; -1 on failure.
+        unsafe { libc::sched_getcpu() }
+    }
+
+    fn preempt_cpu(&mut self, cpu: i32) {
+        BpfScheduler::preempt_cpu(self, cpu)
     }
 }
 
@@ -165,6 +187,19 @@ pub mod fake {
         pub backlog: u64,
         /// SCHED_EXT tasks running.
         pub running: u64,
+        /// The CPU the policy runs on.
+        pub this_cpu: i32,
+        /// Tasks waiting in that CPU's local queue.
+        pub local_here: u64,
+        /// Decisions not carried out yet: each decision adds one; a test
+        /// empties it to play the BPF side reading them.
+        pub in_transit: u64,
+        /// Tasks whose slice ends on the CPU `select_cpu` claims: each
+        /// claim moves the first one into `queue`, as a task queued just
+        /// before its CPU went idle.
+        pub late: VecDeque<QueuedTask>,
+        /// CPUs preempted, in order.
+        pub preempted: Vec<i32>,
     }
 
     impl Dispatcher for FakeDispatcher {
@@ -175,20 +210,35 @@ pub mod fake {
             if task.cpu == crate::bpf::RL_CPU_ANY {
                 self.backlog += 1;
             }
+            self.in_transit += 1;
             self.dispatched.push(*task);
             Ok(())
         }
         fn select_cpu(&mut self, _pid: i32, _prev_cpu: i32, _flags: u64) -> i32 {
-            self.idle_cpus.pop_front().unwrap_or(-1)
+            let cpu = self.idle_cpus.pop_front().unwrap_or(-1);
+            if cpu >= 0
+                && let Some(t) = self.late.pop_front()
+            {
+                self.queue.push_back(t);
+            }
+            cpu
         }
         fn nr_online_cpus(&mut self) -> u64 {
             self.cpus.max(1)
         }
         fn cpu_use(&mut self) -> CpuUse {
             CpuUse {
-                running: self.running,
+                running: self.running + self.local_here,
                 backlog: self.backlog,
+                local_here: self.local_here,
+                in_transit: self.in_transit,
             }
+        }
+        fn this_cpu(&mut self) -> i32 {
+            self.this_cpu
+        }
+        fn preempt_cpu(&mut self, cpu: i32) {
+            self.preempted.push(cpu);
         }
     }
 
