@@ -3,9 +3,9 @@
 #
 # Usage: election.sh SCX_BALLOT_BINARY OUT_DIR WINDOW_SECS
 #
-# Two candidates, blue and red, each with two CPU burners per vCPU started
-# by `scx_ballot exec --candidate` (more runnable tasks than CPUs: with
-# fewer, see README, the losers get more than their minimum). Phases (each measured
+# Two candidates, blue and red, each with one CPU burner per vCPU started
+# by `scx_ballot exec --candidate` (the simplest workload: the leader has
+# exactly as many tasks as there are CPUs). Phases (each measured
 # from the kernel's own accounting, /proc/PID/schedstat, over a window):
 #   uncontested   no votes
 #   blue-leads    winner mode, blue 3 votes, red 1
@@ -70,7 +70,7 @@ start() { # start LOG [FLAGS...]
 
 burners=()
 names=()
-per_candidate=$((2 * $(nproc)))
+per_candidate=$(nproc)
 for c in $(for _ in $(seq "$per_candidate"); do echo blue; done) $(for _ in $(seq "$per_candidate"); do echo red; done); do
 	"$BIN" exec --candidate "$c" -- sh -c 'while :; do :; done' &
 	burners+=($!)

@@ -39,7 +39,7 @@ pub struct DemoCmd {
     /// The candidates file; the demo's own (blue and red) by default.
     #[arg(long)]
     candidates: Option<PathBuf>,
-    /// CPU burners started per candidate per CPU (0 for none; default 2).
+    /// CPU burners started per candidate per CPU (0 for none; default 1).
     /// With your own --candidates the default is none: your processes join
     /// by the file's rules.
     #[arg(long)]
@@ -116,7 +116,7 @@ impl DemoCmd {
             }
         };
         println!("demo: sched_ext state enabled; candidates: {}", names.join(", "));
-        let per_cpu = self.workers_per_cpu.unwrap_or(if demo_file { 2 } else { 0 });
+        let per_cpu = self.workers_per_cpu.unwrap_or(if demo_file { 1 } else { 0 });
         for name in &names {
             for _ in 0..per_cpu * cpus {
                 let child = Command::new(&self.scx_ballot)

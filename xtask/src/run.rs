@@ -52,9 +52,9 @@ pub struct RunCmd {
     #[arg(long, value_name = "FILE")]
     pub candidates: Option<PathBuf>,
 
-    /// CPU burners per candidate per CPU (default 2 for the demo
-    /// candidates, 0 with --candidates). With no more burners than CPUs the
-    /// losers get more than their minimum (README, "Limit").
+    /// CPU burners per candidate per CPU (default 1 for the demo
+    /// candidates, 0 with --candidates). With fewer burners than CPUs a
+    /// vote shows only with `-- --cap` (README, "--cap").
     #[arg(long, value_name = "N")]
     pub workers_per_cpu: Option<u32>,
 

@@ -11,13 +11,23 @@
 //! - `cpu`: outsiders only (fair class, not ours): CPU time per process
 //!   over the window, as a fraction of one CPU.
 //!
+//! In winner mode, once a candidate leads, the buckets below 12% are drawn
+//! around the scenario's min share (the part of the candidates' CPU each
+//! losing class is to keep): `nothing`, `below minimum`, `at minimum`
+//! (min share ± 3 points), `above minimum`. A loser held at 1% instead of
+//! its 5%, or given 10%, then reads differently from one kept at 5%.
+//!
+//! Phases whose votes change the leader also show how soon the new
+//! leader's burners took their share after the vote (see
+//! [`super::trace::Effect`]), in coarse buckets.
+//!
 //! Group sizes can be per CPU, so these fractions do not depend on the
 //! number of vCPUs.
 
 use std::fmt::Write as _;
 
-use super::spec::{Kind, Scenario};
-use super::trace::Trace;
+use super::spec::{Kind, Mode, Policy, Scenario};
+use super::trace::{Effect, Trace};
 
 /// Share buckets: (lower bound in percent, name). The bounds sit between
 /// the shares the election aims at (5, 25, 33, 50, 67, 75, 90-95 %), far
@@ -32,6 +42,38 @@ const SHARE: &[(f64, &str)] = &[
     (70.0, "three-quarters"),
     (82.0, "most"),
 ];
+/// Points either side of the min share that still read `at minimum`. With
+/// no unaffiliated workers, a loser's part of the candidates' CPU is a
+/// little over the min share (1 of 19 weights, 5.3%, for 5%).
+const AROUND_MIN: f64 = 3.0;
+/// Where the coarse buckets take over from `above minimum`.
+const ABOVE_MIN_UP_TO: f64 = 12.0;
+
+/// Share buckets of a winner-mode phase with a leader, around `min_share`
+/// (percent): `nothing`, `below minimum`, `at minimum`, `above minimum`,
+/// then the coarse buckets from 12% (or from the top of `at minimum`, if
+/// higher).
+fn share_around(min_share: f64) -> Vec<(f64, &'static str)> {
+    let at = (min_share - AROUND_MIN).max(0.5);
+    let above = min_share + AROUND_MIN;
+    let mut t = vec![(0.0, "nothing")];
+    if at > 0.5 {
+        t.push((0.5, "below minimum"));
+    }
+    t.push((at, "at minimum"));
+    t.push((above, "above minimum"));
+    t.extend(SHARE.iter().filter(|(lo, _)| *lo >= ABOVE_MIN_UP_TO && *lo > above));
+    t
+}
+
+/// Time to effect buckets: (upper bound in milliseconds, name).
+const EFFECT: &[(u64, &str)] = &[(20, "< 20 ms"), (100, "< 100 ms"), (1000, "< 1 s")];
+const EFFECT_LATE: &str = "later or never";
+
+pub fn effect_bucket(ms: Option<u64>) -> &'static str {
+    ms.and_then(|ms| EFFECT.iter().find(|(hi, _)| ms < *hi)).map(|(_, n)| *n).unwrap_or(EFFECT_LATE)
+}
+
 /// A sleeper served at once still loses its wake-up latency (about half a
 /// slice under TCG): 70-85% is "served".
 const SERVED: &[(f64, &str)] = &[(0.0, "nothing"), (0.5, "starved"), (40.0, "partly"), (60.0, "served")];
@@ -54,11 +96,13 @@ pub struct Row {
     pub rank: Option<usize>,
     /// Mean run-queue wait per time it ran, in microseconds.
     pub wait_us: Option<f64>,
+    /// The share's bucket.
+    pub bucket: Option<&'static str>,
 }
 
 impl Row {
     pub fn share_bucket(&self) -> Option<&'static str> {
-        self.share.map(|s| bucket(SHARE, s))
+        self.bucket
     }
 }
 
@@ -69,6 +113,14 @@ pub struct PhaseTable {
     pub tally: String,
     pub state: String,
     pub rows: Vec<Row>,
+    /// Whether the share buckets are drawn around the min share.
+    pub around_min: bool,
+    pub effect: Option<Effect>,
+}
+
+/// The leader named by a phase's tally.
+fn leader_of(tally: Option<&serde_json::Value>) -> Option<&str> {
+    tally?.get("leader")?.as_str()
 }
 
 /// The per-phase tables of a trace.
@@ -98,18 +150,30 @@ pub fn tables(s: &Scenario, t: &Trace) -> Vec<PhaseTable> {
                 cpu: g.candidate.is_none().then_some(per_proc),
                 rank: None,
                 wait_us: (runs > 0).then(|| wait_ns as f64 / runs as f64 / 1000.0),
+                bucket: None,
             });
         }
+        let around_min = s.policy == Policy::Election && s.mode == Mode::Winner && leader_of(p.tally.as_ref()).is_some();
+        let table: Vec<(f64, &'static str)> = if around_min { share_around(s.expected_min_share()) } else { SHARE.to_vec() };
         let shared = |g: &super::spec::Group| g.candidate.is_some() && g.kind == Kind::Burner;
-        let ext_total: f64 = s.groups.iter().zip(&rows).filter(|(g, _)| shared(g)).map(|(_, r)| r.cpu_ms).sum();
+        // What a share is a part of: the candidates' burners' CPU time, or
+        // under `cap` the whole machine's (a loser is held to a part of the
+        // machine, whatever the others use).
+        let ext_total: f64 = if s.cap {
+            window_ms * t.cpus.max(1) as f64
+        } else {
+            s.groups.iter().zip(&rows).filter(|(g, _)| shared(g)).map(|(_, r)| r.cpu_ms).sum()
+        };
         for (g, r) in s.groups.iter().zip(rows.iter_mut()) {
             if shared(g) {
-                r.share = Some(if ext_total > 0.0 { r.cpu_ms / ext_total * 100.0 } else { 0.0 });
+                let share = if ext_total > 0.0 { r.cpu_ms / ext_total * 100.0 } else { 0.0 };
+                r.share = Some(share);
+                r.bucket = Some(bucket(&table, share));
             }
         }
         // Dense rank by share bucket: equal buckets share a rank, so a
         // fair split never depends on which side was a hair ahead.
-        let present: Vec<&str> = SHARE
+        let present: Vec<&str> = table
             .iter()
             .rev()
             .map(|(_, name)| *name)
@@ -124,6 +188,8 @@ pub fn tables(s: &Scenario, t: &Trace) -> Vec<PhaseTable> {
             tally: tally_text(p.tally.as_ref()),
             state: p.state.clone(),
             rows,
+            around_min,
+            effect: p.effect.clone(),
         });
     }
     out
@@ -156,6 +222,9 @@ pub fn snapshot(s: &Scenario, t: &Trace) -> String {
         s.mode.name(),
         s.min_share.map(|m| format!(", min share {m}%")).unwrap_or_default()
     );
+    if s.cap {
+        let _ = writeln!(out, "cap: losers held to their minimum; shares are parts of the whole machine");
+    }
     if let Some(e) = &t.error {
         let _ = writeln!(out, "error: {}", e.lines().next().unwrap_or(""));
     }
@@ -169,10 +238,21 @@ pub fn snapshot(s: &Scenario, t: &Trace) -> String {
             let cpu = r.cpu.map(|x| bucket(CPU, x)).unwrap_or("-");
             let _ = writeln!(out, "  {:<18} {:<15} {:<5} {:<8} {}", r.group, share, rank, served, cpu).map(|_| ());
         }
-        let starved: Vec<&str> = table.rows.iter().filter(|r| r.share_bucket() == Some("nothing")).map(|r| r.group.as_str()).collect();
-        let minimum: Vec<&str> = table.rows.iter().filter(|r| r.share_bucket() == Some("minimum")).map(|r| r.group.as_str()).collect();
+        let in_bucket = |b: &str| -> Vec<&str> { table.rows.iter().filter(|r| r.share_bucket() == Some(b)).map(|r| r.group.as_str()).collect() };
         let list = |v: &[&str]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
-        let _ = writeln!(out, "  only the minimum: {}; nothing: {}", list(&minimum), list(&starved));
+        let minimum = in_bucket(if table.around_min { "at minimum" } else { "minimum" });
+        let _ = writeln!(out, "  only the minimum: {}; nothing: {}", list(&minimum), list(&in_bucket("nothing")));
+        if table.around_min {
+            for (b, what) in [("below minimum", "below the minimum"), ("above minimum", "above the minimum")] {
+                let groups = in_bucket(b);
+                if !groups.is_empty() {
+                    let _ = writeln!(out, "  {what}: {}", list(&groups));
+                }
+            }
+        }
+        if let Some(e) = &table.effect {
+            let _ = writeln!(out, "  new leader ran within: {}", effect_bucket(e.effect_ms));
+        }
         if table.state != "enabled" {
             let _ = writeln!(out, "  scheduler state: {}", table.state);
         }
@@ -195,7 +275,7 @@ pub fn numbers(s: &Scenario, t: &Trace) -> String {
         for r in &table.rows {
             let mut line = format!("      {:<18} procs {:>2}  cpu {:>7.0} ms", r.group, r.procs, r.cpu_ms);
             if let Some(x) = r.share {
-                line += &format!("  share {x:5.1}% ({}, rank {})", bucket(SHARE, x), r.rank.unwrap_or(0));
+                line += &format!("  share {x:5.1}% ({}, rank {})", r.share_bucket().unwrap_or("-"), r.rank.unwrap_or(0));
             }
             if let Some(x) = r.served {
                 line += &format!("  served {x:5.1}% ({})", bucket(SERVED, x));
@@ -207,6 +287,21 @@ pub fn numbers(s: &Scenario, t: &Trace) -> String {
                 line += &format!("  wait/run {w:.0} us");
             }
             let _ = writeln!(out, "{line}");
+        }
+        if let Some(e) = &table.effect {
+            let when = match e.effect_ms {
+                Some(ms) => format!("after {ms} ms"),
+                None => format!("not within {} ms", e.limit_ms),
+            };
+            let _ = writeln!(
+                out,
+                "      new leader {}: its burners at {:.1}% of the candidates' burner CPU over {} ms {when} ({}; {} polls)",
+                e.leader,
+                e.target_pct,
+                e.window_ms,
+                effect_bucket(e.effect_ms),
+                e.polls
+            );
         }
     }
     out
@@ -243,6 +338,9 @@ mod tests {
             ],
             phases: vec![Phase { name: "p".into(), seconds: 1.0, settle_ms: 0, votes: vec![], register: vec![], remove: vec![], stop: vec![] }],
             mutant: None,
+            scheduler_min_share: None,
+            cap: false,
+            scheduler_no_cap: false,
         }
     }
 
@@ -265,6 +363,7 @@ mod tests {
                 alive: vec![true; 4],
                 tally: Some(serde_json::json!({"votes": {"blue": 3, "red": 0}, "leader": "blue", "generation": 4})),
                 state: "enabled".into(),
+                effect: None,
             }],
             scheduler_exit: Some(0),
             state_after: "disabled".into(),
@@ -278,7 +377,7 @@ mod tests {
         let t = tables(&scenario(), &trace([900, 60, 40, 990]));
         let rows = &t[0].rows;
         assert_eq!(rows[0].share_bucket(), Some("most"));
-        assert_eq!(rows[1].share_bucket(), Some("minimum"));
+        assert_eq!(rows[1].share_bucket(), Some("at minimum"));
         assert_eq!((rows[0].rank, rows[1].rank, rows[2].rank), (Some(1), Some(2), None));
         assert_eq!(rows[2].share, None, "a sleeper's share is not snapshotted");
         // The sleepy worker wants 20% of a CPU and got 4%.
@@ -307,12 +406,127 @@ mod tests {
         assert_ne!(snapshot(&scenario(), &ejected), won);
     }
 
+    fn no_leader(mut t: Trace) -> Trace {
+        t.phases[0].tally = Some(serde_json::json!({"votes": {"blue": 0, "red": 0}, "leader": null, "generation": 2}));
+        t
+    }
+
+    fn share_of<'a>(text: &'a str, group: &str) -> &'a str {
+        let line = text.lines().find(|l| l.trim_start().starts_with(group)).unwrap();
+        line[20..36].trim()
+    }
+
+    #[test]
+    fn a_loser_off_its_minimum_changes_the_snapshot() {
+        // The candidates' burners: blue and red/burner (the sleeper is not
+        // counted), 1 s in all.
+        let at = snapshot(&scenario(), &trace([950, 50, 40, 990]));
+        let starved = snapshot(&scenario(), &trace([990, 10, 40, 990]));
+        let generous = snapshot(&scenario(), &trace([880, 120, 40, 990]));
+        let kind = snapshot(&scenario(), &trace([900, 100, 40, 990]));
+        assert_eq!(share_of(&at, "red/burner"), "at minimum");
+        assert_eq!(share_of(&starved, "red/burner"), "below minimum");
+        assert_eq!(share_of(&generous, "red/burner"), "quarter");
+        assert_eq!(share_of(&kind, "red/burner"), "above minimum");
+        for other in [&starved, &generous, &kind] {
+            assert_ne!(&at, other);
+        }
+        assert!(at.contains("only the minimum: red/burner; nothing: none"), "{at}");
+        assert!(!at.contains("below the minimum") && !at.contains("above the minimum"), "{at}");
+        assert!(starved.contains("only the minimum: none; nothing: none\n  below the minimum: red/burner"), "{starved}");
+        assert!(kind.contains("above the minimum: red/burner"), "{kind}");
+        let none = snapshot(&scenario(), &trace([1000, 2, 40, 990]));
+        assert!(none.contains("nothing: red/burner"), "{none}");
+    }
+
+    #[test]
+    fn a_leader_at_94_and_a_loser_at_5_5_is_at_the_minimum() {
+        let t = tables(&scenario(), &trace([945, 55, 40, 990]));
+        assert_eq!(t[0].rows[0].share_bucket(), Some("most"));
+        assert_eq!(t[0].rows[1].share_bucket(), Some("at minimum"));
+        assert_eq!((t[0].rows[0].rank, t[0].rows[1].rank), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn the_minimum_follows_the_scenario() {
+        let mut s = scenario();
+        s.min_share = Some(10.0);
+        let t = tables(&s, &trace([900, 100, 40, 990]));
+        assert_eq!(t[0].rows[1].share_bucket(), Some("at minimum"));
+        let t = tables(&s, &trace([950, 50, 40, 990]));
+        assert_eq!(t[0].rows[1].share_bucket(), Some("below minimum"));
+        // The header still shows what the file declares, not the control's.
+        s.scheduler_min_share = Some(1.0);
+        assert!(snapshot(&s, &trace([990, 10, 40, 990])).contains("min share 10%"));
+    }
+
+    #[test]
+    fn phases_without_a_leader_keep_the_coarse_buckets() {
+        let t = tables(&scenario(), &no_leader(trace([950, 50, 40, 990])));
+        assert_eq!(t[0].rows[1].share_bucket(), Some("minimum"));
+        let text = snapshot(&scenario(), &no_leader(trace([950, 50, 40, 990])));
+        assert!(text.contains("only the minimum: red/burner; nothing: none"), "{text}");
+        let mut s = scenario();
+        s.mode = Mode::Proportional;
+        let t = tables(&s, &trace([950, 50, 40, 990]));
+        assert_eq!(t[0].rows[1].share_bucket(), Some("minimum"));
+    }
+
+    #[test]
+    fn the_time_to_effect_is_shown_in_buckets() {
+        assert_eq!(effect_bucket(Some(0)), "< 20 ms");
+        assert_eq!(effect_bucket(Some(19)), "< 20 ms");
+        assert_eq!(effect_bucket(Some(20)), "< 100 ms");
+        assert_eq!(effect_bucket(Some(999)), "< 1 s");
+        assert_eq!(effect_bucket(Some(1000)), "later or never");
+        assert_eq!(effect_bucket(None), "later or never");
+
+        let plain = snapshot(&scenario(), &trace([950, 50, 40, 990]));
+        assert!(!plain.contains("new leader"), "{plain}");
+        let mut t = trace([950, 50, 40, 990]);
+        let effect = Effect { leader: "blue".into(), target_pct: 70.0, window_ms: 20, effect_ms: Some(12), limit_ms: 1500, polls: 7 };
+        t.phases[0].effect = Some(effect.clone());
+        let quick = snapshot(&scenario(), &t);
+        assert!(quick.contains("\n  new leader ran within: < 20 ms\n"), "{quick}");
+        assert!(numbers(&scenario(), &t).contains("new leader blue: its burners at 70.0% of the candidates' burner CPU over 20 ms after 12 ms"));
+        t.phases[0].effect = Some(Effect { effect_ms: Some(400), ..effect.clone() });
+        let late = snapshot(&scenario(), &t);
+        assert!(late.contains("new leader ran within: < 1 s"), "{late}");
+        assert_ne!(quick, late);
+        t.phases[0].effect = Some(Effect { effect_ms: None, ..effect });
+        assert!(snapshot(&scenario(), &t).contains("new leader ran within: later or never"));
+        assert!(numbers(&scenario(), &t).contains("not within 1500 ms (later or never"));
+    }
+
+    #[test]
+    fn a_trace_recorded_before_the_time_to_effect_still_reads() {
+        let t = trace([950, 50, 40, 990]);
+        let mut json = serde_json::to_value(&t).unwrap();
+        json["phases"][0].as_object_mut().unwrap().remove("effect");
+        let old: Trace = serde_json::from_value(json).unwrap();
+        assert_eq!(old.phases[0].effect, None);
+        assert_eq!(snapshot(&scenario(), &old), snapshot(&scenario(), &t));
+    }
+
     #[test]
     fn bucket_bounds_are_ordered() {
         for t in [SHARE, SERVED, CPU] {
             assert!(t.windows(2).all(|w| w[0].0 < w[1].0));
             assert_eq!(t[0].0, 0.0);
         }
+        for m in [0.5, 1.0, 3.5, 4.0, 5.0, 9.0, 10.0, 20.0, 50.0] {
+            let t = share_around(m);
+            assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "{m}: {t:?}");
+            assert_eq!(t[0], (0.0, "nothing"));
+            assert_eq!(bucket(&t, m), "at minimum", "{m}: {t:?}");
+            assert_eq!(bucket(&t, m + 3.5), "above minimum", "{m}: {t:?}");
+            assert_eq!(bucket(&t, 100.0), "most");
+        }
+        let t = share_around(5.0);
+        let names: Vec<&str> = t.iter().map(|x| x.1).collect();
+        assert_eq!(names[..5], ["nothing", "below minimum", "at minimum", "above minimum", "quarter"]);
+        assert_eq!((bucket(&t, 1.99), bucket(&t, 2.0), bucket(&t, 7.99), bucket(&t, 8.0)), ("below minimum", "at minimum", "at minimum", "above minimum"));
+        assert_eq!(bucket(&t, 12.0), "quarter");
         assert_eq!(bucket(SHARE, 0.1), "nothing");
         assert_eq!(bucket(SHARE, 75.0), "three-quarters");
         assert_eq!(bucket(SHARE, 100.0), "most");

@@ -9,7 +9,8 @@
 //! - [`render`]: an SVG timeline and a Perfetto trace per run.
 //!
 //! Regression controls run with the scenarios: a scenario run against a
-//! deliberately broken election (`--debug-mutant`) must come out different
+//! deliberately broken election (`--debug-mutant`), or with the scheduler
+//! given another min share than the file declares, must come out different
 //! from its snapshot, or the suite fails.
 
 pub mod guest;
@@ -26,9 +27,29 @@ use crate::project_root;
 use spec::Scenario;
 use trace::Trace;
 
-/// (scenario, mutant) pairs run as regression controls whenever their
+/// How a regression control runs the scheduler differently from its
+/// scenario file.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Alter {
+    /// A deliberately broken policy (`--debug-mutant NAME`).
+    Mutant(&'static str),
+    /// The scheduler's `--min-share` (percent) instead of the file's: the
+    /// losers keep another share than the snapshot expects.
+    MinShare(f64),
+    /// The scheduler without the file's `cap`: the losers take the idle
+    /// CPUs.
+    NoCap,
+}
+
+/// (scenario, alteration) pairs run as regression controls whenever their
 /// scenario is selected: each must be caught (snapshot differs).
-pub const CONTROLS: &[(&str, &str)] = &[("landslide", "fifo"), ("landslide", "ignore-votes"), ("interactive", "fifo")];
+pub const CONTROLS: &[(&str, Alter)] = &[
+    ("landslide", Alter::Mutant("fifo")),
+    ("landslide", Alter::Mutant("ignore-votes")),
+    ("landslide", Alter::MinShare(1.0)),
+    ("interactive", Alter::Mutant("fifo")),
+    ("cap", Alter::NoCap),
+];
 
 pub fn scenario_dir() -> PathBuf {
     project_root().join("vm/scenarios")
@@ -53,9 +74,13 @@ impl Selection {
         } else {
             CONTROLS
                 .iter()
-                .filter_map(|(name, m)| {
+                .filter_map(|(name, alter)| {
                     let mut s = scenarios.iter().find(|s| s.name == *name)?.clone();
-                    s.mutant = Some(m.to_string());
+                    match alter {
+                        Alter::Mutant(m) => s.mutant = Some(m.to_string()),
+                        Alter::MinShare(m) => s.scheduler_min_share = Some(*m),
+                        Alter::NoCap => s.scheduler_no_cap = true,
+                    }
                     Some(s)
                 })
                 .collect()
@@ -185,7 +210,7 @@ pub fn judge_runs(sel: &Selection, out: &Path, repeat: u32) -> Vec<RunResult> {
         let stored = stored_snapshot(&s.name);
         result.verdict = if let Some(e) = &t.error {
             Verdict::Broken(e.clone())
-        } else if s.mutant.is_none() && iteration == 1 {
+        } else if !s.altered() && iteration == 1 {
             // Through insta once per scenario: its diff, and `.snap.new`
             // for review where updates are allowed.
             match (insta_matches(&s.name, &text), stored) {
@@ -241,7 +266,8 @@ pub fn report(sel: &Selection, results: &[RunResult], repeat: u32) -> Vec<String
             }
             let what = match (&r.verdict, r.is_control) {
                 (Verdict::Matches, true) => format!(
-                    "control {run}: the broken policy produced the same snapshot as the real one: the scenario cannot tell them apart"
+                    "control {run}: the scheduler run with {} produced the same snapshot as the real one: the scenario cannot tell them apart",
+                    s.alteration()
                 ),
                 (Verdict::New, true) => format!("control {run}: no stored snapshot of {} to compare with", s.name),
                 (Verdict::New, false) => format!(
@@ -300,7 +326,12 @@ mod tests {
         let all = load().unwrap();
         let sel = Selection::new(all.clone(), None);
         assert_eq!(sel.controls.len(), CONTROLS.len());
-        assert!(sel.controls.iter().all(|c| c.mutant.is_some()));
+        assert!(sel.controls.iter().all(|c| c.altered()));
+        let names: Vec<String> = sel.controls.iter().map(Scenario::run_name).collect();
+        assert!(names.contains(&"landslide@min-share-1".to_string()), "{names:?}");
+        let low = sel.controls.iter().find(|c| c.scheduler_min_share.is_some()).unwrap();
+        assert_eq!((low.min_share_arg(), low.mutant.as_deref()), (Some(1.0), None));
+        assert_eq!(low.alteration(), "--min-share 1");
         let sel = Selection::new(select_scenarios(&all, &["land".into()]), Some("fifo".into()));
         assert_eq!(sel.scenarios.len(), 1);
         assert!(sel.controls.is_empty());

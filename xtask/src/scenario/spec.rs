@@ -139,6 +139,9 @@ pub struct Phase {
     pub stop: Vec<(String, Stop)>,
 }
 
+/// scx_ballot's `--min-share` when none is given, in percent.
+pub const DEFAULT_MIN_SHARE: f64 = 5.0;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
     pub name: String,
@@ -155,15 +158,74 @@ pub struct Scenario {
     /// controls; None for a normal run.
     #[serde(default)]
     pub mutant: Option<String>,
+    /// The min share (percent) given to the scheduler instead of
+    /// `min_share`, for a regression control: the snapshot is still judged
+    /// against `min_share`. None for a normal run.
+    #[serde(default)]
+    pub scheduler_min_share: Option<f64>,
+    /// Winner mode: the losers are held to their minimum share of the
+    /// machine even with a CPU idle (scx_ballot `--cap`); their shares are
+    /// then judged as parts of the machine, not of the candidates' CPU.
+    #[serde(default)]
+    pub cap: bool,
+    /// A regression control runs without the file's `cap`.
+    #[serde(default)]
+    pub scheduler_no_cap: bool,
 }
 
 impl Scenario {
-    /// The name of one run: the scenario, and the mutant if any.
+    /// The name of one run: the scenario, then the mutant and the
+    /// scheduler's min share if any (`landslide@fifo`,
+    /// `landslide@min-share-1`).
     pub fn run_name(&self) -> String {
-        match &self.mutant {
-            Some(m) => format!("{}@{m}", self.name),
-            None => self.name.clone(),
+        let mut name = self.name.clone();
+        if let Some(m) = &self.mutant {
+            name += &format!("@{m}");
         }
+        if let Some(m) = self.scheduler_min_share {
+            name += &format!("@min-share-{m}");
+        }
+        if self.scheduler_no_cap {
+            name += "@no-cap";
+        }
+        name
+    }
+
+    /// Whether the scheduler runs with something else than the file says
+    /// (a regression control, or `--mutant`).
+    pub fn altered(&self) -> bool {
+        self.mutant.is_some() || self.scheduler_min_share.is_some() || self.scheduler_no_cap
+    }
+
+    /// How the scheduler's run differs from the file (empty: it does not).
+    pub fn alteration(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(m) = &self.mutant {
+            parts.push(format!("--debug-mutant {m}"));
+        }
+        if let Some(m) = self.scheduler_min_share {
+            parts.push(format!("--min-share {m}"));
+        }
+        if self.scheduler_no_cap {
+            parts.push("without --cap".into());
+        }
+        parts.join(" ")
+    }
+
+    /// The share (percent) each losing class is expected to keep in
+    /// winner mode: `min_share`, or the scheduler's default of 5.
+    pub fn expected_min_share(&self) -> f64 {
+        self.min_share.unwrap_or(DEFAULT_MIN_SHARE)
+    }
+
+    /// Whether the scheduler runs with `--cap`.
+    pub fn cap_arg(&self) -> bool {
+        self.cap && !self.scheduler_no_cap
+    }
+
+    /// The min share (percent) to give the scheduler, if any.
+    pub fn min_share_arg(&self) -> Option<f64> {
+        self.scheduler_min_share.or(self.min_share)
     }
 
     /// Phase count × (settle + measure), in seconds, without the
@@ -184,6 +246,7 @@ struct File {
     #[serde(default)]
     mode: Mode,
     min_share: Option<Spanned<f64>>,
+    cap: Option<Spanned<bool>>,
     #[serde(default)]
     candidate: Vec<Spanned<CandidateFile>>,
     #[serde(default)]
@@ -325,6 +388,12 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
             return Err(err(share.span(), "min_share", format!("{v} is not a percentage in (0, 50]")));
         }
     }
+    if let Some(cap) = &file.cap
+        && *cap.get_ref()
+        && (file.policy != Policy::Election || file.mode != Mode::Winner)
+    {
+        return Err(err(cap.span(), "cap", "cap holds the losers of an election in winner mode only".to_string()));
+    }
 
     let mut candidates = Vec::new();
     let mut unregistered = Vec::new();
@@ -439,6 +508,9 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
         groups,
         phases,
         mutant: None,
+        scheduler_min_share: None,
+        cap: file.cap.as_ref().is_some_and(|c| *c.get_ref()),
+        scheduler_no_cap: false,
     })
 }
 

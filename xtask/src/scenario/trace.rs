@@ -67,6 +67,32 @@ pub struct PhaseRecord {
     pub tally: Option<serde_json::Value>,
     /// `/sys/kernel/sched_ext/state` at the end of the window.
     pub state: String,
+    /// How soon a new leader's burners got the CPU after the vote; only in
+    /// phases whose ballot steps changed the leader to a candidate with
+    /// burners, while another candidate's burners competed (None: not
+    /// measured, and in traces recorded before it was).
+    #[serde(default)]
+    pub effect: Option<Effect>,
+}
+
+/// The time to effect of a change of leader: from the acknowledgement of
+/// the phase's last ballot step, polled every few milliseconds, until the
+/// new leader's part of the candidates' burner CPU time over the last
+/// `window_ms` reached `target_pct`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Effect {
+    /// The candidate that leads after the phase's ballot steps.
+    pub leader: String,
+    /// The share (percent) to reach: halfway from an even split between
+    /// the candidates with burners to what the policy aims at.
+    pub target_pct: f64,
+    pub window_ms: u64,
+    /// Milliseconds after the acknowledgement; None when the target was
+    /// not reached within `limit_ms`.
+    pub effect_ms: Option<u64>,
+    pub limit_ms: u64,
+    /// How many times the workers' counters were read.
+    pub polls: u32,
 }
 
 /// Cumulative CPU time of every worker (same order as `Trace::workers`;
@@ -80,7 +106,8 @@ pub struct Sample {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {
     pub t_ms: u64,
-    /// `votes`, `register`, `remove`, `stop`, `phase`.
+    /// `votes`, `register`, `remove`, `stop`, `phase`, `attached`, and
+    /// `effect` (a new leader's burners took their share).
     pub kind: String,
     pub detail: String,
 }
