@@ -139,6 +139,34 @@ struct {
 
 #define HEARTBEAT_NS (50ULL * 1000 * 1000)
 
+/*
+ * A CPU whose local queue holds tasks of ours but has started none of them
+ * for this many heartbeats (a higher-priority task holds it: in partial mode
+ * a fair-class task may run there for ever) gives them back to the policy,
+ * which places them elsewhere. Without this, a task placed on a CPU that a
+ * fair-class hog then takes would wait there until the watchdog fires.
+ */
+#define STUCK_BEATS 2
+#define BALLOT_MAX_CPUS 512
+
+/* Per CPU: SCHED_EXT tasks started so far, and heartbeats without one. */
+struct cpu_progress {
+	u64 started;
+	u64 seen;
+	u32 beats;
+	u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BALLOT_MAX_CPUS);
+	__type(key, u32);
+	__type(value, struct cpu_progress);
+} progress SEC(".maps");
+
+/* Local queues given back to the policy because their CPU was taken. */
+u64 nr_reenqueued;
+
 static __always_inline void count(u64 *counter)
 {
 	__sync_fetch_and_add(counter, 1);
@@ -483,8 +511,13 @@ void BPF_STRUCT_OPS(ballot_running, struct task_struct *p)
 	 * taken, or in full mode a held task would wait for the next slice end
 	 * while that CPU goes idle, again and again.
 	 */
+	u32 cpu = bpf_get_smp_processor_id();
+	struct cpu_progress *prog = bpf_map_lookup_elem(&progress, &cpu);
+
 	if (!is_usersched_task(p))
 		__sync_fetch_and_add(&nr_running, 1);
+	if (prog)
+		__sync_fetch_and_add(&prog->started, 1);
 	if (tctx)
 		tctx->start_ts = scx_bpf_now();
 }
@@ -518,8 +551,9 @@ s32 BPF_STRUCT_OPS(ballot_init_task, struct task_struct *p,
 SEC("syscall")
 int ballot_pick_idle_cpu(struct select_cpu_arg *arg)
 {
-	struct task_struct *p;
+	struct task_struct *p, *curr;
 	s32 cpu;
+	int i;
 
 	p = bpf_task_from_pid(arg->pid);
 	if (!p)
@@ -530,6 +564,20 @@ int ballot_pick_idle_cpu(struct select_cpu_arg *arg)
 		cpu = arg->prev_cpu;
 	else
 		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	/*
+	 * The idle mask can still name a CPU that has left idle (it runs a
+	 * task again); a decision put there would wait behind that task. Only
+	 * a CPU that runs its idle task counts (the claim has cleared the
+	 * stale bit either way).
+	 */
+	for (i = 0; cpu >= 0 && i < 8; i++) {
+		curr = __COMPAT_scx_bpf_cpu_curr(cpu);
+		if (!curr || !curr->pid)
+			break;
+		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	}
+	if (i == 8)
+		cpu = -EBUSY;
 	bpf_rcu_read_unlock();
 	bpf_task_release(p);
 	return cpu;
@@ -578,11 +626,44 @@ int ballot_kick(struct kick_arg *arg)
 	return cpu;
 }
 
+/*
+ * Gives back to the policy the tasks waiting in the local queue of a CPU
+ * that has started none of ours for STUCK_BEATS heartbeats.
+ */
+static void unstick_local_queues(void)
+{
+	struct cpu_progress *prog;
+	u32 cpu;
+
+	if (!__COMPAT_has_generic_reenq())
+		return;
+	bpf_for(cpu, 0, BALLOT_MAX_CPUS) {
+		if (cpu >= nr_online_cpus)
+			break;
+		prog = bpf_map_lookup_elem(&progress, &cpu);
+		if (!prog)
+			break;
+		if (!scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL_ON | cpu) ||
+		    prog->started != prog->seen) {
+			prog->seen = prog->started;
+			prog->beats = 0;
+			continue;
+		}
+		if (++prog->beats < STUCK_BEATS)
+			continue;
+		prog->beats = 0;
+		scx_bpf_dsq_reenq(SCX_DSQ_LOCAL_ON | cpu, 0);
+		count(&nr_reenqueued);
+	}
+}
+
 static int heartbeat_fn(void *map, int *key, struct bpf_timer *timer)
 {
 	struct custody note;
 	const struct cpumask *online;
 	s32 cpu;
+
+	unstick_local_queues();
 
 	/* An overdue task waits: make sure some CPU runs ops.dispatch(). */
 	if (!bpf_map_peek_elem(&custody, &note) &&

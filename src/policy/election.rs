@@ -475,15 +475,11 @@ impl Election {
                 if self.slots.len() <= i {
                     self.slots.resize(i + 1, Slot::default());
                 }
-                let slot = &mut self.slots[i];
-                {
-                    *slot = Slot {
-                        running: Some((pid, class)),
-                        running_start: start,
-                        since: Some(Instant::now()),
-                        ..Slot::default()
-                    };
-                }
+                self.slots[i] = Slot {
+                    running: Some((pid, class)),
+                    running_start: start,
+                    since: Some(Instant::now()),
+                };
             }
             self.advance_vnow(start);
             placed = true;
@@ -682,12 +678,19 @@ impl Policy for Election {
         if self.tasks.is_empty() {
             return Ok(());
         }
+        // A task of ours that was on this CPU and has not come back yet (it
+        // waits there, preempted by the policy, or its slice just ended and
+        // its record is on the way) keeps the CPU for its own decision.
+        self.take_queued(d)?;
         let CpuUse { local_here, in_transit, .. } = d.cpu_use();
-        if local_here == 0 && in_transit == 0 {
-            let cpu = d.this_cpu();
-            if cpu >= 0 {
-                self.place(d, cpu)?;
-            }
+        let cpu = d.this_cpu();
+        let now = Instant::now();
+        let ours_here = usize::try_from(cpu)
+            .ok()
+            .and_then(|i| self.slots.get(i))
+            .is_some_and(|s| s.running.is_some() && s.since.is_some_and(|t| now - t < SLOT_STALE));
+        if local_here == 0 && in_transit == 0 && cpu >= 0 && !ours_here && !self.tasks.is_empty() {
+            self.place(d, cpu)?;
         }
         self.queue_ahead(d, cpus)
     }
@@ -842,6 +845,8 @@ mod tests {
         // Per CPU: the decision it runs and when its slice ends; its queue.
         let mut running: Vec<Option<(DispatchedTask, u64)>> = vec![None; cpus];
         let mut local: Vec<VecDeque<DispatchedTask>> = vec![VecDeque::new(); cpus];
+        // A slice ends at the first 4 ms tick after it is used up (HZ=250).
+        let ticked = |ns: u64| ns.div_ceil(TICK_NS) * TICK_NS;
         // The shared queue: lowest vtime first.
         let mut shared: Vec<DispatchedTask> = Vec::new();
         let take_shared = |shared: &mut Vec<DispatchedTask>, d: &mut FakeDispatcher| {
@@ -868,8 +873,8 @@ mod tests {
                 if running[cpu].is_none()
                     && let Some(t) = local[cpu].pop_front().or_else(|| take_shared(&mut shared, &mut d))
                 {
-                    *got.entry(class_of[&t.pid].clone()).or_default() += t.slice_ns;
-                    running[cpu] = Some((t, now + t.slice_ns));
+                    *got.entry(class_of[&t.pid].clone()).or_default() += ticked(t.slice_ns);
+                    running[cpu] = Some((t, now + ticked(t.slice_ns)));
                 }
             }
             // The next slice to end: its task comes back, its CPU goes on.
@@ -880,20 +885,22 @@ mod tests {
             };
             let (t, _) = running[cpu].take().expect("running");
             now = end;
-            *runtime.entry(t.pid).or_default() += t.slice_ns;
+            *runtime.entry(t.pid).or_default() += ticked(t.slice_ns);
             let mut back = task(t.pid, 100, 0, 1);
             back.cpu = cpu as i32;
             back.exec_runtime = runtime[&t.pid];
             back.enq_seq = t.enq_seq() + 1;
             d.queue.push_back(back);
             if let Some(t) = local[cpu].pop_front().or_else(|| take_shared(&mut shared, &mut d)) {
-                *got.entry(class_of[&t.pid].clone()).or_default() += t.slice_ns;
-                running[cpu] = Some((t, now + t.slice_ns));
+                *got.entry(class_of[&t.pid].clone()).or_default() += ticked(t.slice_ns);
+                running[cpu] = Some((t, now + ticked(t.slice_ns)));
             }
         }
         got.values_mut().for_each(|ns| *ns /= 1_000_000);
         got
     }
+
+    const TICK_NS: u64 = 4_000_000;
 
     /// Percent of the candidates' CPU time that `name` got.
     fn part(got: &BTreeMap<String, u64>, name: &str) -> f64 {

@@ -67,7 +67,12 @@ fn share_around(min_share: f64) -> Vec<(f64, &'static str)> {
 }
 
 /// Time to effect buckets: (upper bound in milliseconds, name).
-const EFFECT: &[(u64, &str)] = &[(20, "< 20 ms"), (100, "< 100 ms"), (1000, "< 1 s")];
+/// Under TCG a new leader measured between 12 and 162 ms after the vote
+/// (2 vCPUs, one run of every scenario): finer bounds (20 ms, 100 ms) fall
+/// inside that spread and would make snapshots flap, so the snapshot tells
+/// only a prompt leader from a late or absent one; the summary prints the
+/// milliseconds.
+const EFFECT: &[(u64, &str)] = &[(1000, "< 1 s")];
 const EFFECT_LATE: &str = "later or never";
 
 pub fn effect_bucket(ms: Option<u64>) -> &'static str {
@@ -474,9 +479,8 @@ mod tests {
 
     #[test]
     fn the_time_to_effect_is_shown_in_buckets() {
-        assert_eq!(effect_bucket(Some(0)), "< 20 ms");
-        assert_eq!(effect_bucket(Some(19)), "< 20 ms");
-        assert_eq!(effect_bucket(Some(20)), "< 100 ms");
+        assert_eq!(effect_bucket(Some(0)), "< 1 s");
+        assert_eq!(effect_bucket(Some(19)), "< 1 s");
         assert_eq!(effect_bucket(Some(999)), "< 1 s");
         assert_eq!(effect_bucket(Some(1000)), "later or never");
         assert_eq!(effect_bucket(None), "later or never");
@@ -487,11 +491,11 @@ mod tests {
         let effect = Effect { leader: "blue".into(), target_pct: 70.0, window_ms: 20, effect_ms: Some(12), limit_ms: 1500, polls: 7 };
         t.phases[0].effect = Some(effect.clone());
         let quick = snapshot(&scenario(), &t);
-        assert!(quick.contains("\n  new leader ran within: < 20 ms\n"), "{quick}");
+        assert!(quick.contains("\n  new leader ran within: < 1 s\n"), "{quick}");
         assert!(numbers(&scenario(), &t).contains("new leader blue: its burners at 70.0% of the candidates' burner CPU over 20 ms after 12 ms"));
-        t.phases[0].effect = Some(Effect { effect_ms: Some(400), ..effect.clone() });
+        t.phases[0].effect = Some(Effect { effect_ms: Some(1400), ..effect.clone() });
         let late = snapshot(&scenario(), &t);
-        assert!(late.contains("new leader ran within: < 1 s"), "{late}");
+        assert!(late.contains("new leader ran within: later or never"), "{late}");
         assert_ne!(quick, late);
         t.phases[0].effect = Some(Effect { effect_ms: None, ..effect });
         assert!(snapshot(&scenario(), &t).contains("new leader ran within: later or never"));
