@@ -170,6 +170,10 @@ const BURST_SLICES: i64 = 1;
 const CAPPED_TURN: Duration = Duration::from_millis(200);
 /// The shortest slice a capped class is given.
 const MIN_CAPPED_SLICE_NS: u64 = 200_000;
+/// How far past its slice a task may run and still be charged for it: a
+/// slice ends at the next tick (4 ms at 250 Hz, 10 ms at 100 Hz).
+const OVERRUN_NS: u64 = 10_000_000;
+
 /// Charges kept at most for tasks on a CPU (one that exits never comes
 /// back to settle).
 const MAX_CHARGES: usize = 1 << 16;
@@ -372,7 +376,10 @@ impl Election {
         } else {
             0
         };
-        let ran = ran.min(i64::MAX as u64 / VSCALE);
+        // Time past the slice and a tick is not this decision's: the BPF
+        // side let the task run on by itself while nothing else waited
+        // (a CPU nobody else wanted), which no class pays for.
+        let ran = ran.min(c.ns + OVERRUN_NS);
         if let Some(b) = self.budgets.get_mut(&c.class) {
             b.ns += c.ns as i64 - ran as i64;
         }
@@ -695,8 +702,13 @@ impl Policy for Election {
         self.queue_ahead(d, cpus)
     }
 
+    /// Under `--cap` with a leader, one more than held: the BPF side then
+    /// never lets a task run on past its slice without asking (it does so
+    /// only while the policy holds nothing), so a capped class cannot run
+    /// beyond its allowance on a CPU nobody else wants.
     fn nr_pending(&self) -> u64 {
-        self.tasks.len() as u64
+        let capping = self.classes.values().any(|c| c.capped);
+        self.tasks.len() as u64 + u64::from(capping)
     }
 
     /// The order of every contested dispatch is the election's; a task
