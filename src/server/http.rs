@@ -275,11 +275,17 @@ fn accept_loop(listener: TcpListener, app: Arc<dyn App>, limits: Limits, shared:
         let spawned = std::thread::Builder::new()
             .name("ballot-http-conn".into())
             .spawn(move || {
-                let _registered = Registered {
+                let registered = Registered {
                     shared: conn_shared,
                     id,
                 };
                 serve_connection(stream, &*app, &limits);
+                // What the connection holds (the ballot, with its journal
+                // and the journal's lock) goes before the connection counts
+                // as closed: once shutdown has seen every connection close,
+                // the journal can be opened again.
+                drop(app);
+                drop(registered);
             });
         if let Err(e) = spawned {
             log::warn!("voting server: starting a connection thread: {e}");
