@@ -46,7 +46,7 @@ pub enum Alter {
 pub const CONTROLS: &[(&str, Alter)] = &[
     ("landslide", Alter::Mutant("fifo")),
     ("landslide", Alter::Mutant("ignore-votes")),
-    ("landslide", Alter::MinShare(0.5)),
+    ("landslide", Alter::MinShare(20.0)),
     ("interactive", Alter::Mutant("fifo")),
     ("cap", Alter::NoCap),
 ];
@@ -328,10 +328,10 @@ mod tests {
         assert_eq!(sel.controls.len(), CONTROLS.len());
         assert!(sel.controls.iter().all(|c| c.altered()));
         let names: Vec<String> = sel.controls.iter().map(Scenario::run_name).collect();
-        assert!(names.contains(&"landslide@min-share-0.5".to_string()), "{names:?}");
+        assert!(names.contains(&"landslide@min-share-20".to_string()), "{names:?}");
         let low = sel.controls.iter().find(|c| c.scheduler_min_share.is_some()).unwrap();
-        assert_eq!((low.min_share_arg(), low.mutant.as_deref()), (Some(0.5), None));
-        assert_eq!(low.alteration(), "--min-share 0.5");
+        assert_eq!((low.min_share_arg(), low.mutant.as_deref()), (Some(20.0), None));
+        assert_eq!(low.alteration(), "--min-share 20");
         let sel = Selection::new(select_scenarios(&all, &["land".into()]), Some("fifo".into()));
         assert_eq!(sel.scenarios.len(), 1);
         assert!(sel.controls.is_empty());

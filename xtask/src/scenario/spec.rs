@@ -176,7 +176,7 @@ pub struct Scenario {
 impl Scenario {
     /// The name of one run: the scenario, then the mutant and the
     /// scheduler's min share if any (`landslide@fifo`,
-    /// `landslide@min-share-0.5`).
+    /// `landslide@min-share-20`).
     pub fn run_name(&self) -> String {
         let mut name = self.name.clone();
         if let Some(m) = &self.mutant {
