@@ -496,8 +496,9 @@ impl Election {
         Ok(placed)
     }
 
-    /// The best held task that may run now: its pid and last CPU.
-    fn best(&mut self, cpus: u64) -> Option<(i32, i32)> {
+    /// The best held task that may run now: its pid, last CPU and finish
+    /// tag.
+    fn best(&mut self, cpus: u64) -> Option<(i32, i32, u64)> {
         // Entries of tasks placed since (by an older entry) go first.
         while let Some(Reverse((_, _, pid, _))) = self.held.peek() {
             if self.tasks.contains_key(pid) {
@@ -505,9 +506,9 @@ impl Election {
             }
             self.held.pop();
         }
-        let runs_now = |Reverse((_, _, pid, _)): &Reverse<(u64, u64, i32, u64)>| {
+        let runs_now = |Reverse((finish, _, pid, _)): &Reverse<(u64, u64, i32, u64)>| {
             let (task, class) = self.tasks.get(pid)?;
-            self.allowance(class, cpus).1.then_some((*pid, task.cpu))
+            self.allowance(class, cpus).1.then_some((*pid, task.cpu, *finish))
         };
         if self.budgets.is_empty() {
             return self.held.peek().and_then(runs_now);
@@ -516,6 +517,11 @@ impl Election {
         let mut order: Vec<&Reverse<(u64, u64, i32, u64)>> = self.held.iter().collect();
         order.sort_unstable();
         order.into_iter().find_map(runs_now)
+    }
+
+    /// The finish tag a task of `class` would get if it came back now.
+    fn next_tag(&self, class: &Class) -> u64 {
+        class.vclock.max(self.vnow) + self.slice_ns * VSCALE / class.weight.max(1)
     }
 
     /// How many slices in a row a task of `class`, whose slice ends at
@@ -544,7 +550,7 @@ impl Election {
             .filter_map(|s| s.running.as_ref())
             .filter(|(_, k)| k != class)
             .filter_map(|(_, k)| self.classes.get(k))
-            .map(|k| k.vclock.max(self.vnow) + self.slice_ns * VSCALE / k.weight.max(1));
+            .map(|k| self.next_tag(k));
         let due = held.chain(running).min().unwrap_or(u64::MAX);
         let mut slices = 1;
         while slices < MAX_LEASE && finish.saturating_add(slices * step) < due {
@@ -605,19 +611,12 @@ impl Election {
                 .iter()
                 .filter_map(|s| s.running.as_ref())
                 .filter_map(|(_, k)| self.classes.get(k))
-                .map(|k| k.vclock.max(self.vnow) + self.slice_ns * VSCALE / k.weight.max(1))
+                .map(|k| self.next_tag(k))
                 .min()
                 .unwrap_or(u64::MAX);
-            let Some((pid, _)) = self.best(cpus) else {
+            let Some((_, _, finish)) = self.best(cpus) else {
                 return Ok(());
             };
-            let finish = self
-                .held
-                .iter()
-                .filter(|Reverse((_, _, p, _))| *p == pid)
-                .map(|Reverse((f, ..))| *f)
-                .min()
-                .unwrap_or(u64::MAX);
             if finish >= returns_at || !self.place(d, RL_CPU_ANY)? {
                 return Ok(());
             }
@@ -667,7 +666,7 @@ impl Policy for Election {
         // with it in view: a task whose slice just ended competes for its
         // own CPU. Claiming an idle CPU clears its idle state until it idles
         // again, so no CPU is given two tasks.
-        while let Some((pid, prev_cpu)) = self.best(cpus) {
+        while let Some((pid, prev_cpu, _)) = self.best(cpus) {
             let cpu = d.select_cpu(pid, prev_cpu, 0);
             if cpu < 0 {
                 break;
