@@ -381,8 +381,8 @@ struct EnvState {
     /// its exec of the command still has the old environment (and during
     /// the exec an empty one, which is not cached at once).
     cache: HashMap<(i32, u64, String), Option<String>>,
-    /// Processes whose environment was empty in the last scan: empty again,
-    /// it is no exec but an empty environment.
+    /// Processes whose environment was empty or unreadable in the last
+    /// scan: so again, it is no exec but an empty (or unreadable) one.
     empty_last: HashSet<(i32, u64, String)>,
     /// Those of this scan.
     empty_now: HashSet<(i32, u64, String)>,
@@ -419,11 +419,13 @@ impl ProcFacts for ProcDir<'_> {
         }
         let found = match read_environ(&self.dir) {
             Environ::Read(found) => found,
-            Environ::Unreadable => None,
-            // Empty in two scans in a row: an empty environment (an exec
-            // sets up the new one at once).
-            Environ::Empty if self.env.empty_last.contains(&self.key) => None,
-            Environ::Empty => {
+            // Empty or unreadable in two scans in a row: an empty
+            // environment, or one this scan may not read (an exec sets up
+            // the new one at once). Once only, it may be a read in the
+            // middle of an exec (the memory being switched): not cached,
+            // or a member read then would stay unaffiliated for good.
+            Environ::Empty | Environ::Unreadable if self.env.empty_last.contains(&self.key) => None,
+            Environ::Empty | Environ::Unreadable => {
                 self.env.empty_now.insert(self.key.clone());
                 self.mid_exec = true;
                 return None;
@@ -1217,9 +1219,12 @@ mod tests {
         let dir = fake_proc(tmp.path(), 7, None, &[(7, b""), (8, marked)]);
         let mut env = EnvState::default();
         assert_eq!(marker_in_scan(&dir, &mut env), (Some("blue".into()), false));
-        // No thread readable: no marker, and no exec either.
+        // No thread readable: no marker; maybe a read in the middle of an
+        // exec, so it is asked again in the next scan, and only then taken
+        // as no exec.
         let dir = fake_proc(&tmp.path().join("b"), 7, None, &[]);
         let mut env = EnvState::default();
+        assert_eq!(marker_in_scan(&dir, &mut env), (None, true));
         assert_eq!(marker_in_scan(&dir, &mut env), (None, false));
     }
 
