@@ -66,6 +66,26 @@ fn share_around(min_share: f64) -> Vec<(f64, &'static str)> {
     t
 }
 
+/// Share buckets under `cap`, where shares are parts of the whole machine:
+/// the small ones as without the cap (`base`), and from where they end,
+/// whole CPUs, so a one-process candidate reads `one CPU` whatever the
+/// number of vCPUs (a machine part would read `half` at 2 and `quarter` at
+/// 4).
+fn cap_table(base: &[(f64, &'static str)], cpus: u32) -> Vec<(f64, &'static str)> {
+    let cpu = 100.0 / cpus.max(1) as f64;
+    let top = ABOVE_MIN_UP_TO.min(cpu / 2.0);
+    let mut t: Vec<(f64, &'static str)> = base.iter().copied().filter(|(lo, _)| *lo < top).collect();
+    let whole = [
+        (top, "under one CPU"),
+        (0.85 * cpu, "one CPU"),
+        (1.15 * cpu, "over one CPU"),
+        (1.85 * cpu, "two CPUs"),
+        (2.15 * cpu, "over two CPUs"),
+    ];
+    t.extend(whole);
+    t
+}
+
 /// Time to effect buckets: (upper bound in milliseconds, name).
 /// Under TCG a new leader measured between 12 and 162 ms after the vote
 /// (2 vCPUs, one run of every scenario): finer bounds (20 ms, 100 ms) fall
@@ -159,7 +179,10 @@ pub fn tables(s: &Scenario, t: &Trace) -> Vec<PhaseTable> {
             });
         }
         let around_min = s.policy == Policy::Election && s.mode == Mode::Winner && leader_of(p.tally.as_ref()).is_some();
-        let table: Vec<(f64, &'static str)> = if around_min { share_around(s.expected_min_share()) } else { SHARE.to_vec() };
+        let mut table: Vec<(f64, &'static str)> = if around_min { share_around(s.expected_min_share()) } else { SHARE.to_vec() };
+        if s.cap {
+            table = cap_table(&table, t.cpus);
+        }
         let shared = |g: &super::spec::Group| g.candidate.is_some() && g.kind == Kind::Burner;
         // What a share is a part of: the candidates' burners' CPU time, or
         // under `cap` the whole machine's (a loser is held to a part of the
@@ -510,6 +533,22 @@ mod tests {
         let old: Trace = serde_json::from_value(json).unwrap();
         assert_eq!(old.phases[0].effect, None);
         assert_eq!(snapshot(&scenario(), &old), snapshot(&scenario(), &t));
+    }
+
+    #[test]
+    fn under_cap_a_whole_cpu_reads_the_same_at_any_number_of_cpus() {
+        for cpus in [1, 2, 4, 8] {
+            let cpu = 100.0 / cpus as f64;
+            for base in [share_around(5.0), SHARE.to_vec()] {
+                let t = cap_table(&base, cpus);
+                assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "{cpus}: {t:?}");
+                assert_eq!(bucket(&t, cpu), "one CPU", "{cpus}: {t:?}");
+                assert_eq!(bucket(&t, 0.6 * cpu), "under one CPU", "{cpus}: {t:?}");
+                assert_eq!(bucket(&t, 0.1), "nothing");
+            }
+            assert_eq!(bucket(&cap_table(&share_around(5.0), cpus), 5.0), "at minimum", "{cpus}");
+        }
+        assert_eq!(bucket(&cap_table(SHARE, 4), 50.0), "two CPUs");
     }
 
     #[test]
