@@ -454,13 +454,18 @@ impl Bench<'_> {
                     let body =
                         serde_json::json!({"candidate": name, "voter": format!("bench-{n}")})
                             .to_string();
+                    // Counted before the vote: the scheduler hears of it
+                    // before the voter has the acknowledgement, so a count
+                    // taken after could miss the first run and wait for the
+                    // next (a lease later). A run of the loser's own share
+                    // starting within the request's millisecond or two would
+                    // count too (the loser runs about once per 100 ms).
+                    let before = runs(mine);
                     let tally = api_at(API, "POST", "/votes", Some(&body))?;
                     let acked = Instant::now();
                     if tally["leader"].as_str() != Some(name) {
                         continue;
                     }
-                    // Runs that start after the acknowledgement.
-                    let before = runs(mine);
                     while runs(mine) == before {
                         if acked.elapsed() > Duration::from_secs(5) {
                             bail!("no task of the new leader ran within 5 s of the vote");
