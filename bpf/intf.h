@@ -21,6 +21,12 @@ typedef long long s64;
 /* The scheduling policy number of SCHED_EXT. */
 #define BALLOT_SCHED_EXT 7
 
+/*
+ * dispatched_task.flags: put the task at the head of its CPU's local queue
+ * and make that CPU give up the task it runs (the kernel's SCX_ENQ_PREEMPT).
+ */
+#define BALLOT_ENQ_PREEMPT (1ULL << 32)
+
 /* How many task records the queued/dispatched ring buffers hold. */
 #define BALLOT_MAX_QUEUED 4096
 
@@ -69,6 +75,8 @@ struct queued_task {
 	u64 start_ts;		/* when it last started running (ns) */
 	u64 stop_ts;		/* when it last stopped running (ns) */
 	u64 exec_runtime;	/* CPU time since it last slept (ns) */
+	u64 free_runtime;	/* the part of exec_runtime it ran on past a slice by
+				 * itself, while the policy held nothing (ns) */
 	u64 weight;		/* 1..10000, 100 for nice 0 */
 	u64 vtime;		/* its current dsq_vtime */
 	u64 enq_seq;		/* which enqueue of this task this is */

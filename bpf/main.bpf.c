@@ -114,6 +114,8 @@ struct task_ctx {
 	u64 start_ts;		/* last time it started running */
 	u64 stop_ts;		/* last time it stopped running */
 	u64 exec_runtime;	/* CPU time since it last became runnable */
+	u64 free_runtime;	/* the part of it run on without the policy */
+	bool free;		/* runs on without the policy's decision */
 	u64 enq_seq;		/* bumped at every enqueue sent to user space */
 	u64 done_seq;		/* the last enq_seq dispatched (or dropped) */
 };
@@ -289,6 +291,7 @@ static void queue_to_user(struct task_struct *p, u64 enq_flags)
 	task->start_ts = tctx->start_ts;
 	task->stop_ts = tctx->stop_ts;
 	task->exec_runtime = tctx->exec_runtime;
+	task->free_runtime = tctx->free_runtime;
 	task->weight = p->scx.weight;
 	task->vtime = p->scx.dsq_vtime;
 	task->enq_seq = tctx->enq_seq;
@@ -309,6 +312,11 @@ void BPF_STRUCT_OPS(ballot_enqueue, struct task_struct *p, u64 enq_flags)
 	 * holds tasks back, let it run on without a round trip to user space.
 	 */
 	if ((enq_flags & SCX_ENQ_LAST) && !nr_scheduled && !debug_no_dispatch) {
+		struct task_ctx *tctx = lookup_task_ctx(p);
+
+		/* Its time from now on is nobody's decision: the policy is told. */
+		if (tctx)
+			tctx->free = true;
 		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, slice_ns, enq_flags);
 		count(&nr_kernel_dispatches);
 		/* Its CPU may have gone idle meanwhile: make it look again. */
@@ -339,6 +347,7 @@ static void dispatch_from_user(const struct dispatched_task *d)
 	struct task_struct *p;
 	struct task_ctx *tctx;
 	u64 slice = clamp_slice(d->slice_ns);
+	u64 flags = d->flags & ~BALLOT_ENQ_PREEMPT;
 	s32 cpu = d->cpu;
 	bool ok;
 
@@ -360,9 +369,10 @@ static void dispatch_from_user(const struct dispatched_task *d)
 		goto out;
 	}
 	tctx->done_seq = d->enq_seq;
+	tctx->free = false;
 
 	if (cpu == BALLOT_CPU_ANY) {
-		ok = scx_bpf_dsq_insert_vtime(p, BALLOT_SHARED_DSQ, slice, d->vtime, d->flags);
+		ok = scx_bpf_dsq_insert_vtime(p, BALLOT_SHARED_DSQ, slice, d->vtime, flags);
 		/*
 		 * Claim an idle CPU for it (clearing its idle state, so the policy
 		 * does not also put a task there), or wake none: a busy CPU takes
@@ -383,7 +393,10 @@ static void dispatch_from_user(const struct dispatched_task *d)
 		} else {
 			count(&nr_user_dispatches);
 		}
-		ok = scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice, d->flags);
+		/* The kernel's enum values are only known once loaded. */
+		if (d->flags & BALLOT_ENQ_PREEMPT)
+			flags |= SCX_ENQ_PREEMPT;
+		ok = scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | cpu, slice, flags);
 	}
 	if (!ok)
 		count(&nr_failed_dispatches);
@@ -496,8 +509,11 @@ void BPF_STRUCT_OPS(ballot_runnable, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *tctx = lookup_task_ctx(p);
 
-	if (tctx)
+	if (tctx) {
 		tctx->exec_runtime = 0;
+		tctx->free_runtime = 0;
+		tctx->free = false;
+	}
 }
 
 void BPF_STRUCT_OPS(ballot_running, struct task_struct *p)
@@ -532,6 +548,8 @@ void BPF_STRUCT_OPS(ballot_stopping, struct task_struct *p, bool runnable)
 	if (tctx) {
 		tctx->stop_ts = now;
 		tctx->exec_runtime += now - tctx->start_ts;
+		if (tctx->free)
+			tctx->free_runtime += now - tctx->start_ts;
 	}
 }
 

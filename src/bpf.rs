@@ -29,6 +29,10 @@ use crate::stats::Metrics;
 /// `DispatchedTask::cpu` value meaning "no CPU chosen": the task goes to the
 /// shared queue, ordered by vtime, and the first free CPU runs it.
 pub const RL_CPU_ANY: i32 = bpf_intf::ballot_consts_BALLOT_CPU_ANY;
+/// [`DispatchedTask::flags`]: the task goes to the head of its CPU's local
+/// queue and that CPU gives up the task it runs at once (the kernel's
+/// `SCX_ENQ_PREEMPT`; only with a CPU, not [`RL_CPU_ANY`]).
+pub const RL_PREEMPT_CPU: u64 = bpf_intf::BALLOT_ENQ_PREEMPT;
 
 /// When the BPF side may put a waking task on an idle CPU without asking
 /// the policy (a round trip to user space saved per wake-up).
@@ -78,6 +82,10 @@ pub struct QueuedTask {
     pub stop_ts: u64,
     /// CPU time since it last became runnable (ns).
     pub exec_runtime: u64,
+    /// The part of `exec_runtime` it ran on past a slice by itself, while
+    /// the policy held nothing (the BPF side let it, so no decision of the
+    /// policy's is to pay for it).
+    pub free_runtime: u64,
     /// 1..=10000, 100 for nice 0.
     pub weight: u64,
     /// The vtime it was last dispatched with.
@@ -310,6 +318,7 @@ fn decode_queued(data: &[u8]) -> Option<QueuedTask> {
         start_ts: raw.start_ts,
         stop_ts: raw.stop_ts,
         exec_runtime: raw.exec_runtime,
+        free_runtime: raw.free_runtime,
         weight: raw.weight,
         vtime: raw.vtime,
         enq_seq: raw.enq_seq,

@@ -52,7 +52,7 @@ use anyhow::Result;
 use arc_swap::ArcSwap;
 
 use crate::ballot::standing_leader;
-use crate::bpf::{DispatchedTask, IdleDispatch, QueuedTask, RL_CPU_ANY};
+use crate::bpf::{DispatchedTask, IdleDispatch, QueuedTask, RL_CPU_ANY, RL_PREEMPT_CPU};
 use crate::election::membership::{Membership, Nudge};
 use crate::election::view::{Board, Mode, Standing};
 use crate::sched::{CpuUse, Dispatcher, Policy};
@@ -84,7 +84,10 @@ pub fn weights(standing: &Standing, mode: Mode, min_share: f64) -> BTreeMap<Stri
                 // min_share: leader / (leader + k) <= 1 - k * min_share.
                 let k = (w.len() - 1) as f64;
                 let m = min_share.clamp(0.001, 1.0 / (k + 1.0));
-                let lead = ((1.0 - k * m) / m).floor().max(1.0) as u64;
+                // (1 - 2 * 0.2) / 0.2 is 2.9999999999999996 in floating
+                // point: round away the error before taking the floor, or
+                // the leader weighs one less and losers get more.
+                let lead = ((1.0 - k * m) / m + 1e-9).floor().max(1.0) as u64;
                 w.insert(leader.to_string(), lead);
             }
         }
@@ -151,6 +154,12 @@ const SLOT_STALE: Duration = Duration::from_secs(1);
 /// another class would be due before it (fewer round trips to the policy;
 /// a vote still preempts it at once).
 const MAX_LEASE: u64 = 4;
+/// The most while no task of ours has woken for [`QUIET`]: only tasks
+/// that never sleep compete (burners), so no task that wakes waits behind
+/// a long lease, and each round trip saved is CPU time for them.
+const MAX_LEASE_QUIET: u64 = 16;
+/// See [`MAX_LEASE_QUIET`].
+const QUIET: Duration = Duration::from_secs(1);
 
 /// What a class was charged for a task on a CPU, to settle when the task
 /// comes back with what it really ran.
@@ -159,6 +168,7 @@ struct Charge {
     class: Arc<str>,
     ns: u64,
     exec_runtime: u64,
+    free_runtime: u64,
     stop_ts: u64,
 }
 
@@ -170,9 +180,6 @@ const BURST_SLICES: i64 = 1;
 const CAPPED_TURN: Duration = Duration::from_millis(200);
 /// The shortest slice a capped class is given.
 const MIN_CAPPED_SLICE_NS: u64 = 200_000;
-/// How far past its slice a task may run and still be charged for it: a
-/// slice ends at the next tick (4 ms at 250 Hz, 10 ms at 100 Hz).
-const OVERRUN_NS: u64 = 10_000_000;
 
 /// Charges kept at most for tasks on a CPU (one that exits never comes
 /// back to settle).
@@ -208,6 +215,8 @@ pub struct Election {
     /// Tasks on a CPU, by pid, with what their class was charged.
     charges: HashMap<i32, Charge>,
     last_refill: Option<Instant>,
+    /// When a task of ours last woke up (see [`MAX_LEASE_QUIET`]).
+    last_wakeup: Option<Instant>,
 }
 
 impl Election {
@@ -242,6 +251,7 @@ impl Election {
             budgets: HashMap::new(),
             charges: HashMap::new(),
             last_refill: None,
+            last_wakeup: None,
         }
     }
 
@@ -345,6 +355,9 @@ impl Election {
         let membership = self.membership.load_full();
         let mut stale = false;
         while let Some(task) = d.dequeue_task()? {
+            if task.wakeup {
+                self.last_wakeup = Some(Instant::now());
+            }
             let (class, stale_here) = self.class_of(&membership, &task);
             stale |= stale_here;
             self.settle(&task);
@@ -370,16 +383,19 @@ impl Election {
             return;
         };
         let ran = if !task.wakeup && task.exec_runtime >= c.exec_runtime {
-            task.exec_runtime - c.exec_runtime
+            // Not what it ran on past a slice by itself, while the policy
+            // held nothing (the BPF side let it, on a CPU nobody else
+            // wanted): no decision of the policy's, so no class pays.
+            let free = task.free_runtime.saturating_sub(c.free_runtime);
+            (task.exec_runtime - c.exec_runtime).saturating_sub(free)
         } else if task.stop_ts > c.stop_ts {
             task.stop_ts.saturating_sub(task.start_ts)
         } else {
             0
         };
-        // Time past the slice and a tick is not this decision's: the BPF
-        // side let the task run on by itself while nothing else waited
-        // (a CPU nobody else wanted), which no class pays for.
-        let ran = ran.min(c.ns + OVERRUN_NS);
+        // Everything else it ran was this decision's, however late the
+        // tick that ended its slice (a vCPU the host did not run for a
+        // while sees time jump).
         if let Some(b) = self.budgets.get_mut(&c.class) {
             b.ns += c.ns as i64 - ran as i64;
         }
@@ -440,8 +456,9 @@ impl Election {
     }
 
     /// Puts the best held task that may run now on `cpu` (or in the
-    /// shared queue, [`RL_CPU_ANY`]); false when there is none.
-    fn place(&mut self, d: &mut dyn Dispatcher, cpu: i32) -> Result<bool> {
+    /// shared queue, [`RL_CPU_ANY`]), with the dispatch `flags`; false when
+    /// there is none.
+    fn place(&mut self, d: &mut dyn Dispatcher, cpu: i32, flags: u64) -> Result<bool> {
         let cpus = d.nr_online_cpus();
         let mut waiting = Vec::new();
         let mut placed = false;
@@ -463,6 +480,7 @@ impl Election {
             out.cpu = cpu;
             out.vtime = finish;
             out.slice_ns = slice * slices;
+            out.flags = flags;
             d.dispatch_task(&out)?;
             if let Some(b) = self.budgets.get_mut(&class)
                 && self.classes.get(&class).is_some_and(|c| c.capped)
@@ -473,6 +491,7 @@ impl Election {
                 class: class.clone(),
                 ns: out.slice_ns,
                 exec_runtime: task.exec_runtime,
+                free_runtime: task.free_runtime,
                 stop_ts: task.stop_ts,
             };
             self.charges.insert(pid, charge);
@@ -526,7 +545,8 @@ impl Election {
 
     /// How many slices in a row a task of `class`, whose slice ends at
     /// tag `finish`, may run: as long as no held task of another class is
-    /// due before its next slice would end (at most [`MAX_LEASE`]). The
+    /// due before its next slice would end (at most [`MAX_LEASE`], or
+    /// [`MAX_LEASE_QUIET`] while no task wakes). The
     /// class pays for all of them now. Capped classes get one.
     fn lease(&mut self, class: &Arc<str>, finish: u64) -> u64 {
         let Some(c) = self.classes.get(class) else {
@@ -553,7 +573,9 @@ impl Election {
             .map(|k| self.next_tag(k));
         let due = held.chain(running).min().unwrap_or(u64::MAX);
         let mut slices = 1;
-        while slices < MAX_LEASE && finish.saturating_add(slices * step) < due {
+        let quiet = self.last_wakeup.is_none_or(|t| t.elapsed() >= QUIET);
+        let most = if quiet { MAX_LEASE_QUIET } else { MAX_LEASE };
+        while slices < most && finish.saturating_add(slices * step) < due {
             slices += 1;
         }
         if let Some(c) = self.classes.get_mut(class) {
@@ -617,7 +639,7 @@ impl Election {
             let Some((_, _, finish)) = self.best(cpus) else {
                 return Ok(());
             };
-            if finish >= returns_at || !self.place(d, RL_CPU_ANY)? {
+            if finish >= returns_at || !self.place(d, RL_CPU_ANY, 0)? {
                 return Ok(());
             }
             ready += 1;
@@ -627,20 +649,43 @@ impl Election {
 
     /// The standing moved CPU away from `shrunk`: CPUs running their tasks
     /// give them up now, as many as there are tasks of other classes
-    /// waiting, so a new leader runs at once instead of after a slice.
-    fn preempt(&mut self, d: &mut dyn Dispatcher, shrunk: &[Arc<str>]) {
-        let waiting = self.tasks.values().filter(|(_, class)| !shrunk.contains(class)).count();
-        let cpus: Vec<i32> = self
+    /// waiting, so a new leader runs at once instead of after a slice. The
+    /// best waiting task is put on each such CPU before it is preempted, so
+    /// the CPU takes it straight away instead of going idle until the
+    /// preempted task has been to the policy and back.
+    fn preempt(&mut self, d: &mut dyn Dispatcher, shrunk: &[Arc<str>]) -> Result<()> {
+        let cpus = d.nr_online_cpus();
+        let victims: Vec<i32> = self
             .slots
             .iter()
             .enumerate()
             .filter(|(_, slot)| slot.running.as_ref().is_some_and(|(_, c)| shrunk.contains(c)))
             .map(|(cpu, _)| cpu as i32)
-            .take(waiting)
             .collect();
-        for cpu in cpus {
+        // Decisions of other classes already in the shared queue: a CPU
+        // that gives up its task takes one of them.
+        let mut queued = self
+            .ahead
+            .iter()
+            .filter(|(on, _)| on.as_ref().is_some_and(|(_, c)| !shrunk.contains(c)))
+            .count();
+        for cpu in victims {
+            let held = self
+                .best(cpus)
+                .is_some_and(|(pid, ..)| self.tasks.get(&pid).is_some_and(|(_, c)| !shrunk.contains(c)));
+            if held {
+                // At the head of the CPU's local queue, ahead of a task of
+                // the shrunk class that waits there (one preempted by a
+                // fair-class task such as this policy's own thread).
+                self.place(d, cpu, RL_PREEMPT_CPU)?;
+            } else if queued > 0 {
+                queued -= 1;
+            } else {
+                break;
+            }
             d.preempt_cpu(cpu);
         }
+        Ok(())
     }
 }
 
@@ -657,7 +702,7 @@ impl Policy for Election {
         }
         self.take_queued(d)?;
         if !shrunk.is_empty() {
-            self.preempt(d, &shrunk);
+            self.preempt(d, &shrunk)?;
         }
         // Every idle CPU takes the best waiting task. A CPU goes idle only
         // after the task that ran there was queued to the policy (the kernel
@@ -672,7 +717,7 @@ impl Policy for Election {
                 break;
             }
             self.take_queued(d)?;
-            self.place(d, cpu)?;
+            self.place(d, cpu, 0)?;
         }
         // No CPU is idle, as far as the kernel's idle tracking tells; but
         // the CPU this policy runs on looks busy only because it does. When
@@ -696,7 +741,7 @@ impl Policy for Election {
             .and_then(|i| self.slots.get(i))
             .is_some_and(|s| s.running.is_some() && s.since.is_some_and(|t| now - t < SLOT_STALE));
         if local_here == 0 && in_transit == 0 && cpu >= 0 && !ours_here && !self.tasks.is_empty() {
-            self.place(d, cpu)?;
+            self.place(d, cpu, 0)?;
         }
         self.queue_ahead(d, cpus)
     }
@@ -768,6 +813,21 @@ mod tests {
         assert_eq!(w[UNAFFILIATED], 1);
         let total: u64 = w.values().sum();
         assert!(1.0 / total as f64 >= 0.05);
+    }
+
+    #[test]
+    fn winner_weights_are_exact_where_floating_point_is_not() {
+        // 20%: blue weighs 3 (red and the unaffiliated class 1 each, 20%).
+        let w = weights(&standing(1, &[("blue", 5), ("red", 2)]), Mode::Winner, 0.2);
+        assert_eq!(w["blue"], 3);
+        for m in [0.005, 0.01, 0.05, 0.1, 0.2, 0.25, 0.3] {
+            let w = weights(&standing(1, &[("blue", 5), ("red", 2)]), Mode::Winner, m);
+            let total: u64 = w.values().sum();
+            let share = 1.0 / total as f64;
+            assert!(share >= m - 1e-12, "{m}: {w:?}");
+            // One more weight for the leader would leave less than m.
+            assert!(1.0 / ((total + 1) as f64) < m, "{m}: {w:?}");
+        }
     }
 
     #[test]
@@ -1082,15 +1142,45 @@ mod tests {
         d.idle_cpus.extend([0, 1]);
         p.schedule(&mut d).unwrap();
         let placed: Vec<(i32, i32)> = d.dispatched.iter().map(|t| (t.pid, t.cpu)).collect();
-        assert_eq!(placed, [(3, 0), (4, 1)]);
+        // Blue's leases end when red's slice is due: red is sure to go
+        // next, so it waits in the shared queue.
+        assert_eq!(placed, [(3, 0), (4, 1), (1, RL_CPU_ANY)]);
         d.local_here = 1;
         p.schedule(&mut d).unwrap();
         assert!(d.preempted.is_empty(), "no change, no preemption");
-        // Red takes the lead: one of blue's CPUs gives its task up at once,
-        // for the one task of red that waits.
+        // Red takes the lead: one of blue's CPUs gives its task up at once
+        // and takes red's from the shared queue.
         board.standing.store(Arc::new(standing(2, &[("blue", 1), ("red", 2)])));
         p.schedule(&mut d).unwrap();
         assert_eq!(d.preempted, [0]);
+        // The CPU takes red's task from the shared queue: nothing placed.
+        assert_eq!(d.dispatched.len(), 3);
+    }
+
+    #[test]
+    fn a_new_leaders_held_task_is_on_its_way_to_the_cpu_it_preempts() {
+        let (mut p, mut d) = red_waits_blue_leads();
+        let board = p.board.clone();
+        let mut m = Membership::default();
+        for (pid, c) in [(1, "red"), (5, "red"), (3, "blue"), (4, "blue")] {
+            seen(&mut m, pid, Some(c));
+        }
+        p.membership.store(Arc::new(m));
+        d.queue.extend([task(3, 100, 0, 1), task(4, 100, 0, 1), task(1, 100, 0, 1), task(5, 100, 0, 1)]);
+        d.idle_cpus.extend([0, 1]);
+        d.local_here = 1;
+        p.schedule(&mut d).unwrap();
+        let placed: Vec<(i32, i32)> = d.dispatched.iter().map(|t| (t.pid, t.cpu)).collect();
+        assert_eq!(placed, [(3, 0), (4, 1), (1, RL_CPU_ANY)], "red's second task is held");
+        board.standing.store(Arc::new(standing(2, &[("blue", 1), ("red", 2)])));
+        p.schedule(&mut d).unwrap();
+        // Both of blue's CPUs give their tasks up: one takes red's held
+        // task, sent ahead of it, the other red's from the shared queue.
+        assert_eq!(d.preempted, [0, 1]);
+        // Red's task is already on its way to that CPU: it runs as soon as
+        // blue's task is off, without another round through the policy.
+        let last = d.dispatched.last().unwrap();
+        assert_eq!((last.pid, last.cpu, last.flags), (5, 0, RL_PREEMPT_CPU));
     }
 
     /// One burner per candidate on 2 CPUs, blue leading, for 4 s.

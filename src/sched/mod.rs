@@ -258,6 +258,7 @@ pub mod fake {
             start_ts: start,
             stop_ts: stop,
             exec_runtime: stop - start,
+            free_runtime: 0,
             weight,
             vtime: 0,
             enq_seq: 1,
