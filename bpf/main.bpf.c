@@ -114,6 +114,7 @@ struct task_ctx {
 	u64 start_ts;		/* last time it started running */
 	u64 stop_ts;		/* last time it stopped running */
 	u64 exec_runtime;	/* CPU time since it last became runnable */
+	u64 start_sum;		/* its sum_exec_runtime when it last started */
 	u64 free_runtime;	/* the part of it run on without the policy */
 	bool free;		/* runs on without the policy's decision */
 	u64 enq_seq;		/* bumped at every enqueue sent to user space */
@@ -534,8 +535,10 @@ void BPF_STRUCT_OPS(ballot_running, struct task_struct *p)
 		__sync_fetch_and_add(&nr_running, 1);
 	if (prog)
 		__sync_fetch_and_add(&prog->started, 1);
-	if (tctx)
+	if (tctx) {
 		tctx->start_ts = scx_bpf_now();
+		tctx->start_sum = p->se.sum_exec_runtime;
+	}
 }
 
 void BPF_STRUCT_OPS(ballot_stopping, struct task_struct *p, bool runnable)
@@ -546,10 +549,18 @@ void BPF_STRUCT_OPS(ballot_stopping, struct task_struct *p, bool runnable)
 	if (!is_usersched_task(p))
 		__sync_fetch_and_sub(&nr_running, 1);
 	if (tctx) {
+		/*
+		 * What the kernel itself counts as its CPU time (what /proc and
+		 * top show), not the clock's distance from start to stop: on an
+		 * overcommitted virtual machine the two part ways (a capped task
+		 * on 4 vCPUs of 2 host cores ran twice what the clock said).
+		 */
+		u64 ran = p->se.sum_exec_runtime - tctx->start_sum;
+
 		tctx->stop_ts = now;
-		tctx->exec_runtime += now - tctx->start_ts;
+		tctx->exec_runtime += ran;
 		if (tctx->free)
-			tctx->free_runtime += now - tctx->start_ts;
+			tctx->free_runtime += ran;
 	}
 }
 

@@ -70,17 +70,19 @@ fn share_around(min_share: f64) -> Vec<(f64, &'static str)> {
 /// the small ones as without the cap (`base`), and from where they end,
 /// whole CPUs, so a one-process candidate reads `one CPU` whatever the
 /// number of vCPUs (a machine part would read `half` at 2 and `quarter` at
-/// 4).
+/// 4). `one CPU` spans 0.7 to 1.3: with 4 vCPUs on 2 host cores a lone
+/// burner on a CPU of its own measured 0.83 of one (its vCPU waits for a
+/// host core, which the guest cannot see).
 fn cap_table(base: &[(f64, &'static str)], cpus: u32) -> Vec<(f64, &'static str)> {
     let cpu = 100.0 / cpus.max(1) as f64;
     let top = ABOVE_MIN_UP_TO.min(cpu / 2.0);
     let mut t: Vec<(f64, &'static str)> = base.iter().copied().filter(|(lo, _)| *lo < top).collect();
     let whole = [
         (top, "under one CPU"),
-        (0.85 * cpu, "one CPU"),
-        (1.15 * cpu, "over one CPU"),
-        (1.85 * cpu, "two CPUs"),
-        (2.15 * cpu, "over two CPUs"),
+        (0.7 * cpu, "one CPU"),
+        (1.3 * cpu, "over one CPU"),
+        (1.7 * cpu, "two CPUs"),
+        (2.3 * cpu, "over two CPUs"),
     ];
     t.extend(whole);
     t
