@@ -188,10 +188,22 @@ pub struct SchedOpts {
     #[arg(long = "allow-host", value_name = "NAME", help_heading = "Election")]
     pub allow_hosts: Vec<String>,
 
-    /// Election: the least time between two votes of the same voter, in
-    /// milliseconds (0: no limit). Cheap protection against a voter script.
+    /// Election: the least time between two votes of the same voter, and
+    /// between two votes from the same client address (an IPv6 client by
+    /// its /64), in milliseconds (0: no limit). Cheap protection against a
+    /// voter script, even one that changes its voter id at every vote.
+    /// Phones behind one NAT address share its allowance: use it where
+    /// voters reach the server on a LAN, or put a proxy in front and see
+    /// --trust-forwarded-for.
     #[arg(long, default_value_t = 0, help_heading = "Election")]
     pub vote_interval_ms: u64,
+
+    /// Election: take a voter's address for --vote-interval-ms from the
+    /// last X-Forwarded-For entry (what a reverse proxy in front of
+    /// scx_ballot saw), not from the connection. Only behind such a proxy:
+    /// without one, any client can name any address.
+    #[arg(long, help_heading = "Election")]
+    pub trust_forwarded_for: bool,
 
     /// Election: the votes journal. Every acknowledged change is appended
     /// and synced to disk before the answer, and replayed at start; without

@@ -88,6 +88,7 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
         admin_token: admin_token.clone(),
         allow_hosts: opts.allow_hosts.clone(),
         vote_interval_ms: opts.vote_interval_ms,
+        trust_forwarded_for: opts.trust_forwarded_for,
         max_body: ServerConfig::DEFAULT_MAX_BODY,
     };
     let server = server::spawn_on(listener, cfg, store.clone(), board.clone())

@@ -59,6 +59,8 @@ pub(super) struct Request {
     content_length: u64,
     keep_alive: bool,
     expect_continue: bool,
+    /// The address of the client's end of the connection.
+    pub peer: Option<IpAddr>,
 }
 
 impl Request {
@@ -408,6 +410,7 @@ fn serve_connection(stream: TcpStream, app: &dyn App, limits: &Limits) {
         return;
     }
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
@@ -416,7 +419,7 @@ fn serve_connection(stream: TcpStream, app: &dyn App, limits: &Limits) {
     for served in 1..=limits.max_requests_per_connection {
         let deadline = Instant::now() + limits.request_timeout;
         let request = match read_request(&mut conn, deadline, limits) {
-            Ok(Some(request)) => request,
+            Ok(Some(request)) => Request { peer, ..request },
             // The client left, or stayed idle past the deadline.
             Ok(None) => return,
             Err(e) => {
@@ -579,6 +582,7 @@ fn parse_head(head: &[u8], limits: &Limits) -> Result<Request, ApiError> {
         content_length: content_length.unwrap_or(0),
         keep_alive,
         expect_continue,
+        peer: None,
     })
 }
 

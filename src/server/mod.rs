@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,14 @@ pub struct ServerConfig {
     /// admin routes are open on a loopback listener, and a random token is
     /// generated for any other.
     pub admin_token: Option<String>,
-    /// Least time between two accepted votes of one voter (0: no limit).
+    /// Least time between two accepted votes of one voter, and of one
+    /// client address (0: no limit).
     pub vote_interval_ms: u64,
+    /// Take a client's address for the vote interval from the last entry
+    /// of `X-Forwarded-For` (what a reverse proxy in front saw), not from
+    /// the connection. Only behind such a proxy: otherwise any client can
+    /// name any address.
+    pub trust_forwarded_for: bool,
     /// Largest request body, in bytes.
     pub max_body: usize,
     /// Host names (besides IP addresses and `localhost`) that requests may
@@ -63,6 +69,7 @@ impl ServerConfig {
             listen,
             admin_token: None,
             vote_interval_ms: 0,
+            trust_forwarded_for: false,
             max_body: Self::DEFAULT_MAX_BODY,
             allow_hosts: Vec::new(),
         }
@@ -154,6 +161,8 @@ fn spawn_with_on(
         max_body: cfg.max_body,
         vote_interval: Duration::from_millis(cfg.vote_interval_ms),
         last_vote: Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS)),
+        last_vote_from: Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS)),
+        trust_forwarded_for: cfg.trust_forwarded_for,
         allow_hosts: cfg.allow_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     });
     let running = http::serve(listener, api, limits)
@@ -456,6 +465,10 @@ struct Api {
     vote_interval: Duration,
     /// When each voter's last vote was accepted (only with an interval).
     last_vote: Mutex<RateLimiter>,
+    /// The same, by client address: a script that changes its voter id at
+    /// every vote is still held to one vote per interval.
+    last_vote_from: Mutex<RateLimiter>,
+    trust_forwarded_for: bool,
     /// Lower-case names allowed in `Host` besides IPs and localhost.
     allow_hosts: Vec<String>,
 }
@@ -486,7 +499,11 @@ fn check_same_origin(request: &Request) -> Result<(), ApiError> {
     if same { Ok(()) } else { Err(ApiError::CrossOrigin(origin.to_owned())) }
 }
 
-/// Voters tracked at most by the rate limiter: with more distinct voters
+fn lock(limiter: &Mutex<RateLimiter>) -> std::sync::MutexGuard<'_, RateLimiter> {
+    limiter.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Voters (and client addresses) tracked at most by the rate limiter: with more distinct voters
 /// inside one interval, new voters are refused (429) until some expire.
 const MAX_TRACKED_VOTERS: usize = 100_000;
 
@@ -615,7 +632,7 @@ impl Api {
             Route::Tally => Ok(json_response(200, &Tally::of(&self.board.standing.load()))),
             Route::Vote => {
                 let VoteBody { candidate, voter } = parse(&raw)?;
-                self.vote(candidate, voter)
+                self.vote(request, candidate, voter)
             }
             Route::Reset => self.submit(Event::ResetVotes, 200),
             Route::Candidates => Ok(self.candidates()),
@@ -670,25 +687,58 @@ impl Api {
         Ok(json_response(status, &Tally::of(&standing)))
     }
 
-    fn vote(&self, candidate: String, voter: String) -> Result<Response, ApiError> {
+    fn vote(&self, request: &Request, candidate: String, voter: String) -> Result<Response, ApiError> {
         let event = Event::Vote { candidate, voter: voter.clone() };
         if self.vote_interval.is_zero() {
             return self.submit(event, 200);
         }
-        // The voter's slot is taken before the submit and given back if it
-        // fails, so two votes of one voter cannot both pass and the lock is
-        // not held across the journal's disk write.
+        // The voter's and the address's slots are taken before the submit
+        // and given back if it fails, so two votes of one voter (or from
+        // one address) cannot both pass, and no lock is held across the
+        // journal's disk write.
         let now = Instant::now();
-        let previous = self.limiter().admit(&voter, now, self.vote_interval)?;
+        let from = self.client_address(request);
+        let previous = lock(&self.last_vote).admit(&voter, now, self.vote_interval)?;
+        let previous_from = match &from {
+            Some(addr) => match lock(&self.last_vote_from).admit(addr, now, self.vote_interval) {
+                Ok(p) => p,
+                Err(e) => {
+                    lock(&self.last_vote).undo(&voter, now, previous);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let result = self.submit(event, 200);
         if result.is_err() {
-            self.limiter().undo(&voter, now, previous);
+            lock(&self.last_vote).undo(&voter, now, previous);
+            if let Some(addr) = &from {
+                lock(&self.last_vote_from).undo(addr, now, previous_from);
+            }
         }
         result
     }
 
-    fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
-        self.last_vote.lock().unwrap_or_else(|p| p.into_inner())
+    /// Who a vote comes from, for the vote interval: the connection's
+    /// address, or with `trust_forwarded_for` the last `X-Forwarded-For`
+    /// entry. An IPv6 client counts by its /64 (one host usually holds a
+    /// whole /64 and can pick any address in it).
+    fn client_address(&self, request: &Request) -> Option<String> {
+        let forwarded = || {
+            let list = request.header("x-forwarded-for")?;
+            list.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+        };
+        let ip = if self.trust_forwarded_for { forwarded().or(request.peer) } else { request.peer };
+        Some(match ip? {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => {
+                    let s = v6.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+        })
     }
 
     fn candidates(&self) -> Response {

@@ -127,6 +127,60 @@ fn vote(addr: SocketAddr, candidate: &str, voter: &str) -> Reply {
     call(addr, "POST", "/votes", Some(json!({"candidate": candidate, "voter": voter})))
 }
 
+/// A connection to `addr` (IPv4 loopback) from the loopback address `from`
+/// (any of 127.0.0.0/8), so that tests can play several clients.
+fn connect_from(addr: SocketAddr, from: std::net::Ipv4Addr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = addr else { panic!("an IPv4 server address: {addr}") };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns, with
+    // sockaddr_in values that outlive them; the descriptor goes to the
+    // TcpStream only once connected.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(from, 0);
+        let rc = libc::bind(fd, (&raw const local).cast(), len);
+        assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+        let remote = sockaddr(*to.ip(), to.port());
+        let rc = libc::connect(fd, (&raw const remote).cast(), len);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT)).expect("read timeout");
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT)).expect("write timeout");
+        stream
+    }
+}
+
+/// A vote sent from the loopback address `from`, with extra headers.
+fn vote_from(
+    addr: SocketAddr,
+    from: std::net::Ipv4Addr,
+    headers: &[(&str, &str)],
+    candidate: &str,
+    voter: &str,
+) -> Reply {
+    let body = json!({"candidate": candidate, "voter": voter}).to_string();
+    let mut req = format!(
+        "POST /votes HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    let mut stream = connect_from(addr, from);
+    stream.write_all(req.as_bytes()).expect("send");
+    read_reply(&mut BufReader::new(stream))
+}
+
 struct Fixture {
     handle: ServerHandle,
     store: Arc<Store>,
@@ -592,15 +646,53 @@ fn votes_of_one_voter_are_rate_limited_when_asked() {
     assert_eq!((r.status, r.code()), (429, "rate_limited"), "{r:?}");
     let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
     assert!((1..=60).contains(&retry), "{retry}");
-    assert_eq!(vote(f.addr(), "blue", "bo").status, 200, "other voters are not limited");
-    assert_eq!(vote(f.addr(), "nope", "cy").status, 404);
-    assert_eq!(vote(f.addr(), "blue", "cy").status, 200, "a refused vote does not count");
+    let other = |n: u8| std::net::Ipv4Addr::new(127, 0, 0, n);
+    let r = vote_from(f.addr(), other(2), &[], "blue", "ana");
+    assert_eq!(r.status, 429, "a voter is limited from any address: {r:?}");
+    assert_eq!(vote_from(f.addr(), other(3), &[], "blue", "bo").status, 200, "other voters are not limited");
+    assert_eq!(vote_from(f.addr(), other(4), &[], "nope", "cy").status, 404);
+    assert_eq!(vote_from(f.addr(), other(4), &[], "blue", "cy").status, 200, "a refused vote does not count");
     assert_eq!(f.store.standing().candidates[0].votes, 3);
 
     let f = start(&["blue"]);
     for _ in 0..3 {
         assert_eq!(vote(f.addr(), "blue", "ana").status, 200, "no interval, no limit");
     }
+}
+
+#[test]
+fn a_script_that_changes_its_voter_id_is_held_by_its_address() {
+    let ip = |n: u8| std::net::Ipv4Addr::new(127, 0, 0, n);
+    let f = start_with(&["blue"], test_limits(), |c| c.vote_interval_ms = 60_000);
+    assert_eq!(vote_from(f.addr(), ip(10), &[], "blue", "v1").status, 200);
+    for i in 2..20 {
+        let r = vote_from(f.addr(), ip(10), &[], "blue", &format!("v{i}"));
+        assert_eq!((r.status, r.code()), (429, "rate_limited"), "voter v{i}: {r:?}");
+    }
+    // The refusals did not take the new voters' slots: from another
+    // address they vote.
+    assert_eq!(vote_from(f.addr(), ip(11), &[], "blue", "v2").status, 200);
+    // X-Forwarded-For names nobody unless the server is told to trust it.
+    let xff = [("X-Forwarded-For", "203.0.113.7")];
+    assert_eq!(vote_from(f.addr(), ip(10), &xff, "blue", "v3").status, 429, "not trusted");
+    assert_eq!(f.store.standing().candidates[0].votes, 2);
+
+    let f = start_with(&["blue"], test_limits(), |c| {
+        c.vote_interval_ms = 60_000;
+        c.trust_forwarded_for = true;
+    });
+    // Behind a proxy every vote comes from the proxy's address; the last
+    // X-Forwarded-For entry is the client the proxy saw.
+    let from = |a: &'static str| [("X-Forwarded-For", a)];
+    assert_eq!(vote_from(f.addr(), ip(10), &from("198.51.100.1"), "blue", "a").status, 200);
+    assert_eq!(vote_from(f.addr(), ip(10), &from("10.0.0.9, 198.51.100.2"), "blue", "b").status, 200);
+    let r = vote_from(f.addr(), ip(10), &from("198.51.100.9, 198.51.100.1"), "blue", "c");
+    assert_eq!(r.status, 429, "only the last entry counts: {r:?}");
+    // IPv6 clients count by their /64.
+    assert_eq!(vote_from(f.addr(), ip(10), &from("2001:db8:1:2::1"), "blue", "d").status, 200);
+    assert_eq!(vote_from(f.addr(), ip(10), &from("2001:db8:1:2::ff"), "blue", "e").status, 429);
+    assert_eq!(vote_from(f.addr(), ip(10), &from("2001:db8:1:3::1"), "blue", "f").status, 200);
+    assert_eq!(f.store.standing().candidates[0].votes, 4);
 }
 
 #[test]
