@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use clap::builder::ArgPredicate;
 use clap::{Args, Parser, Subcommand};
 
+use crate::ballot::Counting;
 use crate::bpf::{IdleDispatch, InitOpts};
 use crate::election::view::Mode;
 use crate::policy::PolicyName;
@@ -197,6 +198,16 @@ pub struct SchedOpts {
     /// --trust-forwarded-for.
     #[arg(long, default_value_t = 0, help_heading = "Election")]
     pub vote_interval_ms: u64,
+
+    /// Election: how votes count. `one-per-voter` (the default): each voter
+    /// id holds one current vote, a new vote moves it, and a candidate's
+    /// count is its voters, as in a room where everyone votes once and may
+    /// change their mind (at most 100,000 voters). `cumulative`: every
+    /// accepted vote adds one (for scripted loads and applause-style
+    /// events; pair it with --vote-interval-ms). The journal keeps every
+    /// vote with its voter, so it replays under either.
+    #[arg(long, value_enum, default_value_t = Counting::OnePerVoter, help_heading = "Election")]
+    pub counting: Counting,
 
     /// Election: take a voter's address for --vote-interval-ms from the
     /// last X-Forwarded-For entry (what a reverse proxy in front of

@@ -62,7 +62,8 @@ fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
     // The port first: a start that cannot serve must fail before the
     // journal is opened (and written).
     let listener = server::bind(opts.listen)?;
-    let (store, warnings) = Store::open(opts.votes_file.as_deref(), initial, board.clone())
+    let (store, warnings) =
+        Store::open_counting(opts.votes_file.as_deref(), initial, board.clone(), opts.counting)
         .context("opening the ballot")?;
     for w in warnings {
         warn!("{w}");

@@ -25,6 +25,8 @@ pub const MAX_MEMBERS: usize = 256;
 pub const MAX_NAME_CHARS: usize = 64;
 /// Longest voter id, in characters.
 pub const MAX_VOTER_CHARS: usize = 128;
+/// Most voters a one-vote-per-voter ballot remembers (their current votes).
+pub const MAX_VOTERS: usize = 100_000;
 /// Longest command name, in bytes (the kernel's `TASK_COMM_LEN` minus the NUL).
 pub const MAX_COMM_BYTES: usize = 15;
 /// Longest cgroup path, in bytes.
@@ -33,10 +35,22 @@ pub const MAX_CGROUP_BYTES: usize = 4096;
 /// One change to the ballot: what a request asks for and what the journal
 /// stores, one JSON object tagged by `"event"`, e.g.
 /// `{"event":"vote","candidate":"blue","voter":"ana"}`.
+/// How votes count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Counting {
+    /// Each voter holds one current vote: voting again moves it to the
+    /// new candidate, and a candidate's count is its voters.
+    #[default]
+    OnePerVoter,
+    /// Every accepted vote adds one, whoever casts it.
+    Cumulative,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
-    /// One more vote for `candidate`.
+    /// A vote of `voter` for `candidate` (one more, or moved there: see
+    /// [`Counting`]).
     Vote { candidate: String, voter: String },
     /// A new candidate, with no votes, after the existing ones.
     CreateCandidate {
@@ -82,6 +96,8 @@ pub enum BallotError {
     NoSuchProcess(i32),
     TooManyCandidates,
     TooManyMembers(String),
+    /// A new voter, with [`MAX_VOTERS`] voters already holding a vote.
+    TooManyVoters,
 }
 
 impl fmt::Display for BallotError {
@@ -114,6 +130,9 @@ impl fmt::Display for BallotError {
             BallotError::TooManyMembers(name) => {
                 write!(f, "candidate {name:?} has too many members (at most {MAX_MEMBERS})")
             }
+            BallotError::TooManyVoters => {
+                write!(f, "too many voters (at most {MAX_VOTERS} hold a vote)")
+            }
         }
     }
 }
@@ -134,6 +153,7 @@ impl BallotError {
             BallotError::NoSuchProcess(_) => "no_such_process",
             BallotError::TooManyCandidates => "too_many_candidates",
             BallotError::TooManyMembers(_) => "too_many_members",
+            BallotError::TooManyVoters => "too_many_voters",
         }
     }
 }
@@ -147,18 +167,46 @@ struct Candidate {
 
 /// Candidates in creation order with their membership rules and vote counts.
 ///
-/// Votes are counted per candidate; who voted is not kept (the server's rate
-/// limit keeps its own last-vote times). Deleting a candidate drops its
-/// votes. A member process that exits is the scheduler side's business: the
+/// With [`Counting::OnePerVoter`] (the default) the ballot remembers each
+/// voter's current candidate, at most [`MAX_VOTERS`] of them; with
+/// [`Counting::Cumulative`] votes are only counted, and who voted is not
+/// kept (the server's rate limit keeps its own last-vote times). Deleting a
+/// candidate drops its votes (its voters hold none until they vote again).
+/// A member process that exits is the scheduler side's business: the
 /// candidate, its rules and its votes stay.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ballot {
     candidates: Vec<Candidate>,
+    counting: Counting,
+    /// One vote per voter: each voter's current candidate.
+    voters: std::collections::HashMap<String, std::sync::Arc<str>>,
+    /// Voters held by the ballot this one checks for (see
+    /// [`Ballot::checker`]) and not in `voters`.
+    voters_elsewhere: usize,
 }
 
 impl Ballot {
     pub fn new() -> Self {
         Ballot::default()
+    }
+
+    /// An empty ballot that counts votes as `counting` says.
+    pub fn counting(counting: Counting) -> Self {
+        Ballot { counting, ..Ballot::default() }
+    }
+
+    /// A copy that checks events as this ballot would, for changes queued
+    /// behind others not applied yet, without copying who voted for whom
+    /// (a vote's check does not depend on it; near [`MAX_VOTERS`] it may
+    /// take a known voter for a new one). Its vote counts are not to be
+    /// read.
+    pub fn checker(&self) -> Ballot {
+        Ballot {
+            candidates: self.candidates.clone(),
+            counting: self.counting,
+            voters: Default::default(),
+            voters_elsewhere: self.voters.len() + self.voters_elsewhere,
+        }
     }
 
     /// Whether `event` would apply, without changing anything.
@@ -167,6 +215,12 @@ impl Ballot {
             Event::Vote { candidate, voter } => {
                 validate_voter(voter)?;
                 self.find(candidate)?;
+                if self.counting == Counting::OnePerVoter
+                    && !self.voters.contains_key(voter)
+                    && self.voters.len() + self.voters_elsewhere >= MAX_VOTERS
+                {
+                    return Err(BallotError::TooManyVoters);
+                }
             }
             Event::CreateCandidate { name, members } => {
                 validate_name(name)?;
@@ -217,7 +271,16 @@ impl Ballot {
     pub fn apply(&mut self, event: &Event) -> Result<(), BallotError> {
         self.check(event)?;
         match event {
-            Event::Vote { candidate, .. } => {
+            Event::Vote { candidate, voter } => {
+                if self.counting == Counting::OnePerVoter {
+                    let name: std::sync::Arc<str> = std::sync::Arc::from(candidate.as_str());
+                    if let Some(before) = self.voters.insert(voter.clone(), name)
+                        && let Some(i) = self.position(&before)
+                    {
+                        let c = &mut self.candidates[i];
+                        c.votes = c.votes.saturating_sub(1);
+                    }
+                }
                 let c = self.find_mut(candidate);
                 c.votes = c.votes.saturating_add(1);
             }
@@ -226,14 +289,20 @@ impl Ballot {
                 members: members.clone(),
                 votes: 0,
             }),
-            Event::DeleteCandidate { name } => self.candidates.retain(|c| c.name != *name),
+            Event::DeleteCandidate { name } => {
+                self.candidates.retain(|c| c.name != *name);
+                self.voters.retain(|_, c| **c != **name);
+            }
             Event::AddMember { candidate, member } => {
                 self.find_mut(candidate).members.push(member.clone())
             }
             Event::RemoveMember { candidate, member } => {
                 self.find_mut(candidate).members.retain(|m| !matches_rule(m, member))
             }
-            Event::ResetVotes => self.candidates.iter_mut().for_each(|c| c.votes = 0),
+            Event::ResetVotes => {
+                self.candidates.iter_mut().for_each(|c| c.votes = 0);
+                self.voters.clear();
+            }
         }
         Ok(())
     }
@@ -511,8 +580,48 @@ mod tests {
     }
 
     #[test]
+    fn one_voter_holds_one_vote_and_moves_it() {
+        let mut b = ballot(&["blue", "green"]);
+        b.apply(&vote("green", "ana")).expect("vote");
+        b.apply(&vote("green", "ana")).expect("the same vote again");
+        assert_eq!(b.tally(), BTreeMap::from([("blue".into(), 0), ("green".into(), 1)]));
+        b.apply(&vote("blue", "ana")).expect("ana changes her mind");
+        b.apply(&vote("blue", "bo")).expect("vote");
+        b.apply(&vote("green", "cy")).expect("vote");
+        assert_eq!(b.tally(), BTreeMap::from([("blue".into(), 2), ("green".into(), 1)]));
+        // A deleted candidate's voters hold no vote until they vote again.
+        b.apply(&Event::DeleteCandidate { name: "blue".into() }).expect("delete");
+        b.apply(&Event::CreateCandidate { name: "blue".into(), members: vec![] }).expect("create");
+        b.apply(&vote("green", "ana")).expect("vote");
+        assert_eq!(b.tally(), BTreeMap::from([("blue".into(), 0), ("green".into(), 2)]));
+        b.apply(&Event::ResetVotes).expect("reset");
+        b.apply(&vote("blue", "cy")).expect("vote");
+        assert_eq!(b.tally(), BTreeMap::from([("blue".into(), 1), ("green".into(), 0)]));
+    }
+
+    #[test]
+    fn voters_are_bounded_and_known_ones_may_always_move() {
+        let mut b = ballot(&["blue", "green"]);
+        for i in 0..MAX_VOTERS {
+            b.apply(&vote("blue", &format!("v{i}"))).expect("room");
+        }
+        assert_eq!(b.check(&vote("blue", "one too many")), Err(BallotError::TooManyVoters));
+        b.apply(&vote("green", "v7")).expect("a known voter moves");
+        assert_eq!(b.tally()["green"], 1);
+        // The checker of queued changes refuses new voters too.
+        assert_eq!(b.checker().check(&vote("blue", "new")), Err(BallotError::TooManyVoters));
+        let mut cumulative = Ballot::counting(Counting::Cumulative);
+        cumulative.apply(&Event::CreateCandidate { name: "blue".into(), members: vec![] }).expect("create");
+        for i in 0..10 {
+            cumulative.apply(&vote("blue", &format!("v{i}"))).expect("no voters kept");
+        }
+        assert!(cumulative.voters.is_empty());
+    }
+
+    #[test]
     fn votes_are_counted_and_the_leader_has_the_most() {
         let mut b = ballot(&["blue", "green"]);
+        b.counting = Counting::Cumulative;
         assert_eq!(b.leader(), None, "no votes, no leader");
         b.apply(&vote("green", "ana")).expect("vote");
         b.apply(&vote("green", "ana")).expect("the same voter may vote again");

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use anyhow::Context;
 
-use super::{Ballot, BallotError, Event};
+use super::{Ballot, BallotError, Counting, Event};
 use crate::election::membership::{current_boot_id, parse_status};
 use crate::election::view::{Board, Member, Standing};
 use crate::journal::Journal;
@@ -114,8 +114,19 @@ impl Store {
         initial: Vec<(String, Vec<Member>)>,
         board: Arc<Board>,
     ) -> anyhow::Result<(Store, Vec<String>)> {
+        Store::open_counting(votes_file, initial, board, Counting::default())
+    }
+
+    /// [`Store::open`], counting votes as `counting` says (the journal
+    /// holds every vote with its voter, so it replays under either).
+    pub fn open_counting(
+        votes_file: Option<&Path>,
+        initial: Vec<(String, Vec<Member>)>,
+        board: Arc<Board>,
+        counting: Counting,
+    ) -> anyhow::Result<(Store, Vec<String>)> {
         let mut warnings = Vec::new();
-        let mut ballot = Ballot::new();
+        let mut ballot = Ballot::counting(counting);
         let journal = match votes_file {
             Some(path) => {
                 let (journal, replay) = Journal::open(path)
@@ -200,7 +211,7 @@ impl Store {
             return Ok(standing);
         }
         let inner_ref = &mut *inner;
-        let ahead = inner_ref.ahead.get_or_insert_with(|| inner_ref.ballot.clone());
+        let ahead = inner_ref.ahead.get_or_insert_with(|| inner_ref.ballot.checker());
         ahead.check(&event)?;
         ahead.apply(&event).expect("checked just above, under the same lock");
         inner.last_seq += 1;
@@ -263,7 +274,7 @@ impl Store {
                 // What was queued behind the batch was checked against a
                 // ballot that included it: check it again.
                 let queued = std::mem::take(&mut inner.queue);
-                let mut ahead = inner.ballot.clone();
+                let mut ahead = inner.ballot.checker();
                 for (seq, event) in queued {
                     match ahead.check(&event) {
                         Ok(()) => {

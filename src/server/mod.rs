@@ -251,7 +251,8 @@ impl ApiError {
                 BallotError::DuplicateCandidate(_)
                 | BallotError::DuplicateMember { .. }
                 | BallotError::TooManyCandidates
-                | BallotError::TooManyMembers(_) => 409,
+                | BallotError::TooManyMembers(_)
+                | BallotError::TooManyVoters => 409,
                 BallotError::NoSuchProcess(_) => 422,
             },
         }

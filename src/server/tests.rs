@@ -845,6 +845,8 @@ fn one_connection_carries_several_requests_and_100_continue() {
     assert_eq!((r.status, r.header("connection")), (200, Some("keep-alive")));
     let r = read_reply(&mut reader);
     assert_eq!((r.status, r.body["votes"]["blue"].as_u64()), (200, Some(1)));
+    // Another voter (one vote per voter: ana's again would not count).
+    let body = r#"{"candidate":"blue","voter":"bo"}"#;
     let head = format!(
         "POST /votes HTTP/1.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",

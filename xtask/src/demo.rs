@@ -132,7 +132,7 @@ impl DemoCmd {
         }
         let url = self.public_url.clone().unwrap_or_else(|| format!("http://{local}/"));
         println!("demo: vote at {url} (the ballot page), or:");
-        println!("  curl -X POST -H 'Content-Type: application/json' -d '{{\"candidate\":\"{}\",\"voter\":\"me\"}}' {url}votes", names.first().map(String::as_str).unwrap_or("blue"));
+        println!("  curl -X POST -H 'Content-Type: application/json' -d '{{\"candidate\":\"{}\",\"voter\":\"me\"}}' {url}votes   (one vote per voter id: vote again to move it)", names.first().map(String::as_str).unwrap_or("blue"));
         println!("demo: Ctrl-C stops everything{}", if self.seconds > 0 { format!(" (or it stops by itself after {} s)", self.seconds) } else { String::new() });
         let start = Instant::now();
         let mut t = 0u64;
