@@ -89,8 +89,8 @@ fn cap_table(base: &[(f64, &'static str)], cpus: u32) -> Vec<(f64, &'static str)
 }
 
 /// Time to effect buckets: (upper bound in milliseconds, name).
-/// Under TCG a new leader measured between 12 and 162 ms after the vote
-/// (2 vCPUs, one run of every scenario): finer bounds (20 ms, 100 ms) fall
+/// Under TCG a new leader measured between 10 and 574 ms after the vote
+/// (2 vCPUs, five runs of every scenario): finer bounds (20 ms, 100 ms) fall
 /// inside that spread and would make snapshots flap, so the snapshot tells
 /// only a prompt leader from a late or absent one; the summary prints the
 /// milliseconds.
