@@ -32,7 +32,7 @@ pub struct Store {
     /// Signalled when a flush ends.
     flushed: Condvar,
     board: Arc<Board>,
-    on_publish: Mutex<Option<OnPublish>>,
+    on_publish: Mutex<Vec<OnPublish>>,
 }
 
 struct Inner {
@@ -185,7 +185,7 @@ impl Store {
             inner: Mutex::new(inner),
             flushed: Condvar::new(),
             board,
-            on_publish: Mutex::new(None),
+            on_publish: Mutex::new(Vec::new()),
         };
         Ok((store, warnings))
     }
@@ -306,7 +306,7 @@ impl Store {
     }
 
     fn after_publish(&self, standing: &Standing) {
-        if let Some(f) = &*self.on_publish.lock().unwrap_or_else(|p| p.into_inner()) {
+        for f in &*self.on_publish.lock().unwrap_or_else(|p| p.into_inner()) {
             f(standing);
         }
     }
@@ -317,9 +317,10 @@ impl Store {
     }
 
     /// Runs `f` after every publish, outside the ballot lock (e.g. to wake
-    /// the scheduler so a new leader runs without waiting for a poll).
+    /// the scheduler so a new leader runs without waiting for a poll, or to
+    /// tell the event streams). Every `f` given runs, in the order given.
     pub fn on_publish(&self, f: impl Fn(&Standing) + Send + Sync + 'static) {
-        *self.on_publish.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+        self.on_publish.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(f));
     }
 
     /// The last published standing.

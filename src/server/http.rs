@@ -1,20 +1,36 @@
-//! A small HTTP/1.1 server on `std::net`, written for hostile clients: every
-//! read has a deadline, the request head and body are bounded before any
-//! allocation, connections are capped, and nothing a client sends reaches a
-//! panic. Routing and JSON live in the parent module; this one only frames
-//! requests and responses.
+//! A small HTTP/1.1 server written for hostile clients and for a room full of
+//! them: one event loop (mio, edge-triggered epoll) holds every connection,
+//! so an idle keep-alive client or an open event stream costs a few hundred
+//! bytes, not a thread. Every request has a deadline, the head and body are
+//! bounded before any allocation, idle connections are reclaimed, and
+//! nothing a client sends reaches a panic. Routing and JSON live in the
+//! parent module; this one only frames requests and responses.
+//!
+//! Requests that only read ([`Dispatch::Inline`]) are answered on the loop
+//! itself. Requests that may wait (a change waits for its journal sync) go to
+//! a small pool of worker threads, so that concurrent changes can share one
+//! sync while the loop keeps serving everyone else. A connection carries one
+//! request at a time: pipelined requests wait in its buffer, in order.
+//!
+//! A response marked [`Response::stream`] turns its connection into an event
+//! stream: the loop appends whatever is sent through the [`Hub`] to every
+//! such connection, and drops one that falls too far behind.
 //!
 //! Not tiny_http: its 0.12 request reader drains an unread body on drop with
 //! `vec![0; declared Content-Length]`, so one request declaring a huge body
 //! aborts the process (tiny-http issue #252), and it has no read timeouts.
 
-use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::ApiError;
 
@@ -24,14 +40,25 @@ pub(super) struct Limits {
     /// From waiting for a request (idle keep-alive included) to its last body
     /// byte.
     pub request_timeout: Duration,
+    /// Longest a response (or an event stream) may stall, its client reading
+    /// nothing, before the connection is dropped.
     pub write_timeout: Duration,
     /// Request line and headers, in bytes.
     pub max_head: usize,
     pub max_headers: usize,
-    /// Connections served at once; more get a 503.
+    /// Largest body the transport buffers (the application refuses larger
+    /// ones before they are read).
+    pub max_body: usize,
+    /// Connections held at once; more get a 503. Lowered, with a warning, to
+    /// what the process's file descriptor limit allows.
     pub max_connections: usize,
     pub max_requests_per_connection: usize,
-    /// How long shutdown waits for connections to finish.
+    /// Threads answering requests that may wait (changes, which wait for
+    /// their journal sync); also how many changes can share one sync.
+    pub workers: usize,
+    /// Bytes an event stream may fall behind before it is dropped.
+    pub max_stream_backlog: usize,
+    /// How long shutdown waits for requests being answered.
     pub shutdown_grace: Duration,
 }
 
@@ -42,14 +69,17 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             max_head: 8192,
             max_headers: 64,
-            max_connections: 64,
+            max_body: 4096,
+            max_connections: 16_384,
             max_requests_per_connection: 1000,
+            workers: 32,
+            max_stream_backlog: 256 * 1024,
             shutdown_grace: Duration::from_secs(5),
         }
     }
 }
 
-/// A request line and its headers; the body is read through [`Body`].
+/// A request line and its headers; the body comes separately.
 #[derive(Debug)]
 pub(super) struct Request {
     pub method: String,
@@ -78,7 +108,8 @@ impl Request {
     }
 }
 
-/// A response: JSON for the API, HTML for the ballot page.
+/// A response: JSON for the API, HTML for the ballot page, or the start of
+/// an event stream.
 #[derive(Debug)]
 pub(super) struct Response {
     pub status: u16,
@@ -86,140 +117,249 @@ pub(super) struct Response {
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// An event stream: `body` is its first events, the connection stays
+    /// open and gets every [`Hub::send`] until the client leaves.
+    pub stream: bool,
+}
+
+/// Where a request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dispatch {
+    /// On the event loop: the answer never waits (reads of the board).
+    Inline,
+    /// On a worker thread: the answer may wait (a journal sync).
+    Worker,
 }
 
 /// What answers requests.
 pub(super) trait App: Send + Sync + 'static {
-    fn respond(&self, request: &Request, body: &mut Body<'_>) -> Response;
+    /// Looks at a request's head before its body is read. `Err` is the
+    /// answer, given at once; a declared body is then not read, and the
+    /// connection closes after the answer.
+    fn admit(&self, request: &Request) -> Result<Dispatch, Response>;
+    /// Answers a request, given its whole body.
+    fn respond(&self, request: &Request, body: Vec<u8>) -> Response;
 }
 
-/// The body of the request being answered, read on demand.
-pub(super) struct Body<'a> {
-    conn: &'a mut Conn,
-    length: u64,
-    deadline: Instant,
-    expect_continue: bool,
-    state: BodyState,
+/// Sends events to every open event stream.
+#[derive(Clone)]
+pub(super) struct Hub {
+    shared: Arc<Shared>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum BodyState {
-    Unread,
-    Read,
-    /// Not fully read: the connection cannot carry another request.
-    Broken,
-}
+impl Hub {
+    /// Queues `event` (whole SSE records) for every stream open now.
+    pub fn send(&self, event: Vec<u8>) {
+        let mut pending = lock(&self.shared.events);
+        let wake = pending.is_empty();
+        pending.push(Arc::from(event));
+        drop(pending);
+        if wake {
+            let _ = self.shared.waker.wake();
+        }
+    }
 
-impl Body<'_> {
-    /// The whole body, if it is at most `max` bytes; never reads more than
-    /// the declared length, and never past the request deadline.
-    pub fn read(&mut self, max: usize) -> Result<Vec<u8>, ApiError> {
-        if self.length == 0 {
-            return Ok(Vec::new());
-        }
-        if self.state != BodyState::Unread {
-            return Err(ApiError::BadRequest("the body was already read".into()));
-        }
-        if self.length > max as u64 {
-            self.state = BodyState::Broken;
-            return Err(ApiError::PayloadTooLarge(max));
-        }
-        self.state = BodyState::Broken;
-        let length = self.length as usize;
-        if self.expect_continue && length > self.conn.buf.len() {
-            self.conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-        }
-        let buffered = length.min(self.conn.buf.len());
-        let mut body: Vec<u8> = self.conn.buf.drain(..buffered).collect();
-        while body.len() < length {
-            if self.conn.buf.is_empty() && self.conn.fill(self.deadline)? == 0 {
-                return Err(ApiError::BadRequest(
-                    "the connection closed inside the body".into(),
-                ));
-            }
-            let take = (length - body.len()).min(self.conn.buf.len());
-            body.extend(self.conn.buf.drain(..take));
-        }
-        self.state = BodyState::Read;
-        Ok(body)
+    /// Event streams open now.
+    pub fn subscribers(&self) -> usize {
+        self.shared.subscribers.load(Ordering::Relaxed)
     }
 }
 
 /// A listening server; [`Running::shutdown`] (or drop) stops it.
 pub(super) struct Running {
     pub addr: SocketAddr,
+    pub hub: Hub,
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    event_loop: Option<JoinHandle<()>>,
     grace: Duration,
 }
 
+/// What the loop, the workers and the handle share.
 struct Shared {
     stop: AtomicBool,
-    /// Open connections (a clone of each stream, to close them at shutdown).
-    conns: Mutex<HashMap<u64, TcpStream>>,
-    conns_changed: Condvar,
+    waker: Waker,
+    /// Answers from the workers, for the loop to send.
+    done: Mutex<Vec<Done>>,
+    /// Events for the streams.
+    events: Mutex<Vec<Arc<[u8]>>>,
+    subscribers: AtomicUsize,
+    /// Workers still running.
+    workers: Mutex<usize>,
+    workers_changed: Condvar,
 }
 
-impl Shared {
-    fn conns(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Serves `app` on `listener` (already bound), a thread per connection.
-pub(super) fn serve(listener: TcpListener, app: Arc<dyn App>, limits: Limits) -> io::Result<Running> {
+struct Job {
+    slot: usize,
+    serial: u64,
+    request: Request,
+    body: Vec<u8>,
+}
+
+struct Done {
+    slot: usize,
+    serial: u64,
+    request: Request,
+    response: Response,
+}
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// How often deadlines are checked.
+const SWEEP: Duration = Duration::from_millis(100);
+/// How long a connection being closed waits for its client to finish
+/// sending, so that the last answer is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(1);
+/// Refused connections lingering at once, at most; more are dropped at once.
+const MAX_LINGERING_REFUSALS: usize = 256;
+/// Descriptors kept free for everything else the process opens.
+const RESERVED_FDS: u64 = 64;
+
+/// Serves `app` on `listener` (already bound): one event-loop thread and
+/// `limits.workers` worker threads.
+pub(super) fn serve(
+    listener: std::net::TcpListener,
+    app: Arc<dyn App>,
+    mut limits: Limits,
+) -> io::Result<Running> {
     let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let mut listener = TcpListener::from_std(listener);
+    let poll = Poll::new()?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let fds = raise_fd_limit();
+    let room = fds.saturating_sub(RESERVED_FDS) as usize;
+    if limits.max_connections > room {
+        log::warn!(
+            "voting server: the file descriptor limit ({fds}) allows {room} connections, not {}",
+            limits.max_connections
+        );
+        limits.max_connections = room.max(1);
+    }
+    let workers = limits.workers.max(1);
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
-        conns: Mutex::new(HashMap::new()),
-        conns_changed: Condvar::new(),
+        waker,
+        done: Mutex::new(Vec::new()),
+        events: Mutex::new(Vec::new()),
+        subscribers: AtomicUsize::new(0),
+        workers: Mutex::new(workers),
+        workers_changed: Condvar::new(),
     });
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    for _ in 0..workers {
+        let (app, queue, worker_shared) = (Arc::clone(&app), Arc::clone(&queue), Arc::clone(&shared));
+        let spawned = std::thread::Builder::new()
+            .name("ballot-http-work".into())
+            .spawn(move || work(app, &queue, &worker_shared));
+        if let Err(e) = spawned {
+            shared_worker_gone(&shared);
+            return Err(e);
+        }
+    }
     let grace = limits.shutdown_grace;
-    let accept_shared = Arc::clone(&shared);
-    let accept = std::thread::Builder::new()
+    let mut event_loop = Loop {
+        poll,
+        listener: Some(listener),
+        conns: Vec::new(),
+        free: Vec::new(),
+        open: 0,
+        lingering_refusals: 0,
+        next_serial: 0,
+        app,
+        limits,
+        jobs: Some(jobs),
+        shared: Arc::clone(&shared),
+        accept_paused_until: None,
+        scratch: vec![0; 16 * 1024],
+    };
+    let handle = std::thread::Builder::new()
         .name("ballot-http".into())
-        .spawn(move || accept_loop(listener, app, limits, accept_shared))?;
+        .spawn(move || event_loop.run())?;
     Ok(Running {
         addr,
+        hub: Hub { shared: Arc::clone(&shared) },
         shared,
-        accept: Some(accept),
+        event_loop: Some(handle),
         grace,
     })
 }
 
+fn shared_worker_gone(shared: &Shared) {
+    let mut left = lock(&shared.workers);
+    *left = left.saturating_sub(1);
+    shared.workers_changed.notify_all();
+}
+
+/// A worker: answers jobs until the loop hangs up. What it holds of the
+/// application goes before it counts as gone, so that once shutdown has
+/// seen every worker go, the journal can be opened again.
+fn work(app: Arc<dyn App>, queue: &Mutex<mpsc::Receiver<Job>>, shared: &Shared) {
+    loop {
+        let job = lock(queue).recv();
+        let Ok(job) = job else { break };
+        let response = catch_unwind(AssertUnwindSafe(|| app.respond(&job.request, job.body)))
+            .unwrap_or_else(|_| {
+                log::error!("voting server: answering {} {} panicked", job.request.method, job.request.path);
+                ApiError::Internal.response()
+            });
+        lock(&shared.done).push(Done {
+            slot: job.slot,
+            serial: job.serial,
+            request: job.request,
+            response,
+        });
+        let _ = shared.waker.wake();
+    }
+    drop(app);
+    shared_worker_gone(shared);
+}
+
+/// Raises the soft limit on open files to the hard one; returns the limit
+/// in force.
+fn raise_fd_limit() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 1024;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let raised = libc::rlimit { rlim_cur: rl.rlim_max, rlim_max: rl.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+    }
+    rl.rlim_cur
+}
+
 impl Running {
     /// Stops accepting, closes every connection, and waits (a bounded time)
-    /// for their threads. Idempotent.
+    /// for requests being answered. Idempotent.
     pub fn shutdown(&mut self) {
-        let Some(accept) = self.accept.take() else {
+        let Some(event_loop) = self.event_loop.take() else {
             return;
         };
         self.shared.stop.store(true, Ordering::SeqCst);
-        // accept() returns for this connection and sees the flag.
-        let wake = match TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1)) {
-            Ok(_) => true,
-            Err(e) => {
-                log::warn!("stopping the voting server: cannot wake its listener: {e}");
-                false
-            }
-        };
-        if wake {
-            let _ = accept.join();
+        if let Err(e) = self.shared.waker.wake() {
+            log::warn!("stopping the voting server: cannot wake its loop: {e}");
         }
-        let mut conns = self.shared.conns();
-        for stream in conns.values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        let _ = event_loop.join();
         let deadline = Instant::now() + self.grace;
-        while !conns.is_empty() {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                log::warn!(
-                    "stopping the voting server: {} connections still open",
-                    conns.len()
-                );
+        let mut left = lock(&self.shared.workers);
+        while *left > 0 {
+            let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
+                log::warn!("stopping the voting server: {} requests still being answered", *left);
                 break;
             };
-            conns = match self.shared.conns_changed.wait_timeout(conns, left) {
+            left = match self.shared.workers_changed.wait_timeout(left, wait) {
                 Ok((guard, _)) => guard,
                 Err(p) => p.into_inner().0,
             };
@@ -233,164 +373,552 @@ impl Drop for Running {
     }
 }
 
-/// Where to connect to reach a listener bound to `addr`.
-fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
+/// Where a connection is in its exchange.
+enum Phase {
+    /// Reading a request head (or idle between requests).
+    Head,
+    /// Head read and admitted; reading its body.
+    Body(Request, Dispatch),
+    /// At a worker.
+    Busy,
+    /// An event stream.
+    Stream,
+    /// Closing: the last answer is written (or being written); what the
+    /// client still sends is read and dropped until it closes or
+    /// [`LINGER`] passes.
+    Closing,
 }
 
-fn accept_loop(listener: TcpListener, app: Arc<dyn App>, limits: Limits, shared: Arc<Shared>) {
-    let next_id = AtomicU64::new(0);
-    for stream in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of file descriptors and the like: wait, do not spin.
-                log::warn!("voting server: accepting a connection: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let admitted = {
-            let mut conns = shared.conns();
-            match stream.try_clone() {
-                Ok(clone) if conns.len() < limits.max_connections => {
-                    conns.insert(id, clone);
-                    true
-                }
-                _ => false,
-            }
-        };
-        if !admitted {
-            refuse_busy(stream);
-            continue;
-        }
-        let (app, limits, conn_shared) = (Arc::clone(&app), limits.clone(), Arc::clone(&shared));
-        let spawned = std::thread::Builder::new()
-            .name("ballot-http-conn".into())
-            .spawn(move || {
-                let registered = Registered {
-                    shared: conn_shared,
-                    id,
-                };
-                serve_connection(stream, &*app, &limits);
-                // What the connection holds (the ballot, with its journal
-                // and the journal's lock) goes before the connection counts
-                // as closed: once shutdown has seen every connection close,
-                // the journal can be opened again.
-                drop(app);
-                drop(registered);
-            });
-        if let Err(e) = spawned {
-            log::warn!("voting server: starting a connection thread: {e}");
-            if let Some(stream) = shared.conns().remove(&id) {
-                refuse_busy(stream);
-            }
-            shared.conns_changed.notify_all();
-        }
-    }
-}
-
-/// Unregisters a connection when its thread ends, however it ends.
-struct Registered {
-    shared: Arc<Shared>,
-    id: u64,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.shared.conns().remove(&self.id);
-        self.shared.conns_changed.notify_all();
-    }
-}
-
-fn refuse_busy(stream: TcpStream) {
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let mut conn = Conn {
-        stream,
-        buf: Vec::new(),
-        read_timeout: None,
-    };
-    let _ = conn.send(&ApiError::Unavailable.response(), true, false);
-}
-
-/// A client connection with the bytes read but not yet used.
 struct Conn {
     stream: TcpStream,
+    /// Tells this connection from a later one in the same slot.
+    serial: u64,
+    peer: Option<IpAddr>,
     buf: Vec<u8>,
-    /// The socket's read timeout as last set.
-    read_timeout: Option<Duration>,
+    out: Vec<u8>,
+    /// How much of `out` is written.
+    sent: usize,
+    phase: Phase,
+    /// The current request's deadline (reading phases), or the end of the
+    /// linger (closing).
+    deadline: Instant,
+    /// Since when `out` has waited without progress.
+    stalled_since: Option<Instant>,
+    served: usize,
+    /// The client will send nothing more.
+    eof: bool,
+    /// The socket may hold more to read (reading stopped at the buffer cap).
+    unread: bool,
+    /// `100 Continue` sent for the current request.
+    continued: bool,
+    /// A refusal (503) rather than a connection that was served.
+    refused: bool,
+    /// Closing, and the write side is shut: the answer is out.
+    shut: bool,
 }
 
 impl Conn {
-    /// Reads once more into `buf`; 0 at end of stream; a `TimedOut` error
-    /// past the deadline.
-    fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .ok_or(ErrorKind::TimedOut)?;
-            // A timeout between half of what is left and all of it is kept:
-            // a read still ends by the deadline, and a keep-alive
-            // connection saves a system call per request. One that ends
-            // early only brings another round.
-            if !self
-                .read_timeout
-                .is_some_and(|t| t <= left && t >= left / 2)
-            {
-                self.stream.set_read_timeout(Some(left))?;
-                self.read_timeout = Some(left);
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // The timeout passed; the deadline too, unless the
-                // timeout was shorter.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+    fn backlog(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    fn queue(&mut self, bytes: &[u8]) {
+        if self.sent > 0 && self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        }
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Writes what it can of `out`; `Err` when the connection is broken.
+    fn flush(&mut self, now: Instant) -> io::Result<()> {
+        let before = self.sent;
+        while self.sent < self.out.len() {
+            match self.stream.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+            self.stalled_since = None;
+        } else if self.sent != before || self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+        if self.sent > 64 * 1024 && self.sent * 2 > self.out.len() {
+            self.out.drain(..self.sent);
+            self.sent = 0;
+        }
+        Ok(())
+    }
+}
+
+/// The head of `response`, announcing whether the connection stays open.
+fn response_bytes(response: &Response, close: bool, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: {}\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len(),
+        if close { "close" } else { "keep-alive" },
+    )
+    .into_bytes();
+    for (name, value) in &response.headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&response.body);
+    }
+    out
+}
+
+/// The head of an event stream and its first events. The stream ends when
+/// the connection does, so it has no length.
+fn stream_bytes(response: &Response) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+    )
+    .into_bytes();
+    for (name, value) in &response.headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&response.body);
+    out
+}
+
+struct Loop {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    /// Connections by slot (token - [`FIRST_CONN`]).
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    /// Connections held (refusals not counted).
+    open: usize,
+    lingering_refusals: usize,
+    next_serial: u64,
+    app: Arc<dyn App>,
+    limits: Limits,
+    jobs: Option<mpsc::Sender<Job>>,
+    shared: Arc<Shared>,
+    accept_paused_until: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = Instant::now() + SWEEP;
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("voting server: waiting for connections: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(t) => {
+                        let slot = t - FIRST_CONN;
+                        if event.is_writable() || event.is_write_closed() || event.is_error() {
+                            self.write(slot);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(slot);
+                        }
+                    }
+                }
+            }
+            self.answer_done();
+            self.broadcast();
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + SWEEP;
+            }
+        }
+        // Dropping the listener and every connection closes them; dropping
+        // the job queue lets the workers go once their answers are done.
+        self.listener = None;
+        self.conns.clear();
+        self.jobs = None;
+        self.shared.subscribers.store(0, Ordering::Relaxed);
     }
 
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
+    fn accept(&mut self) {
+        let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        loop {
+            let accepted = match &self.listener {
+                Some(listener) => listener.accept(),
+                None => return,
+            };
+            let (mut stream, addr) = match accepted {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: try again at the
+                    // next sweep, do not spin.
+                    log::warn!("voting server: accepting a connection: {e}");
+                    self.accept_paused_until = Some(now + SWEEP / 2);
+                    return;
+                }
+            };
+            let refused = self.open >= self.limits.max_connections;
+            if refused && self.lingering_refusals >= MAX_LINGERING_REFUSALS {
+                let mut refusal = ApiError::Unavailable.response();
+                refusal.headers.push(("Retry-After", "1".into()));
+                let _ = stream.write(&response_bytes(&refusal, true, false));
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(slot + FIRST_CONN),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("voting server: watching a connection: {e}");
+                self.free.push(slot);
+                continue;
+            }
+            self.next_serial += 1;
+            let mut conn = Conn {
+                stream,
+                serial: self.next_serial,
+                peer: Some(addr.ip()),
+                buf: Vec::new(),
+                out: Vec::new(),
+                sent: 0,
+                phase: Phase::Head,
+                deadline: now + self.limits.request_timeout,
+                stalled_since: None,
+                served: 0,
+                eof: false,
+                unread: false,
+                continued: false,
+                refused,
+                shut: false,
+            };
+            if refused {
+                self.lingering_refusals += 1;
+                let mut refusal = ApiError::Unavailable.response();
+                refusal.headers.push(("Retry-After", "1".into()));
+                conn.queue(&response_bytes(&refusal, true, false));
+                start_closing(&mut conn, now);
+            } else {
+                self.open += 1;
+            }
+            self.conns[slot] = Some(conn);
+            self.write(slot);
+        }
     }
 
-    /// Writes `response`, announcing whether the connection stays open.
-    fn send(&mut self, response: &Response, close: bool, head_only: bool) -> io::Result<()> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-             Cache-Control: no-store\r\nConnection: {}\r\n",
-            response.status,
-            reason(response.status),
-            response.content_type,
-            response.body.len(),
-            if close { "close" } else { "keep-alive" },
-        )
-        .into_bytes();
-        for (name, value) in &response.headers {
-            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-        if !head_only {
-            out.extend_from_slice(&response.body);
-        }
-        self.write_all(&out)
+    fn conn(&mut self, slot: usize) -> Option<&mut Conn> {
+        self.conns.get_mut(slot).and_then(Option::as_mut)
     }
+
+    fn close(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Stream) {
+            self.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+        }
+        if conn.refused {
+            self.lingering_refusals -= 1;
+        } else {
+            self.open -= 1;
+        }
+        self.free.push(slot);
+    }
+
+    fn write(&mut self, slot: usize) {
+        let now = Instant::now();
+        let Some(conn) = self.conn(slot) else { return };
+        if conn.flush(now).is_err() {
+            self.close(slot);
+            return;
+        }
+        if matches!(conn.phase, Phase::Closing) && conn.backlog() == 0 && !conn.shut {
+            conn.shut = true;
+            conn.deadline = now + LINGER;
+            let _ = conn.stream.shutdown(Shutdown::Write);
+        }
+        if conn.shut && conn.eof {
+            self.close(slot);
+        }
+    }
+
+    /// Reads what the client sent, then moves its exchange on as far as it
+    /// goes.
+    fn read(&mut self, slot: usize) {
+        let cap = self.limits.max_head + self.limits.max_body;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
+            // Bytes of a stream's client or a closing one are dropped; other
+            // phases read up to the cap and leave the rest in the socket.
+            let discard = matches!(conn.phase, Phase::Stream | Phase::Closing);
+            conn.unread = false;
+            while !conn.eof {
+                if !discard && conn.buf.len() >= cap {
+                    conn.unread = true;
+                    break;
+                }
+                match conn.stream.read(&mut self.scratch) {
+                    Ok(0) => conn.eof = true,
+                    Ok(n) if discard => {
+                        let _ = n;
+                    }
+                    Ok(n) => conn.buf.extend_from_slice(&self.scratch[..n]),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.close(slot);
+                        return;
+                    }
+                }
+            }
+            let before = (conn.buf.len(), conn.eof);
+            self.advance(slot);
+            let Some(conn) = self.conn(slot) else { return };
+            // More is waiting in the socket and the buffer has room again.
+            if !(conn.unread && conn.buf.len() < before.0) {
+                return;
+            }
+        }
+    }
+
+    /// Parses and answers what the buffer holds, as far as it goes.
+    fn advance(&mut self, slot: usize) {
+        let now = Instant::now();
+        loop {
+            let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
+            match &conn.phase {
+                Phase::Busy => return,
+                Phase::Stream | Phase::Closing => {
+                    if conn.eof && (matches!(conn.phase, Phase::Stream) || conn.backlog() == 0) {
+                        self.close(slot);
+                    }
+                    return;
+                }
+                Phase::Head => {
+                    // Empty lines before a request line are allowed (RFC
+                    // 9112 2.2).
+                    let blank = conn.buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+                    conn.buf.drain(..blank);
+                    let Some(end) = head_end(&conn.buf) else {
+                        if conn.buf.len() > self.limits.max_head {
+                            self.fail(slot, &ApiError::HeadTooLarge);
+                        } else if conn.eof {
+                            self.close(slot);
+                        }
+                        return;
+                    };
+                    let head: Vec<u8> = conn.buf.drain(..end).collect();
+                    let mut request = match parse_head(&head, &self.limits) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            self.fail(slot, &e);
+                            return;
+                        }
+                    };
+                    request.peer = conn.peer;
+                    match self.app.admit(&request) {
+                        Ok(dispatch) => {
+                            let Some(conn) = self.conn(slot) else { return };
+                            conn.continued = false;
+                            conn.phase = Phase::Body(request, dispatch);
+                        }
+                        Err(response) => {
+                            let unread_body = request.content_length > 0;
+                            self.finish(slot, &request, response, unread_body, now);
+                        }
+                    }
+                }
+                Phase::Body(..) => {
+                    let Phase::Body(request, dispatch) = std::mem::replace(&mut conn.phase, Phase::Busy)
+                    else {
+                        unreachable!("matched just above")
+                    };
+                    let length = usize::try_from(request.content_length).unwrap_or(usize::MAX);
+                    if length > self.limits.max_body {
+                        // Admitted, yet larger than the transport holds:
+                        // refused, unread.
+                        let response = ApiError::PayloadTooLarge(self.limits.max_body).response();
+                        self.finish(slot, &request, response, true, now);
+                        return;
+                    }
+                    if conn.buf.len() < length {
+                        let send_continue = request.expect_continue && !conn.continued;
+                        conn.phase = Phase::Body(request, dispatch);
+                        if conn.eof {
+                            self.close(slot);
+                        } else if send_continue {
+                            conn.continued = true;
+                            conn.queue(b"HTTP/1.1 100 Continue\r\n\r\n");
+                            self.write(slot);
+                        }
+                        return;
+                    }
+                    let body: Vec<u8> = conn.buf.drain(..length).collect();
+                    conn.served += 1;
+                    match dispatch {
+                        Dispatch::Inline => {
+                            let response = self.app.respond(&request, body);
+                            self.finish(slot, &request, response, false, now);
+                        }
+                        Dispatch::Worker => {
+                            let job = Job { slot, serial: conn.serial, request, body };
+                            let refused = match &self.jobs {
+                                Some(jobs) => jobs.send(job).err().map(|e| e.0),
+                                None => Some(job),
+                            };
+                            if let Some(job) = refused {
+                                let response = ApiError::Unavailable.response();
+                                self.finish(slot, &job.request, response, false, now);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a request that failed before it was parsed, and closes.
+    fn fail(&mut self, slot: usize, error: &ApiError) {
+        let Some(conn) = self.conn(slot) else { return };
+        conn.queue(&response_bytes(&error.response(), true, false));
+        start_closing(conn, Instant::now());
+        self.write(slot);
+    }
+
+    /// Sends `response` to `request` and readies the connection for the
+    /// next one, or closes it: after the last request it may carry, after
+    /// a body left unread, or when either side asked.
+    fn finish(&mut self, slot: usize, request: &Request, response: Response, unread_body: bool, now: Instant) {
+        let max = self.limits.max_requests_per_connection;
+        let request_timeout = self.limits.request_timeout;
+        let Some(conn) = self.conn(slot) else { return };
+        let head_only = request.method == "HEAD";
+        if response.stream && !head_only {
+            conn.queue(&stream_bytes(&response));
+            conn.phase = Phase::Stream;
+            self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let close = unread_body || response.stream || !request.keep_alive || conn.served >= max || conn.eof;
+            conn.queue(&response_bytes(&response, close, head_only));
+            if close {
+                start_closing(conn, now);
+            } else {
+                conn.phase = Phase::Head;
+                conn.deadline = now + request_timeout;
+            }
+        }
+        self.write(slot);
+    }
+
+    fn answer_done(&mut self) {
+        let done = std::mem::take(&mut *lock(&self.shared.done));
+        let now = Instant::now();
+        for Done { slot, serial, request, response } in done {
+            // The connection may have gone, and its slot been taken since.
+            if !self.conn(slot).is_some_and(|c| c.serial == serial && matches!(c.phase, Phase::Busy)) {
+                continue;
+            }
+            self.finish(slot, &request, response, false, now);
+            self.read(slot);
+        }
+    }
+
+    fn broadcast(&mut self) {
+        let events = std::mem::take(&mut *lock(&self.shared.events));
+        if events.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let max_backlog = self.limits.max_stream_backlog;
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conn(slot) else { continue };
+            if !matches!(conn.phase, Phase::Stream) {
+                continue;
+            }
+            for event in &events {
+                conn.queue(event);
+            }
+            if conn.backlog() > max_backlog {
+                log::debug!("voting server: dropping an event stream {} bytes behind", conn.backlog());
+                self.close(slot);
+                continue;
+            }
+            if conn.flush(now).is_err() {
+                self.close(slot);
+            }
+        }
+    }
+
+    /// Closes what is past its deadline: a request not in by its deadline
+    /// (408 if it had started; an idle keep-alive closes quietly), a client
+    /// not reading its answer or its stream, a linger that is over.
+    fn sweep(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() {
+            self.accept();
+        }
+        let write_timeout = self.limits.write_timeout;
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conn(slot) else { continue };
+            if conn.stalled_since.is_some_and(|t| now.duration_since(t) >= write_timeout) {
+                self.close(slot);
+                continue;
+            }
+            if now < conn.deadline {
+                continue;
+            }
+            match conn.phase {
+                Phase::Head if conn.buf.is_empty() => self.close(slot),
+                Phase::Head | Phase::Body(..) => {
+                    conn.buf.clear();
+                    self.fail(slot, &ApiError::Timeout);
+                }
+                Phase::Closing if conn.shut => self.close(slot),
+                Phase::Closing | Phase::Busy | Phase::Stream => {}
+            }
+        }
+    }
+}
+
+/// Ends the exchange: nothing more is parsed; once the answer is out, the
+/// write side is shut and the client has [`LINGER`] to close.
+fn start_closing(conn: &mut Conn, now: Instant) {
+    conn.phase = Phase::Closing;
+    conn.deadline = now + LINGER;
+    conn.buf = Vec::new();
 }
 
 impl From<io::Error> for ApiError {
@@ -398,85 +926,6 @@ impl From<io::Error> for ApiError {
         match e.kind() {
             ErrorKind::TimedOut | ErrorKind::WouldBlock => ApiError::Timeout,
             _ => ApiError::BadRequest(format!("reading the request: {e}")),
-        }
-    }
-}
-
-fn serve_connection(stream: TcpStream, app: &dyn App, limits: &Limits) {
-    if stream
-        .set_write_timeout(Some(limits.write_timeout))
-        .is_err()
-    {
-        return;
-    }
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
-    let mut conn = Conn {
-        stream,
-        buf: Vec::new(),
-        read_timeout: None,
-    };
-    for served in 1..=limits.max_requests_per_connection {
-        let deadline = Instant::now() + limits.request_timeout;
-        let request = match read_request(&mut conn, deadline, limits) {
-            Ok(Some(request)) => Request { peer, ..request },
-            // The client left, or stayed idle past the deadline.
-            Ok(None) => return,
-            Err(e) => {
-                let _ = conn.send(&e.response(), true, false);
-                return;
-            }
-        };
-        let head_only = request.method == "HEAD";
-        let mut body = Body {
-            conn: &mut conn,
-            length: request.content_length,
-            deadline,
-            expect_continue: request.expect_continue,
-            state: if request.content_length == 0 {
-                BodyState::Read
-            } else {
-                BodyState::Unread
-            },
-        };
-        let response = app.respond(&request, &mut body);
-        // The last request a connection may carry says so in its answer.
-        let close = body.state != BodyState::Read
-            || !request.keep_alive
-            || served == limits.max_requests_per_connection;
-        if conn.send(&response, close, head_only).is_err() || close {
-            return;
-        }
-    }
-}
-
-/// The next request head, `None` if the connection ends (or idles out)
-/// before one starts.
-fn read_request(
-    conn: &mut Conn,
-    deadline: Instant,
-    limits: &Limits,
-) -> Result<Option<Request>, ApiError> {
-    loop {
-        // Empty lines before a request line are allowed (RFC 9112 2.2).
-        let blank = conn
-            .buf
-            .iter()
-            .take_while(|b| matches!(b, b'\r' | b'\n'))
-            .count();
-        conn.buf.drain(..blank);
-        if let Some(end) = head_end(&conn.buf) {
-            let head: Vec<u8> = conn.buf.drain(..end).collect();
-            return parse_head(&head, limits).map(Some);
-        }
-        if conn.buf.len() > limits.max_head {
-            return Err(ApiError::HeadTooLarge);
-        }
-        match conn.fill(deadline) {
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
-            Err(_) if conn.buf.is_empty() => return Ok(None),
-            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -672,15 +1121,5 @@ mod tests {
         let err = parse_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(), &limits)
             .expect_err("too many headers");
         assert_eq!(err.code(), "headers_too_large");
-    }
-
-    #[test]
-    fn the_wake_address_of_a_wildcard_listener_is_loopback() {
-        let any: SocketAddr = "0.0.0.0:80".parse().expect("addr");
-        assert_eq!(wake_addr(any), "127.0.0.1:80".parse().expect("addr"));
-        let any6: SocketAddr = "[::]:80".parse().expect("addr");
-        assert_eq!(wake_addr(any6), "[::1]:80".parse().expect("addr"));
-        let one: SocketAddr = "10.1.2.3:80".parse().expect("addr");
-        assert_eq!(wake_addr(one), one);
     }
 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -34,7 +34,7 @@ mod http;
 #[cfg(test)]
 mod tests;
 
-use http::{App, Body, Limits, Request, Response};
+use http::{App, Dispatch, Hub, Limits, Request, Response};
 
 /// How the voting server listens and what it accepts.
 #[derive(Debug, Clone)]
@@ -85,12 +85,25 @@ pub struct ServerHandle {
     /// The admin token in force (given or generated), for the caller to print.
     pub admin_token: Option<String>,
     running: http::Running,
+    publisher: Arc<Publisher>,
+    events: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServerHandle {
     /// Stops the server; idempotent.
     pub fn shutdown(&mut self) {
+        lock(&self.publisher.state).stop = true;
+        self.publisher.changed.notify_all();
+        if let Some(events) = self.events.take() {
+            let _ = events.join();
+        }
         self.running.shutdown();
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -165,9 +178,29 @@ fn spawn_with_on(
         trust_forwarded_for: cfg.trust_forwarded_for,
         allow_hosts: cfg.allow_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     });
-    let running = http::serve(listener, api, limits)
+    let limits = Limits { max_body: cfg.max_body, ..limits };
+    let running = http::serve(listener, Arc::clone(&api) as Arc<dyn App>, limits)
         .with_context(|| format!("listening for votes on {}", cfg.listen))?;
-    Ok(ServerHandle { addr: running.addr, admin_token, running })
+    let publisher = Arc::new(Publisher::default());
+    let weak = Arc::downgrade(&publisher);
+    api.store.on_publish(move |_| {
+        if let Some(publisher) = weak.upgrade() {
+            lock(&publisher.state).changed = true;
+            publisher.changed.notify_all();
+        }
+    });
+    let (hub, events_publisher) = (running.hub.clone(), Arc::clone(&publisher));
+    let events = std::thread::Builder::new()
+        .name("ballot-events".into())
+        .spawn(move || publish_events(&api, &hub, &events_publisher))
+        .context("starting the event stream thread")?;
+    Ok(ServerHandle {
+        addr: running.addr,
+        admin_token,
+        running,
+        publisher,
+        events: Some(events),
+    })
 }
 
 /// The token in force: the given one; none on a loopback listener; a random
@@ -218,6 +251,8 @@ enum ApiError {
     VersionNotSupported,
     /// Too many connections.
     Unavailable,
+    /// A bug answering the request (logged).
+    Internal,
     /// The `Host` header names a host this server does not answer for.
     ForeignHost(String),
     /// A state-changing request from a page of another origin.
@@ -242,6 +277,7 @@ impl ApiError {
             ApiError::HeadTooLarge => 431,
             ApiError::Journal => 500,
             ApiError::Unavailable => 503,
+            ApiError::Internal => 500,
             ApiError::VersionNotSupported => 505,
             ApiError::Ballot(e) => match e {
                 BallotError::InvalidName(_)
@@ -275,6 +311,7 @@ impl ApiError {
             ApiError::HeadTooLarge => "headers_too_large",
             ApiError::VersionNotSupported => "http_version_not_supported",
             ApiError::Unavailable => "unavailable",
+            ApiError::Internal => "internal_error",
             ApiError::ForeignHost(_) => "foreign_host",
             ApiError::CrossOrigin(_) => "cross_origin",
             ApiError::TooManyVoters => "too_many_voters",
@@ -343,6 +380,7 @@ impl fmt::Display for ApiError {
             ApiError::HeadTooLarge => write!(f, "the request line and headers are too large"),
             ApiError::VersionNotSupported => write!(f, "only HTTP/1.0 and HTTP/1.1 are served"),
             ApiError::Unavailable => write!(f, "too many connections; retry later"),
+            ApiError::Internal => write!(f, "the server failed answering this request"),
         }
     }
 }
@@ -384,6 +422,8 @@ enum Route<'a> {
     Schedule,
     /// `GET /stats`
     Stats,
+    /// `GET /events`: a stream of the standing and the shares
+    Events,
 }
 
 /// The route table: every route the server answers, in one place.
@@ -400,6 +440,7 @@ fn resolve<'a>(method: &str, path: &[&'a str]) -> Option<Route<'a>> {
         ("DELETE", ["candidates", name, "members"]) => Route::RemoveMember(name),
         ("GET", ["schedule"]) => Route::Schedule,
         ("GET", ["stats"]) => Route::Stats,
+        ("GET", ["events"]) => Route::Events,
         _ => return None,
     })
 }
@@ -500,8 +541,10 @@ fn check_same_origin(request: &Request) -> Result<(), ApiError> {
     if same { Ok(()) } else { Err(ApiError::CrossOrigin(origin.to_owned())) }
 }
 
-fn lock(limiter: &Mutex<RateLimiter>) -> std::sync::MutexGuard<'_, RateLimiter> {
-    limiter.lock().unwrap_or_else(|p| p.into_inner())
+/// A mutex's guard, poisoned or not (what it guards stays consistent: no
+/// holder panics half-way through a change).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Voters (and client addresses) tracked at most by the rate limiter: with more distinct voters
@@ -589,7 +632,14 @@ impl RateLimiter {
 }
 
 impl App for Api {
-    fn respond(&self, request: &Request, body: &mut Body<'_>) -> Response {
+    fn admit(&self, request: &Request) -> Result<Dispatch, Response> {
+        self.check(request).map_err(|e| {
+            log::debug!("voting server: {} {:?}: {e}", request.method, request.path);
+            e.response()
+        })
+    }
+
+    fn respond(&self, request: &Request, body: Vec<u8>) -> Response {
         self.handle(request, body).unwrap_or_else(|e| {
             log::debug!("voting server: {} {:?}: {e}", request.method, request.path);
             e.response()
@@ -598,7 +648,11 @@ impl App for Api {
 }
 
 impl Api {
-    fn handle(&self, request: &Request, body: &mut Body<'_>) -> Result<Response, ApiError> {
+    /// What can be told from the head alone: the route, the host, the
+    /// origin, the token, the declared body's size and type. Reads of the
+    /// board are answered on the event loop; changes, which wait for the
+    /// journal, on a worker.
+    fn check(&self, request: &Request) -> Result<Dispatch, ApiError> {
         let segments = split_path(&request.path)?;
         let path: Vec<&str> = segments.iter().map(String::as_str).collect();
         let Some(route) = resolve(&request.method, &path) else {
@@ -627,9 +681,17 @@ impl Api {
         if changes_state && !is_json(request.header("content-type")) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let raw = if request.content_length() == 0 { Vec::new() } else { body.read(self.max_body)? };
+        Ok(if changes_state { Dispatch::Worker } else { Dispatch::Inline })
+    }
+
+    /// Answers a request [`Api::check`] admitted, given its body.
+    fn handle(&self, request: &Request, raw: Vec<u8>) -> Result<Response, ApiError> {
+        let segments = split_path(&request.path)?;
+        let path: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let route = resolve(&request.method, &path).ok_or(ApiError::NotFound)?;
         match route {
             Route::Page => Ok(page_response()),
+            Route::Events => Ok(self.events_response()),
             Route::Tally => Ok(json_response(200, &Tally::of(&self.board.standing.load()))),
             Route::Vote => {
                 let VoteBody { candidate, voter } = parse(&raw)?;
@@ -793,9 +855,113 @@ impl Api {
     }
 }
 
+/// How often the event streams get the candidates and the CPU shares.
+const SHARES_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two standing events: a storm of votes reaches the
+/// streams as its latest standing, at most this often.
+const TALLY_EVERY: Duration = Duration::from_millis(50);
+
+/// Tells the event thread that the standing changed, or to stop.
+#[derive(Default)]
+struct Publisher {
+    state: Mutex<PublisherState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PublisherState {
+    changed: bool,
+    stop: bool,
+}
+
+/// The event thread: sends the standing to the streams after every change
+/// (at most every [`TALLY_EVERY`]), the candidates and the shares every
+/// [`SHARES_EVERY`], until stopped.
+fn publish_events(api: &Api, hub: &Hub, publisher: &Publisher) {
+    let mut last_tally: Option<Instant> = None;
+    let mut next_shares = Instant::now() + SHARES_EVERY;
+    loop {
+        let mut state = lock(&publisher.state);
+        let send_tally = loop {
+            if state.stop {
+                return;
+            }
+            let now = Instant::now();
+            let tally_at = last_tally.map_or(now, |t| t + TALLY_EVERY);
+            if state.changed && now >= tally_at {
+                break true;
+            }
+            if now >= next_shares {
+                break false;
+            }
+            let until = if state.changed { tally_at.min(next_shares) } else { next_shares };
+            state = match publisher.changed.wait_timeout(state, until - now) {
+                Ok((guard, _)) => guard,
+                Err(p) => p.into_inner().0,
+            };
+        };
+        if send_tally {
+            state.changed = false;
+        }
+        drop(state);
+        let now = Instant::now();
+        if send_tally {
+            last_tally = Some(now);
+            if hub.subscribers() > 0 {
+                hub.send(api.tally_event());
+            }
+        }
+        if now >= next_shares {
+            next_shares = now + SHARES_EVERY;
+            if hub.subscribers() > 0 {
+                hub.send(api.shares_events());
+            }
+        }
+    }
+}
+
+/// One server-sent event; `data` is one line of JSON.
+fn sse(event: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = format!("event: {event}\ndata: ").into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+impl Api {
+    /// `tally`: what `GET /votes` answers.
+    fn tally_event(&self) -> Vec<u8> {
+        let tally = Tally::of(&self.board.standing.load());
+        sse("tally", &serde_json::to_vec(&tally).expect("a tally always serializes"))
+    }
+
+    /// `candidates` and `schedule`: what `GET /candidates` and
+    /// `GET /schedule` answer.
+    fn shares_events(&self) -> Vec<u8> {
+        let mut out = sse("candidates", &self.candidates().body);
+        out.extend(sse("schedule", &self.schedule().body));
+        out
+    }
+
+    /// `GET /events`: a reconnection delay for the browser, then every
+    /// event once, then the stream.
+    fn events_response(&self) -> Response {
+        let mut body = b"retry: 2000\n\n".to_vec();
+        body.extend(self.tally_event());
+        body.extend(self.shares_events());
+        Response {
+            status: 200,
+            content_type: "text/event-stream",
+            headers: vec![("X-Accel-Buffering", "no".to_owned())],
+            body,
+            stream: true,
+        }
+    }
+}
+
 fn json_response(status: u16, value: &impl Serialize) -> Response {
     let body = serde_json::to_vec(value).expect("API values have string keys and always serialize");
-    Response { status, content_type: "application/json", headers: Vec::new(), body }
+    Response { status, content_type: "application/json", headers: Vec::new(), body, stream: false }
 }
 
 /// The ballot page: HTML with inline CSS and script, nothing else.
@@ -817,6 +983,7 @@ fn page_response() -> Response {
             ("Referrer-Policy", "no-referrer".to_owned()),
         ],
         body: BALLOT_PAGE.as_bytes().to_vec(),
+        stream: false,
     }
 }
 

@@ -1054,3 +1054,125 @@ fn a_vote_that_fails_gives_the_voter_its_slot_back() {
     assert_eq!(vote(f.addr(), "blue", "ana").status, 200, "the failed vote did not count");
     assert_eq!(vote(f.addr(), "blue", "ana").status, 429);
 }
+
+/// Reads server-sent events until `want` accepts one (name, data), or the
+/// client timeout passes.
+fn next_event(
+    reader: &mut BufReader<TcpStream>,
+    mut want: impl FnMut(&str, &str) -> bool,
+) -> (String, String) {
+    let t = Instant::now();
+    let (mut name, mut data) = (String::new(), String::new());
+    let mut line = String::new();
+    while t.elapsed() < CLIENT_TIMEOUT {
+        line.clear();
+        if reader.read_line(&mut line).expect("an event line") == 0 {
+            panic!("the stream ended");
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            if !name.is_empty() && want(&name, &data) {
+                return (name, data);
+            }
+            (name, data) = (String::new(), String::new());
+        } else if let Some(v) = l.strip_prefix("event: ") {
+            name = v.to_owned();
+        } else if let Some(v) = l.strip_prefix("data: ") {
+            data.push_str(v);
+        }
+    }
+    panic!("no such event within {CLIENT_TIMEOUT:?}");
+}
+
+/// Opens `GET /events` and reads its head.
+fn subscribe(addr: SocketAddr) -> BufReader<TcpStream> {
+    let mut stream = connect(addr);
+    stream
+        .write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("head line");
+        if line.trim_end().is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
+    reader
+}
+
+#[test]
+fn the_event_stream_sends_the_standing_on_every_change_and_the_shares_every_second() {
+    let f = start(&["blue", "green"]);
+    let mut events = subscribe(f.addr());
+    // At once: the standing, the candidates and the shares as they are.
+    let (_, data) = next_event(&mut events, |name, _| name == "tally");
+    let tally: Value = serde_json::from_str(&data).expect("JSON");
+    assert_eq!(tally["votes"], json!({"blue": 0, "green": 0}));
+    next_event(&mut events, |name, _| name == "candidates");
+    next_event(&mut events, |name, _| name == "schedule");
+    // A vote reaches the stream without a poll.
+    let t = Instant::now();
+    assert_eq!(vote(f.addr(), "green", "ana").status, 200);
+    let (_, data) = next_event(&mut events, |name, data| {
+        name == "tally" && serde_json::from_str::<Value>(data).expect("JSON")["votes"]["green"] == 1
+    });
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let tally: Value = serde_json::from_str(&data).expect("JSON");
+    assert_eq!(tally["leader"], "green");
+    // The shares come again within about a second, unasked.
+    let t = Instant::now();
+    next_event(&mut events, |name, _| name == "schedule");
+    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_storm_of_votes_reaches_the_stream_as_its_last_standing() {
+    let f = start(&["blue"]);
+    let mut events = subscribe(f.addr());
+    for i in 0..200 {
+        assert_eq!(vote(f.addr(), "blue", &format!("v{i}")).status, 200);
+    }
+    let mut tallies = 0;
+    next_event(&mut events, |name, data| {
+        if name != "tally" {
+            return false;
+        }
+        tallies += 1;
+        serde_json::from_str::<Value>(data).expect("JSON")["votes"]["blue"] == 200
+    });
+    assert!(tallies < 200, "every vote was sent on its own: {tallies} tallies");
+}
+
+#[test]
+fn more_keep_alive_clients_than_threads_are_all_answered() {
+    // Well past the 64 connections a thread each allowed.
+    const CLIENTS: usize = 600;
+    // Idle clients are reclaimed after the request timeout: a slow test
+    // build must not see its clients go while it opens the others.
+    let limits = Limits { request_timeout: Duration::from_secs(60), ..test_limits() };
+    let f = start_with(&["blue"], limits, |_| {});
+    let mut clients: Vec<BufReader<TcpStream>> =
+        (0..CLIENTS).map(|_| BufReader::new(connect(f.addr()))).collect();
+    let streams: Vec<BufReader<TcpStream>> = (0..CLIENTS / 2).map(|_| subscribe(f.addr())).collect();
+    for round in 0..2 {
+        for c in &mut clients {
+            c.get_mut()
+                .write_all(b"GET /votes HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .expect("send");
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = read_reply(c);
+            assert_eq!(r.status, 200, "client {i}, round {round}: {r:?}");
+            assert_eq!(r.header("connection"), Some("keep-alive"));
+        }
+    }
+    assert_eq!(vote(f.addr(), "blue", "ana").status, 200);
+    for mut s in streams {
+        next_event(&mut s, |name, data| name == "tally" && data.contains("\"blue\":1"));
+    }
+}
