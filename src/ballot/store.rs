@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -25,12 +27,17 @@ use crate::journal::Journal;
 /// A callback run after every publish (e.g. to wake the scheduler).
 type OnPublish = Box<dyn Fn(&Standing) + Send + Sync>;
 
+/// What a [`Store::submit_then`] calls with its outcome.
+pub type Then = Box<dyn FnOnce(Result<Arc<Standing>, StoreError>) + Send>;
+
 /// The ballot with its journal, publishing a new [`Standing`] on the board
 /// after every acknowledged change.
 pub struct Store {
     inner: Mutex<Inner>,
     /// Signalled when a flush ends.
     flushed: Condvar,
+    /// Signalled when something is queued for [`Store::run_flusher`].
+    queued: Condvar,
     board: Arc<Board>,
     on_publish: Mutex<Vec<OnPublish>>,
 }
@@ -55,6 +62,9 @@ struct Inner {
     /// Submissions that failed, by sequence number, until their submitter
     /// picks the error up.
     failed: HashMap<u64, StoreError>,
+    /// Submissions answered through a callback, by sequence number, in
+    /// order.
+    then: Vec<(u64, Then)>,
     /// Flushes so far (for tests and the bench: how many syncs were shared).
     flushes: u64,
     /// Tests: the next flush waits for a message here before it writes.
@@ -153,6 +163,7 @@ impl Store {
             last_seq: 0,
             done_seq: 0,
             failed: HashMap::new(),
+            then: Vec::new(),
             flushes: 0,
             #[cfg(test)]
             hold_next_flush: None,
@@ -184,6 +195,7 @@ impl Store {
         let store = Store {
             inner: Mutex::new(inner),
             flushed: Condvar::new(),
+            queued: Condvar::new(),
             board,
             on_publish: Mutex::new(Vec::new()),
         };
@@ -230,6 +242,87 @@ impl Store {
                 inner = self.flushed.wait(inner).unwrap_or_else(|p| p.into_inner());
             }
         }
+    }
+
+    /// [`Store::submit`] without waiting: `then` gets the outcome, on this
+    /// thread when the event is refused or nothing is journaled, otherwise
+    /// on the thread that syncs it: [`Store::run_flusher`], which must run
+    /// while this is used on a journaled store (or a later [`Store::submit`]
+    /// that flushes it along). `then` must be quick: it runs outside the
+    /// ballot's lock but before the next sync starts.
+    pub fn submit_then(&self, event: Event, then: Then) {
+        let event = match fill_start_times(event) {
+            Ok(e) => e,
+            Err(e) => return then(Err(e.into())),
+        };
+        let mut inner = self.lock();
+        if !inner.durable {
+            let result = inner.ballot.check(&event).map_err(StoreError::from).map(|()| {
+                inner.ballot.apply(&event).expect("checked just above, under the same lock");
+                inner.generation += 1;
+                self.publish(&inner)
+            });
+            drop(inner);
+            if let Ok(standing) = &result {
+                self.after_publish(standing);
+            }
+            return then(result);
+        }
+        let inner_ref = &mut *inner;
+        let ahead = inner_ref.ahead.get_or_insert_with(|| inner_ref.ballot.checker());
+        if let Err(e) = ahead.check(&event) {
+            drop(inner);
+            return then(Err(e.into()));
+        }
+        ahead.apply(&event).expect("checked just above, under the same lock");
+        inner.last_seq += 1;
+        let seq = inner.last_seq;
+        inner.queue.push((seq, event));
+        inner.then.push((seq, then));
+        drop(inner);
+        self.queued.notify_one();
+    }
+
+    /// Syncs what [`Store::submit_then`] queues, as soon as it is queued
+    /// (everything queued meanwhile shares the next sync), until `stop`.
+    /// Checks `stop` at least every 100 ms.
+    pub fn run_flusher(&self, stop: &AtomicBool) {
+        let mut inner = self.lock();
+        while !stop.load(Ordering::SeqCst) {
+            if !inner.queue.is_empty() && inner.journal.is_some() {
+                inner = self.flush(inner);
+                continue;
+            }
+            inner = match self.queued.wait_timeout(inner, Duration::from_millis(100)) {
+                Ok((guard, _)) => guard,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Wakes [`Store::run_flusher`] (e.g. to see its stop flag).
+    pub fn wake_flusher(&self) {
+        self.queued.notify_all();
+    }
+
+    /// The callbacks whose submissions are settled, with their outcomes.
+    fn settled(&self, inner: &mut Inner) -> Vec<(Then, Result<Arc<Standing>, StoreError>)> {
+        if inner.then.is_empty() {
+            return Vec::new();
+        }
+        let mut settled = Vec::new();
+        let mut standing = None;
+        for (seq, then) in std::mem::take(&mut inner.then) {
+            if let Some(e) = inner.failed.remove(&seq) {
+                settled.push((then, Err(e)));
+            } else if seq <= inner.done_seq {
+                let standing = standing.get_or_insert_with(|| self.board.standing.load_full());
+                settled.push((then, Ok(Arc::clone(standing))));
+            } else {
+                inner.then.push((seq, then));
+            }
+        }
+        settled
     }
 
     /// Writes everything queued with one write and one sync, with the lock
@@ -291,9 +384,18 @@ impl Store {
         }
         inner.done_seq = last;
         self.flushed.notify_all();
-        if let Some(standing) = published {
+        if !inner.queue.is_empty() {
+            self.queued.notify_one();
+        }
+        let settled = self.settled(&mut inner);
+        if published.is_some() || !settled.is_empty() {
             drop(inner);
-            self.after_publish(&standing);
+            if let Some(standing) = published {
+                self.after_publish(&standing);
+            }
+            for (then, result) in settled {
+                then(result);
+            }
             inner = self.lock();
         }
         inner

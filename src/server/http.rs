@@ -6,11 +6,11 @@
 //! nothing a client sends reaches a panic. Routing and JSON live in the
 //! parent module; this one only frames requests and responses.
 //!
-//! Requests that only read ([`Dispatch::Inline`]) are answered on the loop
-//! itself. Requests that may wait (a change waits for its journal sync) go to
-//! a small pool of worker threads, so that concurrent changes can share one
-//! sync while the loop keeps serving everyone else. A connection carries one
-//! request at a time: pipelined requests wait in its buffer, in order.
+//! Every request is answered on the loop. One that must wait (a change waits
+//! for its journal sync) takes a [`Later`] and is answered through it when
+//! its sync is done, so that the loop never blocks and every change queued
+//! meanwhile shares the next sync. A connection carries one request at a
+//! time: pipelined requests wait in its buffer, in order.
 //!
 //! A response marked [`Response::stream`] turns its connection into an event
 //! stream: the loop appends whatever is sent through the [`Hub`] to every
@@ -22,10 +22,8 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,13 +51,8 @@ pub(super) struct Limits {
     /// what the process's file descriptor limit allows.
     pub max_connections: usize,
     pub max_requests_per_connection: usize,
-    /// Threads answering requests that may wait (changes, which wait for
-    /// their journal sync); also how many changes can share one sync.
-    pub workers: usize,
     /// Bytes an event stream may fall behind before it is dropped.
     pub max_stream_backlog: usize,
-    /// How long shutdown waits for requests being answered.
-    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -72,9 +65,7 @@ impl Default for Limits {
             max_body: 4096,
             max_connections: 16_384,
             max_requests_per_connection: 1000,
-            workers: 32,
             max_stream_backlog: 256 * 1024,
-            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -122,23 +113,50 @@ pub(super) struct Response {
     pub stream: bool,
 }
 
-/// Where a request is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Dispatch {
-    /// On the event loop: the answer never waits (reads of the board).
-    Inline,
-    /// On a worker thread: the answer may wait (a journal sync).
-    Worker,
-}
-
-/// What answers requests.
+/// What answers requests, on the event loop: it must not block.
 pub(super) trait App: Send + Sync + 'static {
     /// Looks at a request's head before its body is read. `Err` is the
     /// answer, given at once; a declared body is then not read, and the
     /// connection closes after the answer.
-    fn admit(&self, request: &Request) -> Result<Dispatch, Response>;
-    /// Answers a request, given its whole body.
-    fn respond(&self, request: &Request, body: Vec<u8>) -> Response;
+    fn admit(&self, request: &Request) -> Result<(), Response>;
+    /// Answers a request, given its whole body: at once (`Some`), or later,
+    /// through the [`Later`] it takes out of `later` (`None`).
+    fn respond(&self, request: &Request, body: Vec<u8>, later: &mut Option<Later>) -> Option<Response>;
+}
+
+/// The way to answer a request after [`App::respond`] has returned, from any
+/// thread. Dropped unsent, it answers 500.
+pub(super) struct Later {
+    shared: Arc<Shared>,
+    slot: usize,
+    serial: u64,
+    exchange: u64,
+    sent: bool,
+}
+
+impl Later {
+    pub fn send(mut self, response: Response) {
+        self.sent = true;
+        self.deliver(Some(response));
+    }
+
+    fn deliver(&self, response: Option<Response>) {
+        lock(&self.shared.done).push(Done {
+            slot: self.slot,
+            serial: self.serial,
+            exchange: self.exchange,
+            response,
+        });
+        let _ = self.shared.waker.wake();
+    }
+}
+
+impl Drop for Later {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.deliver(None);
+        }
+    }
 }
 
 /// Sends events to every open event stream.
@@ -171,39 +189,29 @@ pub(super) struct Running {
     pub hub: Hub,
     shared: Arc<Shared>,
     event_loop: Option<JoinHandle<()>>,
-    grace: Duration,
 }
 
-/// What the loop, the workers and the handle share.
+/// What the loop, the [`Later`]s, the [`Hub`] and the handle share.
 struct Shared {
     stop: AtomicBool,
     waker: Waker,
-    /// Answers from the workers, for the loop to send.
+    /// Answers given through a [`Later`], for the loop to send.
     done: Mutex<Vec<Done>>,
     /// Events for the streams.
     events: Mutex<Vec<Arc<[u8]>>>,
     subscribers: AtomicUsize,
-    /// Workers still running.
-    workers: Mutex<usize>,
-    workers_changed: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Job {
-    slot: usize,
-    serial: u64,
-    request: Request,
-    body: Vec<u8>,
-}
-
 struct Done {
     slot: usize,
     serial: u64,
-    request: Request,
-    response: Response,
+    exchange: u64,
+    /// `None`: the [`Later`] was dropped unsent.
+    response: Option<Response>,
 }
 
 const LISTENER: Token = Token(0);
@@ -220,7 +228,7 @@ const MAX_LINGERING_REFUSALS: usize = 256;
 const RESERVED_FDS: u64 = 64;
 
 /// Serves `app` on `listener` (already bound): one event-loop thread and
-/// `limits.workers` worker threads.
+/// nothing else: no thread per connection, no worker pool.
 pub(super) fn serve(
     listener: std::net::TcpListener,
     app: Arc<dyn App>,
@@ -241,29 +249,13 @@ pub(super) fn serve(
         );
         limits.max_connections = room.max(1);
     }
-    let workers = limits.workers.max(1);
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         waker,
         done: Mutex::new(Vec::new()),
         events: Mutex::new(Vec::new()),
         subscribers: AtomicUsize::new(0),
-        workers: Mutex::new(workers),
-        workers_changed: Condvar::new(),
     });
-    let (jobs, queue) = mpsc::channel::<Job>();
-    let queue = Arc::new(Mutex::new(queue));
-    for _ in 0..workers {
-        let (app, queue, worker_shared) = (Arc::clone(&app), Arc::clone(&queue), Arc::clone(&shared));
-        let spawned = std::thread::Builder::new()
-            .name("ballot-http-work".into())
-            .spawn(move || work(app, &queue, &worker_shared));
-        if let Err(e) = spawned {
-            shared_worker_gone(&shared);
-            return Err(e);
-        }
-    }
-    let grace = limits.shutdown_grace;
     let mut event_loop = Loop {
         poll,
         listener: Some(listener),
@@ -274,7 +266,6 @@ pub(super) fn serve(
         next_serial: 0,
         app,
         limits,
-        jobs: Some(jobs),
         shared: Arc::clone(&shared),
         accept_paused_until: None,
         scratch: vec![0; 16 * 1024],
@@ -287,38 +278,7 @@ pub(super) fn serve(
         hub: Hub { shared: Arc::clone(&shared) },
         shared,
         event_loop: Some(handle),
-        grace,
     })
-}
-
-fn shared_worker_gone(shared: &Shared) {
-    let mut left = lock(&shared.workers);
-    *left = left.saturating_sub(1);
-    shared.workers_changed.notify_all();
-}
-
-/// A worker: answers jobs until the loop hangs up. What it holds of the
-/// application goes before it counts as gone, so that once shutdown has
-/// seen every worker go, the journal can be opened again.
-fn work(app: Arc<dyn App>, queue: &Mutex<mpsc::Receiver<Job>>, shared: &Shared) {
-    loop {
-        let job = lock(queue).recv();
-        let Ok(job) = job else { break };
-        let response = catch_unwind(AssertUnwindSafe(|| app.respond(&job.request, job.body)))
-            .unwrap_or_else(|_| {
-                log::error!("voting server: answering {} {} panicked", job.request.method, job.request.path);
-                ApiError::Internal.response()
-            });
-        lock(&shared.done).push(Done {
-            slot: job.slot,
-            serial: job.serial,
-            request: job.request,
-            response,
-        });
-        let _ = shared.waker.wake();
-    }
-    drop(app);
-    shared_worker_gone(shared);
 }
 
 /// Raises the soft limit on open files to the hard one; returns the limit
@@ -341,8 +301,7 @@ fn raise_fd_limit() -> u64 {
 }
 
 impl Running {
-    /// Stops accepting, closes every connection, and waits (a bounded time)
-    /// for requests being answered. Idempotent.
+    /// Stops accepting and closes every connection. Idempotent.
     pub fn shutdown(&mut self) {
         let Some(event_loop) = self.event_loop.take() else {
             return;
@@ -352,18 +311,6 @@ impl Running {
             log::warn!("stopping the voting server: cannot wake its loop: {e}");
         }
         let _ = event_loop.join();
-        let deadline = Instant::now() + self.grace;
-        let mut left = lock(&self.shared.workers);
-        while *left > 0 {
-            let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
-                log::warn!("stopping the voting server: {} requests still being answered", *left);
-                break;
-            };
-            left = match self.shared.workers_changed.wait_timeout(left, wait) {
-                Ok((guard, _)) => guard,
-                Err(p) => p.into_inner().0,
-            };
-        }
     }
 }
 
@@ -378,9 +325,9 @@ enum Phase {
     /// Reading a request head (or idle between requests).
     Head,
     /// Head read and admitted; reading its body.
-    Body(Request, Dispatch),
-    /// At a worker.
-    Busy,
+    Body(Request),
+    /// Being answered through a [`Later`].
+    Busy(Request),
     /// An event stream.
     Stream,
     /// Closing: the last answer is written (or being written); what the
@@ -393,6 +340,9 @@ struct Conn {
     stream: TcpStream,
     /// Tells this connection from a later one in the same slot.
     serial: u64,
+    /// Requests answered or being answered: tells a [`Later`]'s answer to
+    /// this request from one to an earlier request.
+    exchange: u64,
     peer: Option<IpAddr>,
     buf: Vec<u8>,
     out: Vec<u8>,
@@ -509,7 +459,6 @@ struct Loop {
     next_serial: u64,
     app: Arc<dyn App>,
     limits: Limits,
-    jobs: Option<mpsc::Sender<Job>>,
     shared: Arc<Shared>,
     accept_paused_until: Option<Instant>,
     scratch: Vec<u8>,
@@ -551,11 +500,9 @@ impl Loop {
                 next_sweep = now + SWEEP;
             }
         }
-        // Dropping the listener and every connection closes them; dropping
-        // the job queue lets the workers go once their answers are done.
+        // Dropping the listener and every connection closes them.
         self.listener = None;
         self.conns.clear();
-        self.jobs = None;
         self.shared.subscribers.store(0, Ordering::Relaxed);
     }
 
@@ -607,6 +554,7 @@ impl Loop {
             let mut conn = Conn {
                 stream,
                 serial: self.next_serial,
+                exchange: 0,
                 peer: Some(addr.ip()),
                 buf: Vec::new(),
                 out: Vec::new(),
@@ -720,7 +668,7 @@ impl Loop {
                 return;
             };
             match &conn.phase {
-                Phase::Busy => return,
+                Phase::Busy(_) => return,
                 Phase::Stream | Phase::Closing => {
                     if conn.eof && (matches!(conn.phase, Phase::Stream) || conn.backlog() == 0) {
                         self.close(slot);
@@ -750,10 +698,10 @@ impl Loop {
                     };
                     request.peer = conn.peer;
                     match self.app.admit(&request) {
-                        Ok(dispatch) => {
+                        Ok(()) => {
                             let Some(conn) = self.conn(slot) else { return };
                             conn.continued = false;
-                            conn.phase = Phase::Body(request, dispatch);
+                            conn.phase = Phase::Body(request);
                         }
                         Err(response) => {
                             let unread_body = request.content_length > 0;
@@ -762,8 +710,7 @@ impl Loop {
                     }
                 }
                 Phase::Body(..) => {
-                    let Phase::Body(request, dispatch) = std::mem::replace(&mut conn.phase, Phase::Busy)
-                    else {
+                    let Phase::Body(request) = std::mem::replace(&mut conn.phase, Phase::Head) else {
                         unreachable!("matched just above")
                     };
                     let length = usize::try_from(request.content_length).unwrap_or(usize::MAX);
@@ -776,7 +723,7 @@ impl Loop {
                     }
                     if conn.buf.len() < length {
                         let send_continue = request.expect_continue && !conn.continued;
-                        conn.phase = Phase::Body(request, dispatch);
+                        conn.phase = Phase::Body(request);
                         if conn.eof {
                             self.close(slot);
                         } else if send_continue {
@@ -788,22 +735,33 @@ impl Loop {
                     }
                     let body: Vec<u8> = conn.buf.drain(..length).collect();
                     conn.served += 1;
-                    match dispatch {
-                        Dispatch::Inline => {
-                            let response = self.app.respond(&request, body);
+                    conn.exchange += 1;
+                    let mut later = Some(Later {
+                        shared: Arc::clone(&self.shared),
+                        slot,
+                        serial: conn.serial,
+                        exchange: conn.exchange,
+                        sent: false,
+                    });
+                    let response = self.app.respond(&request, body, &mut later);
+                    match (response, later) {
+                        (Some(response), later) => {
+                            if let Some(mut later) = later {
+                                later.sent = true;
+                            }
                             self.finish(slot, &request, response, false, now);
                         }
-                        Dispatch::Worker => {
-                            let job = Job { slot, serial: conn.serial, request, body };
-                            let refused = match &self.jobs {
-                                Some(jobs) => jobs.send(job).err().map(|e| e.0),
-                                None => Some(job),
-                            };
-                            if let Some(job) = refused {
-                                let response = ApiError::Unavailable.response();
-                                self.finish(slot, &job.request, response, false, now);
+                        // Answered later; a second answer is ignored.
+                        (None, None) => {
+                            if let Some(conn) = self.conn(slot) {
+                                conn.phase = Phase::Busy(request);
                             }
                             return;
+                        }
+                        (None, Some(mut later)) => {
+                            later.sent = true;
+                            log::error!("voting server: {} {} got no answer", request.method, request.path);
+                            self.finish(slot, &request, ApiError::Internal.response(), false, now);
                         }
                     }
                 }
@@ -847,11 +805,20 @@ impl Loop {
     fn answer_done(&mut self) {
         let done = std::mem::take(&mut *lock(&self.shared.done));
         let now = Instant::now();
-        for Done { slot, serial, request, response } in done {
-            // The connection may have gone, and its slot been taken since.
-            if !self.conn(slot).is_some_and(|c| c.serial == serial && matches!(c.phase, Phase::Busy)) {
+        for Done { slot, serial, exchange, response } in done {
+            // The connection may have gone (and its slot been taken since),
+            // or have been answered already.
+            let Some(conn) = self.conn(slot) else { continue };
+            if conn.serial != serial || conn.exchange != exchange || !matches!(conn.phase, Phase::Busy(_)) {
                 continue;
             }
+            let Phase::Busy(request) = std::mem::replace(&mut conn.phase, Phase::Head) else {
+                unreachable!("matched just above")
+            };
+            let response = response.unwrap_or_else(|| {
+                log::error!("voting server: {} {} got no answer", request.method, request.path);
+                ApiError::Internal.response()
+            });
             self.finish(slot, &request, response, false, now);
             self.read(slot);
         }
@@ -902,12 +869,12 @@ impl Loop {
             }
             match conn.phase {
                 Phase::Head if conn.buf.is_empty() => self.close(slot),
-                Phase::Head | Phase::Body(..) => {
+                Phase::Head | Phase::Body(_) => {
                     conn.buf.clear();
                     self.fail(slot, &ApiError::Timeout);
                 }
                 Phase::Closing if conn.shut => self.close(slot),
-                Phase::Closing | Phase::Busy | Phase::Stream => {}
+                Phase::Closing | Phase::Busy(_) | Phase::Stream => {}
             }
         }
     }

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ mod http;
 #[cfg(test)]
 mod tests;
 
-use http::{App, Dispatch, Hub, Limits, Request, Response};
+use http::{App, Hub, Later, Limits, Request, Response};
 
 /// How the voting server listens and what it accepts.
 #[derive(Debug, Clone)]
@@ -87,6 +88,9 @@ pub struct ServerHandle {
     running: http::Running,
     publisher: Arc<Publisher>,
     events: Option<std::thread::JoinHandle<()>>,
+    store: Arc<Store>,
+    stop_flusher: Arc<AtomicBool>,
+    flusher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -98,6 +102,13 @@ impl ServerHandle {
             let _ = events.join();
         }
         self.running.shutdown();
+        // Changes being synced are answered (to connections now closed)
+        // before the store is let go.
+        self.stop_flusher.store(true, Ordering::SeqCst);
+        self.store.wake_flusher();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
     }
 }
 
@@ -173,8 +184,8 @@ fn spawn_with_on(
         admin_token: admin_token.clone(),
         max_body: cfg.max_body,
         vote_interval: Duration::from_millis(cfg.vote_interval_ms),
-        last_vote: Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS)),
-        last_vote_from: Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS)),
+        last_vote: Arc::new(Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS))),
+        last_vote_from: Arc::new(Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS))),
         trust_forwarded_for: cfg.trust_forwarded_for,
         allow_hosts: cfg.allow_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     });
@@ -189,6 +200,13 @@ fn spawn_with_on(
             publisher.changed.notify_all();
         }
     });
+    let stop_flusher = Arc::new(AtomicBool::new(false));
+    let (flusher_store, flusher_stop) = (Arc::clone(&api.store), Arc::clone(&stop_flusher));
+    let flusher = std::thread::Builder::new()
+        .name("ballot-journal".into())
+        .spawn(move || flusher_store.run_flusher(&flusher_stop))
+        .context("starting the journal thread")?;
+    let store = Arc::clone(&api.store);
     let (hub, events_publisher) = (running.hub.clone(), Arc::clone(&publisher));
     let events = std::thread::Builder::new()
         .name("ballot-events".into())
@@ -200,6 +218,9 @@ fn spawn_with_on(
         running,
         publisher,
         events: Some(events),
+        store,
+        stop_flusher,
+        flusher: Some(flusher),
     })
 }
 
@@ -506,10 +527,10 @@ struct Api {
     max_body: usize,
     vote_interval: Duration,
     /// When each voter's last vote was accepted (only with an interval).
-    last_vote: Mutex<RateLimiter>,
+    last_vote: Arc<Mutex<RateLimiter>>,
     /// The same, by client address: a script that changes its voter id at
     /// every vote is still held to one vote per interval.
-    last_vote_from: Mutex<RateLimiter>,
+    last_vote_from: Arc<Mutex<RateLimiter>>,
     trust_forwarded_for: bool,
     /// Lower-case names allowed in `Host` besides IPs and localhost.
     allow_hosts: Vec<String>,
@@ -632,27 +653,25 @@ impl RateLimiter {
 }
 
 impl App for Api {
-    fn admit(&self, request: &Request) -> Result<Dispatch, Response> {
+    fn admit(&self, request: &Request) -> Result<(), Response> {
         self.check(request).map_err(|e| {
             log::debug!("voting server: {} {:?}: {e}", request.method, request.path);
             e.response()
         })
     }
 
-    fn respond(&self, request: &Request, body: Vec<u8>) -> Response {
-        self.handle(request, body).unwrap_or_else(|e| {
+    fn respond(&self, request: &Request, body: Vec<u8>, later: &mut Option<Later>) -> Option<Response> {
+        self.handle(request, body, later).unwrap_or_else(|e| {
             log::debug!("voting server: {} {:?}: {e}", request.method, request.path);
-            e.response()
+            Some(e.response())
         })
     }
 }
 
 impl Api {
     /// What can be told from the head alone: the route, the host, the
-    /// origin, the token, the declared body's size and type. Reads of the
-    /// board are answered on the event loop; changes, which wait for the
-    /// journal, on a worker.
-    fn check(&self, request: &Request) -> Result<Dispatch, ApiError> {
+    /// origin, the token, the declared body's size and type.
+    fn check(&self, request: &Request) -> Result<(), ApiError> {
         let segments = split_path(&request.path)?;
         let path: Vec<&str> = segments.iter().map(String::as_str).collect();
         let Some(route) = resolve(&request.method, &path) else {
@@ -681,40 +700,53 @@ impl Api {
         if changes_state && !is_json(request.header("content-type")) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        Ok(if changes_state { Dispatch::Worker } else { Dispatch::Inline })
+        Ok(())
     }
 
-    /// Answers a request [`Api::check`] admitted, given its body.
-    fn handle(&self, request: &Request, raw: Vec<u8>) -> Result<Response, ApiError> {
+    /// Answers a request [`Api::check`] admitted, given its body: reads at
+    /// once, changes through `later` once they are on disk.
+    fn handle(
+        &self,
+        request: &Request,
+        raw: Vec<u8>,
+        later: &mut Option<Later>,
+    ) -> Result<Option<Response>, ApiError> {
         let segments = split_path(&request.path)?;
         let path: Vec<&str> = segments.iter().map(String::as_str).collect();
         let route = resolve(&request.method, &path).ok_or(ApiError::NotFound)?;
-        match route {
+        // Each route below answers once, so `later` is there to take.
+        let mut later = || later.take().ok_or(ApiError::Internal);
+        let response = match route {
             Route::Page => Ok(page_response()),
             Route::Events => Ok(self.events_response()),
             Route::Tally => Ok(json_response(200, &Tally::of(&self.board.standing.load()))),
             Route::Vote => {
                 let VoteBody { candidate, voter } = parse(&raw)?;
-                self.vote(request, candidate, voter)
+                return self.vote(request, candidate, voter, later()?);
             }
-            Route::Reset => self.submit(Event::ResetVotes, 200),
+            Route::Reset => return self.submit(Event::ResetVotes, 200, later()?, None),
             Route::Candidates => Ok(self.candidates()),
             Route::Create => {
                 let CreateBody { name, members } = parse(&raw)?;
-                self.submit(Event::CreateCandidate { name, members }, 201)
+                return self.submit(Event::CreateCandidate { name, members }, 201, later()?, None);
             }
-            Route::Delete(name) => self.submit(Event::DeleteCandidate { name: name.into() }, 200),
+            Route::Delete(name) => {
+                return self.submit(Event::DeleteCandidate { name: name.into() }, 200, later()?, None);
+            }
             Route::AddMember(name) => {
                 let member = parse(&raw)?;
-                self.submit(Event::AddMember { candidate: name.into(), member }, 200)
+                let event = Event::AddMember { candidate: name.into(), member };
+                return self.submit(event, 200, later()?, None);
             }
             Route::RemoveMember(name) => {
                 let member = parse(&raw)?;
-                self.submit(Event::RemoveMember { candidate: name.into(), member }, 200)
+                let event = Event::RemoveMember { candidate: name.into(), member };
+                return self.submit(event, 200, later()?, None);
             }
             Route::Schedule => Ok(self.schedule()),
             Route::Stats => Ok(json_response(200, &self.board.observations.load().metrics)),
-        }
+        };
+        response.map(Some)
     }
 
     /// The `Host` header must name an IP address, `localhost`, or a name
@@ -745,15 +777,44 @@ impl Api {
             && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
     }
 
-    fn submit(&self, event: Event, status: u16) -> Result<Response, ApiError> {
-        let standing = self.store.submit(event)?;
-        Ok(json_response(status, &Tally::of(&standing)))
+    /// Submits `event`; once it is on disk (or refused), `later` gets the
+    /// new tally with `status` (or the error), and a refusal first runs
+    /// `undo`. Never waits: what the store queues shares the next sync.
+    fn submit(
+        &self,
+        event: Event,
+        status: u16,
+        later: Later,
+        undo: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<Option<Response>, ApiError> {
+        self.store.submit_then(
+            event,
+            Box::new(move |result| {
+                let response = match result {
+                    Ok(standing) => json_response(status, &Tally::of(&standing)),
+                    Err(e) => {
+                        if let Some(undo) = undo {
+                            undo();
+                        }
+                        ApiError::from(e).response()
+                    }
+                };
+                later.send(response);
+            }),
+        );
+        Ok(None)
     }
 
-    fn vote(&self, request: &Request, candidate: String, voter: String) -> Result<Response, ApiError> {
+    fn vote(
+        &self,
+        request: &Request,
+        candidate: String,
+        voter: String,
+        later: Later,
+    ) -> Result<Option<Response>, ApiError> {
         let event = Event::Vote { candidate, voter: voter.clone() };
         if self.vote_interval.is_zero() {
-            return self.submit(event, 200);
+            return self.submit(event, 200, later, None);
         }
         // The voter's and the address's slots are taken before the submit
         // and given back if it fails, so two votes of one voter (or from
@@ -772,14 +833,14 @@ impl Api {
             },
             None => None,
         };
-        let result = self.submit(event, 200);
-        if result.is_err() {
-            lock(&self.last_vote).undo(&voter, now, previous);
+        let (by_voter, by_address) = (Arc::clone(&self.last_vote), Arc::clone(&self.last_vote_from));
+        let undo = move || {
+            lock(&by_voter).undo(&voter, now, previous);
             if let Some(addr) = &from {
-                lock(&self.last_vote_from).undo(addr, now, previous_from);
+                lock(&by_address).undo(addr, now, previous_from);
             }
-        }
-        result
+        };
+        self.submit(event, 200, later, Some(Box::new(undo)))
     }
 
     /// Who a vote comes from, for the vote interval: the connection's

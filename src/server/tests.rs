@@ -202,7 +202,6 @@ impl Fixture {
 fn test_limits() -> Limits {
     Limits {
         request_timeout: Duration::from_secs(3),
-        shutdown_grace: Duration::from_secs(2),
         ..Limits::default()
     }
 }
