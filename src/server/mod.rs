@@ -184,8 +184,8 @@ fn spawn_with_on(
         admin_token: admin_token.clone(),
         max_body: cfg.max_body,
         vote_interval: Duration::from_millis(cfg.vote_interval_ms),
-        last_vote: Arc::new(Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS))),
-        last_vote_from: Arc::new(Mutex::new(RateLimiter::new(MAX_TRACKED_VOTERS))),
+        last_vote: Arc::new(Mutex::new(RateLimiter::new(MAX_RATE_LIMITED))),
+        last_vote_from: Arc::new(Mutex::new(RateLimiter::new(MAX_RATE_LIMITED))),
         trust_forwarded_for: cfg.trust_forwarded_for,
         allow_hosts: cfg.allow_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     });
@@ -568,9 +568,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Voters (and client addresses) tracked at most by the rate limiter: with more distinct voters
-/// inside one interval, new voters are refused (429) until some expire.
-const MAX_TRACKED_VOTERS: usize = 100_000;
+/// Voters, and apart from them client addresses, that each rate limiter tracks at most: with more
+/// distinct ones inside one interval, new ones are refused (429) until some expire.
+const MAX_RATE_LIMITED: usize = 100_000;
 
 /// When each voter last voted, for `--vote-interval-ms`. Expiry is O(1)
 /// amortised: voters are kept in the order of their last vote as well, and
