@@ -449,7 +449,7 @@ fn the_ballot_page_loads_nothing_from_elsewhere() {
 #[test]
 fn the_ballot_page_calls_only_documented_api_routes() {
     let script = BALLOT_PAGE.split("<script>").nth(1).expect("a script");
-    let calls: Vec<(&str, &str)> = script
+    let mut calls: Vec<(&str, &str)> = script
         .match_indices("api(\"")
         .map(|(i, m)| {
             let rest = &script[i + m.len()..];
@@ -458,9 +458,16 @@ fn the_ballot_page_calls_only_documented_api_routes() {
             (method, path)
         })
         .collect();
+    calls.extend(script.match_indices("new EventSource(\"").map(|(i, m)| {
+        let rest = &script[i + m.len()..];
+        ("GET", &rest[..rest.find('"').expect("closing quote")])
+    }));
     let mut seen: Vec<String> = calls.iter().map(|(m, p)| format!("{m} {p}")).collect();
     seen.sort();
-    assert_eq!(seen, ["GET /candidates", "GET /schedule", "GET /votes", "POST /votes"]);
+    assert_eq!(
+        seen,
+        ["GET /candidates", "GET /events", "GET /schedule", "GET /votes", "POST /votes"]
+    );
     for (method, path) in calls {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let route =
@@ -468,6 +475,7 @@ fn the_ballot_page_calls_only_documented_api_routes() {
         assert!(!route.is_admin() && route != Route::Page, "{method} {path}");
     }
     assert_eq!(script.matches("fetch(").count(), 1, "every request goes through api()");
+    assert_eq!(script.matches("EventSource(").count(), 1, "one place opens the stream");
 }
 
 #[test]
@@ -478,6 +486,7 @@ fn the_ballot_page_has_the_hooks_the_browser_test_uses() {
         "dataset.share",
         "dataset.processes",
         "dataset.pid",
+        "dataset.feed",
         r#"id="conn""#,
         r#"id="message""#,
         r#"id="voter-name""#,

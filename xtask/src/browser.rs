@@ -9,13 +9,18 @@
 //!
 //! - the page shows a vote button and a tally for each candidate, fits a
 //!   phone's width (360 and 390 CSS px) and loads nothing from elsewhere;
+//! - it gets the standing from the event stream (`GET /events`), without a
+//!   request of its own;
 //! - a click on a candidate's button takes its tally from 0 to 1, the same
 //!   as `GET /votes` says, and marks it as the leader;
 //! - the per-process list shows the candidate's member process and a CPU
 //!   share measured from /proc;
 //! - a second vote within `--vote-interval-ms` shows the 429 and the wait;
-//! - when the server stops the page says it is gone, and when it comes back
-//!   (same port, same journal) the page recovers, with the tally intact.
+//! - a vote the test posts over HTTP shows within a second, from the
+//!   stream: the page polls nothing meanwhile;
+//! - when the server stops the page says it is gone and falls back to
+//!   polling, and when it comes back (same port, same journal) the page
+//!   recovers, with the journal's tally, and follows the stream again.
 //!
 //! Then it saves a screenshot at a phone's size in
 //! `target/browser-test/ballot.png`. Every process it starts (scx_ballot,
@@ -60,8 +65,13 @@ const BROWSER_START: Duration = Duration::from_secs(60);
 /// How long one DevTools command may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the page may take to show something it should (it polls the
-/// server every second).
+/// server every second when it has no event stream).
 const PAGE_WAIT: Duration = Duration::from_secs(15);
+/// How long a vote may take to reach the page through the event stream.
+const STREAM_WAIT: Duration = Duration::from_secs(1);
+/// How long the page must go without a request while its stream is live:
+/// two and a half of its poll periods.
+const QUIET: Duration = Duration::from_millis(2500);
 
 /// Run the ballot page in headless Chromium against `scx_ballot --no-sched`
 /// and check what it shows; saves target/browser-test/ballot.png.
@@ -469,7 +479,10 @@ impl Cdp {
 }
 
 /// What the page shows, as the test reads it: the hooks the page gives its
-/// elements (`data-candidate`, `data-tally`, ...).
+/// elements (`data-candidate`, `data-tally`, ...), which feed it follows
+/// (`data-feed`: "stream", "poll", or "opening" while a new stream has
+/// sent nothing yet) and how many requests it has made
+/// (every one goes through `fetch`; its event stream does not).
 const STATE_JS: &str = r##"(() => {
     const q = (s) => document.querySelector(s);
     const text = (s) => { const e = q(s); return e ? e.textContent : null; };
@@ -486,6 +499,8 @@ const STATE_JS: &str = r##"(() => {
         standing: text("#standing"),
         conn: box("#conn", "#conn"),
         message: box("#message", "#message-text"),
+        feed: (document.body || {dataset: {}}).dataset.feed || "",
+        requests: performance.getEntriesByType("resource").filter((e) => e.initiatorType === "fetch").length,
     };
 })()"##;
 
@@ -534,6 +549,9 @@ fn run_test(bin: &Path, chromium: &Path, out: &Path) -> Result<PathBuf> {
         out.join("votes.journal").display().to_string(),
         "--vote-interval-ms".into(),
         VOTE_INTERVAL_MS.to_string(),
+        // The test's own vote comes from 127.0.0.1 too: it names another
+        // address, so that the browser's vote does not use up its interval.
+        "--trust-forwarded-for".into(),
     ];
     let mut run = Run {
         bin,
@@ -696,6 +714,7 @@ impl Run<'_> {
                 s["buttons"] == json!(["blue", "red"])
                     && s["tally"] == json!({"blue": "0", "red": "0"})
                     && s["conn"]["state"] == "ok"
+                    && s["feed"] == "stream"
             },
         )?;
         if !state["leader"].is_null() {
@@ -704,7 +723,16 @@ impl Run<'_> {
                 state["leader"]
             );
         }
-        println!("  ok: the page shows a vote button for blue and red, each at 0 votes, no leader");
+        if state["requests"] != json!(0) {
+            bail!(
+                "the page follows its event stream, yet made {} requests",
+                state["requests"]
+            );
+        }
+        println!(
+            "  ok: the page shows a vote button for blue and red, each at 0 votes, no leader, \
+             from the event stream alone (no request)"
+        );
 
         for size in [NARROW_PHONE, PHONE] {
             cdp.viewport(size)?;
@@ -812,6 +840,39 @@ impl Run<'_> {
             state["message"]["text"].as_str().unwrap_or_default()
         );
 
+        // A vote from elsewhere reaches the page by its stream, unasked.
+        let cdp = self.cdp()?;
+        let before = cdp.eval(STATE_JS)?;
+        let posted = Instant::now();
+        post_vote(addr, "blue", "a voter elsewhere", "192.0.2.1")?;
+        cdp.wait_until(
+            "a vote posted over HTTP to reach the page from its stream",
+            STREAM_WAIT,
+            |s| s["tally"]["blue"] == "2",
+        )?;
+        let shown = posted.elapsed();
+        if shown > STREAM_WAIT {
+            bail!("a vote posted over HTTP took {shown:?} to show on the page");
+        }
+        std::thread::sleep(QUIET.saturating_sub(posted.elapsed()));
+        let after = cdp.eval(STATE_JS)?;
+        if after["feed"] != "stream" || after["requests"] != before["requests"] {
+            bail!(
+                "within {QUIET:?} of a vote the page went from feed {} and {} requests to feed {} and {} requests, \
+                 expected its stream alone",
+                before["feed"],
+                before["requests"],
+                after["feed"],
+                after["requests"]
+            );
+        }
+        println!(
+            "  ok: a vote posted over HTTP showed on the page within {} ms (blue at 2), from the stream: \
+             no request in {:.1} s",
+            shown.as_millis(),
+            QUIET.as_secs_f64()
+        );
+
         self.server
             .take()
             .context("scx_ballot is not running")?
@@ -824,10 +885,11 @@ impl Run<'_> {
                         && s["conn"]["text"]
                             .as_str()
                             .is_some_and(|t| t.starts_with("Server gone"))
-                        && s["tally"]["blue"] == "1"
+                        && s["tally"]["blue"] == "2"
+                        && s["feed"] == "poll"
                 })?;
         println!(
-            "  ok: scx_ballot exited 0 on SIGTERM; the page says {:?}",
+            "  ok: scx_ballot exited 0 on SIGTERM; the page polls and says {:?}",
             state["conn"]["text"].as_str().unwrap_or_default()
         );
 
@@ -840,17 +902,19 @@ impl Run<'_> {
             |s| {
                 s["conn"]["state"] == "ok"
                     && s["conn"]["hidden"] == json!(true)
-                    && s["tally"]["blue"] == "1"
+                    && s["tally"] == json!({"blue": "2", "red": "0"})
+                    && s["feed"] == "stream"
                     && has(s, "blue", burner)
                     && busy(&s["share"]["blue"])
             },
         )?;
         let tally = get_json(addr, "/votes")?;
-        if tally["votes"] != json!({"blue": 1, "red": 0}) {
+        if tally["votes"] != json!({"blue": 2, "red": 0}) {
             bail!("after the restart on the same journal GET /votes answers {tally}");
         }
         println!(
-            "  ok: after a restart on the same port and journal the page recovered, blue still at 1"
+            "  ok: after a restart on the same port and journal the page recovered with the journal's \
+             tally (blue 2, red 0) and follows the stream again"
         );
 
         let cdp = self.cdp()?;
@@ -873,16 +937,26 @@ impl Run<'_> {
         std::fs::write(&shot, &png).with_context(|| format!("writing {}", shot.display()))?;
 
         // A vote for a candidate deleted while the page could not learn of
-        // it: its GET /candidates is blocked (so its list stays as it was),
+        // it: its GET /candidates and GET /events are blocked and a restart
+        // of the server ends its open stream (so its list stays as it was),
         // red is deleted (an admin route, open on loopback), and red's
         // button is clicked.
         let cdp = self.cdp()?;
         cdp.page("Network.enable", json!({}))?;
-        cdp.page("Network.setBlockedURLs", json!({"urls": ["*/candidates"]}))?;
+        cdp.page(
+            "Network.setBlockedURLs",
+            json!({"urls": ["*/candidates", "*/events"]}),
+        )?;
+        self.server
+            .take()
+            .context("scx_ballot is not running")?
+            .stop()?;
+        self.start_server(&addr.to_string())?;
+        let cdp = self.cdp()?;
         cdp.wait_until(
             "the page to notice it cannot refresh its list",
             PAGE_WAIT,
-            |s| s["conn"]["state"] == "gone",
+            |s| s["conn"]["state"] == "gone" && s["feed"] == "poll",
         )?;
         request(addr, "DELETE", "/candidates/red")?;
         cdp.click(r#"button[data-candidate="red"]"#)?;
@@ -898,9 +972,13 @@ impl Run<'_> {
         )?;
         cdp.page("Network.setBlockedURLs", json!({"urls": []}))?;
         cdp.wait_until(
-            "the page to drop red once it can refresh again",
+            "the page to drop red once it can refresh again, and to follow the stream again",
             PAGE_WAIT,
-            |s| s["conn"]["state"] == "ok" && s["buttons"] == json!(["blue"]),
+            |s| {
+                s["conn"]["state"] == "ok"
+                    && s["buttons"] == json!(["blue"])
+                    && s["feed"] == "stream"
+            },
         )?;
         println!(
             "  ok: a vote for a candidate deleted meanwhile shows {:?}; the page then drops it",
@@ -981,13 +1059,34 @@ fn get_json(addr: SocketAddr, path: &str) -> Result<Value> {
 
 /// `method path` (no body) to the voting server: the JSON of a 200 answer.
 fn request(addr: SocketAddr, method: &str, path: &str) -> Result<Value> {
+    send(addr, method, path, "", "")
+}
+
+/// `POST /votes` as a client at `from` (by `X-Forwarded-For`): the tally.
+fn post_vote(addr: SocketAddr, candidate: &str, voter: &str, from: &str) -> Result<Value> {
+    let body = json!({"candidate": candidate, "voter": voter}).to_string();
+    send(
+        addr,
+        "POST",
+        "/votes",
+        &format!(
+            "X-Forwarded-For: {from}\r\nContent-Length: {}\r\n",
+            body.len()
+        ),
+        &body,
+    )
+}
+
+/// `method path` with `headers` (each ending in CRLF) and `content`: the
+/// JSON of a 200 answer.
+fn send(addr: SocketAddr, method: &str, path: &str, headers: &str, content: &str) -> Result<Value> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to the voting server on {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{headers}Connection: close\r\n\r\n{content}"
     )?;
     let mut answer = String::new();
     stream
