@@ -9,8 +9,9 @@
 //! Every request is answered on the loop. One that must wait (a change waits
 //! for its journal sync) takes a [`Later`] and is answered through it when
 //! its sync is done, so that the loop never blocks and every change queued
-//! meanwhile shares the next sync. A connection carries one request at a
-//! time: pipelined requests wait in its buffer, in order.
+//! meanwhile shares the next sync. Pipelined requests are answered in
+//! order, up to [`MAX_IN_FLIGHT`] of a connection at once, so that one
+//! connection's changes can share a sync too.
 //!
 //! A response marked [`Response::stream`] turns its connection into an event
 //! stream: the loop appends whatever is sent through the [`Hub`] to every
@@ -20,6 +21,7 @@
 //! `vec![0; declared Content-Length]`, so one request declaring a huge body
 //! aborts the process (tiny-http issue #252), and it has no read timeouts.
 
+use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -224,6 +226,9 @@ const SWEEP: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(1);
 /// Refused connections lingering at once, at most; more are dropped at once.
 const MAX_LINGERING_REFUSALS: usize = 256;
+/// Requests of one connection being answered at once (pipelining); more
+/// wait in its buffer.
+const MAX_IN_FLIGHT: usize = 64;
 /// Descriptors kept free for everything else the process opens.
 const RESERVED_FDS: u64 = 64;
 
@@ -326,14 +331,25 @@ enum Phase {
     Head,
     /// Head read and admitted; reading its body.
     Body(Request),
-    /// Being answered through a [`Later`].
-    Busy(Request),
+    /// No more requests are read: the last one asked to close, or opened
+    /// a stream, or the client finished sending. Waiting for the answers
+    /// in flight.
+    Drain,
     /// An event stream.
     Stream,
     /// Closing: the last answer is written (or being written); what the
     /// client still sends is read and dropped until it closes or
     /// [`LINGER`] passes.
     Closing,
+}
+
+/// A request read and passed on, with its answer once there is one.
+struct InFlight {
+    exchange: u64,
+    head_only: bool,
+    /// The answer says `Connection: close` and the connection closes.
+    close: bool,
+    response: Option<Response>,
 }
 
 struct Conn {
@@ -363,6 +379,8 @@ struct Conn {
     continued: bool,
     /// A refusal (503) rather than a connection that was served.
     refused: bool,
+    /// Requests being answered, in the order they came.
+    in_flight: VecDeque<InFlight>,
     /// Closing, and the write side is shut: the answer is out.
     shut: bool,
 }
@@ -567,6 +585,7 @@ impl Loop {
                 unread: false,
                 continued: false,
                 refused,
+                in_flight: VecDeque::new(),
                 shut: false,
             };
             if refused {
@@ -629,7 +648,7 @@ impl Loop {
             };
             // Bytes of a stream's client or a closing one are dropped; other
             // phases read up to the cap and leave the rest in the socket.
-            let discard = matches!(conn.phase, Phase::Stream | Phase::Closing);
+            let discard = matches!(conn.phase, Phase::Stream | Phase::Closing | Phase::Drain);
             conn.unread = false;
             while !conn.eof {
                 if !discard && conn.buf.len() >= cap {
@@ -668,7 +687,13 @@ impl Loop {
                 return;
             };
             match &conn.phase {
-                Phase::Busy(_) => return,
+                Phase::Drain => {
+                    if conn.in_flight.is_empty() {
+                        start_closing(conn, now);
+                        self.write(slot);
+                    }
+                    return;
+                }
                 Phase::Stream | Phase::Closing => {
                     if conn.eof && (matches!(conn.phase, Phase::Stream) || conn.backlog() == 0) {
                         self.close(slot);
@@ -676,6 +701,9 @@ impl Loop {
                     return;
                 }
                 Phase::Head => {
+                    if conn.in_flight.len() >= MAX_IN_FLIGHT {
+                        return;
+                    }
                     // Empty lines before a request line are allowed (RFC
                     // 9112 2.2).
                     let blank = conn.buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
@@ -684,7 +712,8 @@ impl Loop {
                         if conn.buf.len() > self.limits.max_head {
                             self.fail(slot, &ApiError::HeadTooLarge);
                         } else if conn.eof {
-                            self.close(slot);
+                            conn.phase = Phase::Drain;
+                            continue;
                         }
                         return;
                     };
@@ -704,8 +733,10 @@ impl Loop {
                             conn.phase = Phase::Body(request);
                         }
                         Err(response) => {
+                            // A declared body is left unread: nothing after
+                            // it can be told from it.
                             let unread_body = request.content_length > 0;
-                            self.finish(slot, &request, response, unread_body, now);
+                            self.take_in(slot, &request, Some(response), unread_body, now);
                         }
                     }
                 }
@@ -718,14 +749,15 @@ impl Loop {
                         // Admitted, yet larger than the transport holds:
                         // refused, unread.
                         let response = ApiError::PayloadTooLarge(self.limits.max_body).response();
-                        self.finish(slot, &request, response, true, now);
-                        return;
+                        self.take_in(slot, &request, Some(response), true, now);
+                        continue;
                     }
                     if conn.buf.len() < length {
                         let send_continue = request.expect_continue && !conn.continued;
                         conn.phase = Phase::Body(request);
                         if conn.eof {
-                            self.close(slot);
+                            conn.phase = Phase::Drain;
+                            continue;
                         } else if send_continue {
                             conn.continued = true;
                             conn.queue(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -733,37 +765,38 @@ impl Loop {
                         }
                         return;
                     }
+                    // A read waits for the changes before it: its answer
+                    // shows them, as if each request had waited for the one
+                    // before.
+                    if !conn.in_flight.is_empty() && matches!(request.method.as_str(), "GET" | "HEAD") {
+                        conn.phase = Phase::Body(request);
+                        return;
+                    }
                     let body: Vec<u8> = conn.buf.drain(..length).collect();
-                    conn.served += 1;
-                    conn.exchange += 1;
                     let mut later = Some(Later {
                         shared: Arc::clone(&self.shared),
                         slot,
                         serial: conn.serial,
-                        exchange: conn.exchange,
+                        exchange: conn.exchange + 1,
                         sent: false,
                     });
                     let response = self.app.respond(&request, body, &mut later);
-                    match (response, later) {
+                    let response = match (response, later) {
                         (Some(response), later) => {
                             if let Some(mut later) = later {
                                 later.sent = true;
                             }
-                            self.finish(slot, &request, response, false, now);
+                            Some(response)
                         }
-                        // Answered later; a second answer is ignored.
-                        (None, None) => {
-                            if let Some(conn) = self.conn(slot) {
-                                conn.phase = Phase::Busy(request);
-                            }
-                            return;
-                        }
+                        // Answered later, through the `Later`.
+                        (None, None) => None,
                         (None, Some(mut later)) => {
                             later.sent = true;
                             log::error!("voting server: {} {} got no answer", request.method, request.path);
-                            self.finish(slot, &request, ApiError::Internal.response(), false, now);
+                            Some(ApiError::Internal.response())
                         }
-                    }
+                    };
+                    self.take_in(slot, &request, response, false, now);
                 }
             }
         }
@@ -773,31 +806,65 @@ impl Loop {
     fn fail(&mut self, slot: usize, error: &ApiError) {
         let Some(conn) = self.conn(slot) else { return };
         conn.queue(&response_bytes(&error.response(), true, false));
+        conn.in_flight.clear();
         start_closing(conn, Instant::now());
         self.write(slot);
     }
 
-    /// Sends `response` to `request` and readies the connection for the
-    /// next one, or closes it: after the last request it may carry, after
-    /// a body left unread, or when either side asked.
-    fn finish(&mut self, slot: usize, request: &Request, response: Response, unread_body: bool, now: Instant) {
+    /// Records a request as in flight, with its answer if there is one
+    /// already, and sends what answers are ready in order. The connection
+    /// reads no more requests after the last one it may carry, after a body
+    /// left unread, when either side asked to close, or after a stream.
+    fn take_in(&mut self, slot: usize, request: &Request, response: Option<Response>, unread_body: bool, now: Instant) {
         let max = self.limits.max_requests_per_connection;
+        let Some(conn) = self.conn(slot) else { return };
+        conn.exchange += 1;
+        conn.served += 1;
+        let stream = response.as_ref().is_some_and(|r| r.stream);
+        let close = unread_body || !request.keep_alive || conn.served >= max;
+        conn.in_flight.push_back(InFlight {
+            exchange: conn.exchange,
+            head_only: request.method == "HEAD",
+            close: close || stream,
+            response,
+        });
+        if close || stream {
+            conn.phase = Phase::Drain;
+        }
+        self.send_ready(slot, now);
+    }
+
+    /// Writes the answers that are ready, in the order of their requests.
+    fn send_ready(&mut self, slot: usize, now: Instant) {
         let request_timeout = self.limits.request_timeout;
         let Some(conn) = self.conn(slot) else { return };
-        let head_only = request.method == "HEAD";
-        if response.stream && !head_only {
-            conn.queue(&stream_bytes(&response));
-            conn.phase = Phase::Stream;
-            self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
-        } else {
-            let close = unread_body || response.stream || !request.keep_alive || conn.served >= max || conn.eof;
-            conn.queue(&response_bytes(&response, close, head_only));
-            if close {
-                start_closing(conn, now);
-            } else {
-                conn.phase = Phase::Head;
-                conn.deadline = now + request_timeout;
+        let mut subscribed = false;
+        while conn.in_flight.front().is_some_and(|f| f.response.is_some()) {
+            let Some(InFlight { head_only, close, response: Some(response), .. }) = conn.in_flight.pop_front()
+            else {
+                unreachable!("checked just above")
+            };
+            if response.stream && !head_only {
+                conn.queue(&stream_bytes(&response));
+                conn.in_flight.clear();
+                conn.phase = Phase::Stream;
+                subscribed = true;
+                break;
             }
+            conn.queue(&response_bytes(&response, close || response.stream, head_only));
+            if close || response.stream {
+                conn.in_flight.clear();
+                start_closing(conn, now);
+                break;
+            }
+            // The next request's time starts now.
+            conn.deadline = now + request_timeout;
+        }
+        if matches!(conn.phase, Phase::Drain) && conn.in_flight.is_empty() {
+            start_closing(conn, now);
+        }
+        if subscribed {
+            self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         }
         self.write(slot);
     }
@@ -806,20 +873,22 @@ impl Loop {
         let done = std::mem::take(&mut *lock(&self.shared.done));
         let now = Instant::now();
         for Done { slot, serial, exchange, response } in done {
-            // The connection may have gone (and its slot been taken since),
-            // or have been answered already.
+            // The connection may have gone (and its slot been taken since).
             let Some(conn) = self.conn(slot) else { continue };
-            if conn.serial != serial || conn.exchange != exchange || !matches!(conn.phase, Phase::Busy(_)) {
+            if conn.serial != serial {
                 continue;
             }
-            let Phase::Busy(request) = std::mem::replace(&mut conn.phase, Phase::Head) else {
-                unreachable!("matched just above")
+            let Some(waiting) = conn.in_flight.iter_mut().find(|f| f.exchange == exchange) else {
+                continue;
             };
-            let response = response.unwrap_or_else(|| {
-                log::error!("voting server: {} {} got no answer", request.method, request.path);
+            if waiting.response.is_some() {
+                continue;
+            }
+            waiting.response = Some(response.unwrap_or_else(|| {
+                log::error!("voting server: a request got no answer");
                 ApiError::Internal.response()
-            });
-            self.finish(slot, &request, response, false, now);
+            }));
+            self.send_ready(slot, now);
             self.read(slot);
         }
     }
@@ -868,13 +937,15 @@ impl Loop {
                 continue;
             }
             match conn.phase {
+                // Waiting for this side's answers, not for the client.
+                _ if !conn.in_flight.is_empty() => {}
                 Phase::Head if conn.buf.is_empty() => self.close(slot),
                 Phase::Head | Phase::Body(_) => {
                     conn.buf.clear();
                     self.fail(slot, &ApiError::Timeout);
                 }
                 Phase::Closing if conn.shut => self.close(slot),
-                Phase::Closing | Phase::Busy(_) | Phase::Stream => {}
+                Phase::Closing | Phase::Drain | Phase::Stream => {}
             }
         }
     }

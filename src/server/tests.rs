@@ -1184,3 +1184,38 @@ fn more_keep_alive_clients_than_threads_are_all_answered() {
         next_event(&mut s, |name, data| name == "tally" && data.contains("\"blue\":1"));
     }
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_their_changes_share_syncs() {
+    let f = start(&["blue", "green"]);
+    let flushes = f.store.flushes();
+    let mut conn = BufReader::new(connect(f.addr()));
+    let mut all = String::new();
+    for i in 0..40 {
+        let body = json!({"candidate": if i % 2 == 0 { "blue" } else { "green" }, "voter": format!("v{i}")})
+            .to_string();
+        all.push_str(&format!(
+            "POST /votes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        if i == 20 {
+            // A read between changes answers in its place.
+            all.push_str("GET /votes HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        }
+    }
+    conn.get_mut().write_all(all.as_bytes()).expect("send");
+    let mut generations = Vec::new();
+    for i in 0..41 {
+        let r = read_reply(&mut conn);
+        assert_eq!(r.status, 200, "answer {i}: {r:?}");
+        generations.push(r.body["generation"].as_u64().expect("a generation"));
+    }
+    // Each change's answer shows the standing with it; the read between
+    // them, the standing as it was when it was read (at least the change
+    // before it).
+    assert!(generations.windows(2).all(|w| w[0] <= w[1]), "{generations:?}");
+    assert_eq!(call(f.addr(), "GET", "/votes", None).body["votes"], json!({"blue": 20, "green": 20}));
+    let syncs = f.store.flushes() - flushes;
+    assert!(syncs < 40, "40 pipelined changes took {syncs} syncs");
+}
