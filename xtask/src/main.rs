@@ -71,7 +71,15 @@ enum Cmd {
     /// Judge scenario runs already recorded (no VM): `rejudge DIR --runs N`.
     #[command(hide = true)]
     Rejudge(scenario::RejudgeCmd),
-    /// Votes/s against a running voting server (e.g. `scx_ballot --no-sched`).
+    /// Votes/s against a running voting server (e.g. `scx_ballot --no-sched`),
+    /// with viewers beside the voters if asked.
+    ///
+    /// Voters (--connections) post votes as fast as answers come back: one
+    /// line per count with votes/s and the p50/p99 time of a vote. Viewers
+    /// (--viewers, --view) behave like open ballot pages, polling `GET /votes`
+    /// once a second or reading the `GET /events` stream: one more line with
+    /// how many were held, refused (why) and late (not answered within 1 s;
+    /// a stream: no event for 2 s), and their answer times or event gaps.
     #[command(hide = true)]
     VoteLoad(vote_load::VoteLoadCmd),
     /// (In the VM) the bench's workloads; used by `bench`.
