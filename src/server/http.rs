@@ -143,13 +143,19 @@ impl Later {
     }
 
     fn deliver(&self, response: Option<Response>) {
-        lock(&self.shared.done).push(Done {
+        let mut done = lock(&self.shared.done);
+        // The loop empties the list after each wake: one wake per batch.
+        let wake = done.is_empty();
+        done.push(Done {
             slot: self.slot,
             serial: self.serial,
             exchange: self.exchange,
             response,
         });
-        let _ = self.shared.waker.wake();
+        drop(done);
+        if wake {
+            let _ = self.shared.waker.wake();
+        }
     }
 }
 
@@ -832,9 +838,11 @@ impl Loop {
             conn.phase = Phase::Drain;
         }
         self.send_ready(slot, now);
+        self.write(slot);
     }
 
-    /// Writes the answers that are ready, in the order of their requests.
+    /// Queues the answers that are ready, in the order of their requests
+    /// (the caller writes them).
     fn send_ready(&mut self, slot: usize, now: Instant) {
         let request_timeout = self.limits.request_timeout;
         let Some(conn) = self.conn(slot) else { return };
@@ -866,12 +874,12 @@ impl Loop {
         if subscribed {
             self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         }
-        self.write(slot);
     }
 
     fn answer_done(&mut self) {
         let done = std::mem::take(&mut *lock(&self.shared.done));
         let now = Instant::now();
+        let mut answered = Vec::new();
         for Done { slot, serial, exchange, response } in done {
             // The connection may have gone (and its slot been taken since).
             let Some(conn) = self.conn(slot) else { continue };
@@ -889,6 +897,15 @@ impl Loop {
                 ApiError::Internal.response()
             }));
             self.send_ready(slot, now);
+            if answered.last() != Some(&slot) {
+                answered.push(slot);
+            }
+        }
+        // One write per connection, however many of its answers came.
+        answered.sort_unstable();
+        answered.dedup();
+        for slot in answered {
+            self.write(slot);
             self.read(slot);
         }
     }

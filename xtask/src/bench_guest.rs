@@ -493,6 +493,7 @@ impl Bench<'_> {
             candidate: "blue".into(),
             connections: self.plan.vote_connections,
             secs: self.plan.vote_secs,
+            pipeline: 1,
         };
         Ok(load.run()?.votes_per_s)
     }

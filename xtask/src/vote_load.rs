@@ -77,6 +77,12 @@ pub struct VoteLoadCmd {
     /// 1 s), and their answer times.
     #[arg(long, default_value_t = 0)]
     pub viewers: u32,
+    /// Votes each voter connection sends at once before it reads their
+    /// answers (HTTP/1.1 pipelining); 1: one vote in flight, as a page
+    /// does. More lets one connection's votes share a journal sync, so it
+    /// measures the server's throughput rather than the round trip.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub pipeline: u32,
     /// What each viewer does (needs --viewers) [default: poll]
     #[arg(long, value_enum)]
     pub view: Option<View>,
@@ -146,6 +152,7 @@ impl VoteLoadCmd {
                 candidate: self.candidate.clone(),
                 connections: n,
                 secs: self.secs,
+                pipeline: self.pipeline,
             };
             let room = if self.viewers == 0 {
                 let r = load.run()?;
@@ -216,6 +223,8 @@ pub struct Load {
     pub candidate: String,
     pub connections: u32,
     pub secs: u64,
+    /// Votes a connection sends before reading their answers.
+    pub pipeline: u32,
 }
 
 /// Voter ids each connection cycles through.
@@ -442,8 +451,9 @@ impl Load {
             .map(|(first, t)| {
                 let (addr, candidate) = (self.addr.clone(), self.candidate.clone());
                 let stop = Arc::clone(&stop);
+                let pipeline = self.pipeline.max(1);
                 std::thread::spawn(move || {
-                    let r = one_connection(&addr, &candidate, t, first, end, &stop, tolerate_busy);
+                    let r = one_connection(&addr, &candidate, t, first, end, &stop, tolerate_busy, pipeline);
                     if r.is_err() {
                         // Ends the viewers' loop too: the run has failed.
                         stop.store(true, Ordering::SeqCst);
@@ -573,7 +583,9 @@ struct VoterTally {
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
 
 /// Votes on `first` (then on new connections as needed) until `end`, or
-/// until `stop`.
+/// until `stop`: `pipeline` votes sent at once, then their answers read;
+/// each vote's time runs from that send to its answer.
+#[allow(clippy::too_many_arguments)]
 fn one_connection(
     addr: &str,
     candidate: &str,
@@ -582,6 +594,7 @@ fn one_connection(
     end: Instant,
     stop: &AtomicBool,
     tolerate_busy: bool,
+    pipeline: u32,
 ) -> Result<VoterTally> {
     let (mut stream, mut reader) = first;
     let mut times = Vec::new();
@@ -589,55 +602,74 @@ fn one_connection(
     let mut i = 0u64;
     let (mut status, mut line, mut body) = (String::new(), String::new(), Vec::new());
     while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-        let voter = i % VOTERS_PER_CONNECTION;
-        let vote = format!("{{\"candidate\":\"{candidate}\",\"voter\":\"load-{t}-{voter}\"}}");
-        i += 1;
-        let request = format!(
-            "POST /votes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{vote}",
-            vote.len()
-        );
-        let started = Instant::now();
-        status.clear();
-        let sent = stream.write_all(request.as_bytes()).is_ok();
-        if !sent || !matches!(reader.read_line(&mut status), Ok(n) if n > 0) {
-            // The server ended the keep-alive connection (closed or reset
-            // after its last request): open another.
-            reconnects += 1;
-            if reconnects > 10_000 {
-                bail!("the server keeps closing connections");
-            }
-            (stream, reader) = connect(addr)?;
-            continue;
+        let mut request = String::new();
+        for _ in 0..pipeline {
+            let voter = i % VOTERS_PER_CONNECTION;
+            let vote = format!("{{\"candidate\":\"{candidate}\",\"voter\":\"load-{t}-{voter}\"}}");
+            i += 1;
+            request.push_str(&format!(
+                "POST /votes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{vote}",
+                vote.len()
+            ));
         }
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            if line == "\r\n" || line.is_empty() {
+        let started = Instant::now();
+        // Whether the connection must be opened again, and why.
+        let mut reopen = if stream.write_all(request.as_bytes()).is_ok() { None } else { Some(false) };
+        for _ in 0..pipeline {
+            if reopen.is_some() {
                 break;
             }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().context("a bad Content-Length")?;
+            status.clear();
+            if !matches!(reader.read_line(&mut status), Ok(n) if n > 0) {
+                // The server ended the keep-alive connection (closed or
+                // reset after its last request).
+                reopen = Some(false);
+                break;
             }
+            let mut len = 0usize;
+            loop {
+                line.clear();
+                reader.read_line(&mut line)?;
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().context("a bad Content-Length")?;
+                }
+            }
+            body.resize(len, 0);
+            reader.read_exact(&mut body)?;
+            if !status.contains(" 200 ") {
+                if tolerate_busy && status.contains(" 503 ") {
+                    // The viewers hold the server's connections; it closes
+                    // this one after its 503.
+                    busy += 1;
+                    reopen = Some(true);
+                    break;
+                }
+                bail!(
+                    "vote answered {}: {}",
+                    status.trim(),
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            times.push(started.elapsed().as_nanos() as u64);
         }
-        body.resize(len, 0);
-        reader.read_exact(&mut body)?;
-        if !status.contains(" 200 ") {
-            if tolerate_busy && status.contains(" 503 ") {
-                // The viewers hold the server's connections; it closes this
-                // one after its 503: wait a moment and connect again.
-                busy += 1;
+        match reopen {
+            None => {}
+            Some(true) => {
+                // Busy: wait a moment before connecting again.
                 std::thread::sleep(BUSY_PAUSE.min(end.saturating_duration_since(Instant::now())));
                 (stream, reader) = connect(addr)?;
-                continue;
             }
-            bail!(
-                "vote answered {}: {}",
-                status.trim(),
-                String::from_utf8_lossy(&body)
-            );
+            Some(false) => {
+                reconnects += 1;
+                if reconnects > 10_000 {
+                    bail!("the server keeps closing connections");
+                }
+                (stream, reader) = connect(addr)?;
+            }
         }
-        times.push(started.elapsed().as_nanos() as u64);
     }
     Ok(VoterTally {
         times,
