@@ -232,6 +232,8 @@ const SWEEP: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(1);
 /// Refused connections lingering at once, at most; more are dropped at once.
 const MAX_LINGERING_REFUSALS: usize = 256;
+/// Streams handed their events per turn of the loop.
+const BROADCAST_STEP: usize = 512;
 /// Requests of one connection being answered at once (pipelining); more
 /// wait in its buffer.
 const MAX_IN_FLIGHT: usize = 64;
@@ -280,6 +282,7 @@ pub(super) fn serve(
         shared: Arc::clone(&shared),
         accept_paused_until: None,
         scratch: vec![0; 16 * 1024],
+        broadcasting: None,
     };
     let handle = std::thread::Builder::new()
         .name("ballot-http".into())
@@ -486,14 +489,22 @@ struct Loop {
     shared: Arc<Shared>,
     accept_paused_until: Option<Instant>,
     scratch: Vec<u8>,
+    /// The events being handed to the streams, and the next slot to get
+    /// them.
+    broadcasting: Option<(Vec<u8>, usize)>,
 }
 
 impl Loop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP;
+        let mut broadcasting = false;
         while !self.shared.stop.load(Ordering::SeqCst) {
-            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            let timeout = if broadcasting {
+                Duration::ZERO
+            } else {
+                next_sweep.saturating_duration_since(Instant::now())
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     log::error!("voting server: waiting for connections: {e}");
@@ -517,7 +528,7 @@ impl Loop {
                 }
             }
             self.answer_done();
-            self.broadcast();
+            broadcasting = self.broadcast();
             let now = Instant::now();
             if now >= next_sweep {
                 self.sweep(now);
@@ -910,21 +921,29 @@ impl Loop {
         }
     }
 
-    fn broadcast(&mut self) {
-        let events = std::mem::take(&mut *lock(&self.shared.events));
-        if events.is_empty() {
-            return;
+    /// Hands the events sent through the [`Hub`] to the streams, at most
+    /// [`BROADCAST_STEP`] connections per call, so that a full room's
+    /// streams do not hold up everyone's requests; `true` while a
+    /// broadcast is unfinished.
+    fn broadcast(&mut self) -> bool {
+        if self.broadcasting.is_none() {
+            let events = std::mem::take(&mut *lock(&self.shared.events));
+            if events.is_empty() {
+                return false;
+            }
+            let bytes: Vec<u8> = events.iter().flat_map(|e| e.iter().copied()).collect();
+            self.broadcasting = Some((bytes, 0));
         }
+        let Some((bytes, from)) = self.broadcasting.take() else { return false };
         let now = Instant::now();
         let max_backlog = self.limits.max_stream_backlog;
-        for slot in 0..self.conns.len() {
+        let to = (from + BROADCAST_STEP).min(self.conns.len());
+        for slot in from..to {
             let Some(conn) = self.conn(slot) else { continue };
             if !matches!(conn.phase, Phase::Stream) {
                 continue;
             }
-            for event in &events {
-                conn.queue(event);
-            }
+            conn.queue(&bytes);
             if conn.backlog() > max_backlog {
                 log::debug!("voting server: dropping an event stream {} bytes behind", conn.backlog());
                 self.close(slot);
@@ -934,6 +953,11 @@ impl Loop {
                 self.close(slot);
             }
         }
+        if to < self.conns.len() {
+            self.broadcasting = Some((bytes, to));
+            return true;
+        }
+        !lock(&self.shared.events).is_empty()
     }
 
     /// Closes what is past its deadline: a request not in by its deadline
