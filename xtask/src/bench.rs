@@ -49,6 +49,8 @@ pub struct BenchCmd {
 /// Targets the issue names (reported against, never asserted).
 const TARGET_VOTE_P99_MS: f64 = 50.0;
 const TARGET_VOTES_PER_S: f64 = 10_000.0;
+/// Open ballot pages (event streams) beside the voters in the room load.
+const ROOM_VIEWERS: u32 = 1000;
 const TARGET_RSS_MIB: f64 = 32.0;
 
 impl BenchCmd {
@@ -86,6 +88,7 @@ impl BenchCmd {
             flips: 20,
             vote_secs: 3,
             vote_connections: 16,
+            room_viewers: ROOM_VIEWERS,
         };
         let plan_path = out.join("plan.json");
         std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
@@ -225,6 +228,8 @@ pub struct Row {
     vote_p50_ms: Option<f64>,
     vote_p99_ms: Option<f64>,
     votes_per_s: Option<f64>,
+    room_held: Option<f64>,
+    room_votes_per_s: Option<f64>,
     rss_mib: Option<f64>,
     sched_cpu_s: Option<f64>,
     failed: bool,
@@ -242,6 +247,8 @@ impl Row {
             vote_p50_ms: percentile(&r.vote_effect_ms, 0.5),
             vote_p99_ms: percentile(&r.vote_effect_ms, 0.99),
             votes_per_s: median(&r.votes_per_s),
+            room_held: r.room_held.iter().copied().reduce(f64::min),
+            room_votes_per_s: median(&r.room_votes_per_s),
             rss_mib: r.sched_peak_rss_kib.map(|k| k as f64 / 1024.0),
             sched_cpu_s: r.sched_cpu_s,
             failed: r.failure.is_some(),
@@ -254,7 +261,9 @@ impl Row {
             "messaging_s": self.messaging_s, "messaging_full_s": self.messaging_full_s,
             "cpu_s": self.cpu_s, "wake_p50_us": self.wake_p50_us, "wake_p99_us": self.wake_p99_us,
             "vote_effect_p50_ms": self.vote_p50_ms, "vote_effect_p99_ms": self.vote_p99_ms,
-            "votes_per_s": self.votes_per_s, "sched_peak_rss_mib": self.rss_mib, "sched_cpu_s": self.sched_cpu_s,
+            "votes_per_s": self.votes_per_s,
+            "room_viewers": ROOM_VIEWERS, "room_viewers_held_min": self.room_held, "room_votes_per_s": self.room_votes_per_s,
+            "sched_peak_rss_mib": self.rss_mib, "sched_cpu_s": self.sched_cpu_s,
         })
     }
 }
@@ -283,13 +292,13 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
     );
     let _ = writeln!(
         t,
-        "| configuration | messaging s (ratio) | messaging, full mode s (ratio) | CPU work s (ratio) | wake-up p50/p99 us | vote->effect p50/p99 ms | votes/s | sched RSS MiB | sched CPU s |"
+        "| configuration | messaging s (ratio) | messaging, full mode s (ratio) | CPU work s (ratio) | wake-up p50/p99 us | vote->effect p50/p99 ms | votes/s | room: streams held, votes/s | sched RSS MiB | sched CPU s |"
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             t,
-            "| {}{} | {} ({}) | {} ({}) | {} ({}) | {}/{} | {}/{} | {} | {} | {} |",
+            "| {}{} | {} ({}) | {} ({}) | {} ({}) | {}/{} | {}/{} | {} | {} | {} | {} |",
             r.name,
             if r.failed { " (FAILED)" } else { "" },
             num(r.messaging_s, 2),
@@ -303,6 +312,10 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
             num(r.vote_p50_ms, 1),
             num(r.vote_p99_ms, 1),
             num(r.votes_per_s, 0),
+            match r.room_held {
+                Some(h) => format!("{h:.0}/{ROOM_VIEWERS}, {}", num(r.room_votes_per_s, 0)),
+                None => "-".into(),
+            },
             num(r.rss_mib, 1),
             num(r.sched_cpu_s, 1),
         );

@@ -74,6 +74,9 @@ pub struct Plan {
     /// Seconds of vote load for the server throughput, and its connections.
     pub vote_secs: u64,
     pub vote_connections: u32,
+    /// Viewers following `GET /events` beside the voters in the room load.
+    #[serde(default)]
+    pub room_viewers: u32,
 }
 
 /// Raw results of one configuration.
@@ -91,6 +94,12 @@ pub struct Raw {
     /// Vote acknowledged -> first run of a task of the new leader, in ms.
     pub vote_effect_ms: Vec<f64>,
     pub votes_per_s: Vec<f64>,
+    /// The room load: viewers held to the end, and the voters' votes/s
+    /// beside them.
+    #[serde(default)]
+    pub room_held: Vec<f64>,
+    #[serde(default)]
+    pub room_votes_per_s: Vec<f64>,
     pub sched_peak_rss_kib: Option<u64>,
     pub sched_cpu_s: Option<f64>,
     /// Why this configuration failed (crashed, ejected), if it did.
@@ -274,6 +283,11 @@ impl Bench<'_> {
             if self.cfg.name == "election" {
                 raw.vote_effect_ms = self.vote_effect()?;
                 raw.votes_per_s.push(self.vote_load()?);
+                if self.plan.room_viewers > 0 {
+                    let (held, votes) = self.room_load()?;
+                    raw.room_held.push(held);
+                    raw.room_votes_per_s.push(votes);
+                }
                 self.check(&sched)?;
             }
             if let Some(s) = sched {
@@ -496,5 +510,23 @@ impl Bench<'_> {
             pipeline: 1,
         };
         Ok(load.run()?.votes_per_s)
+    }
+
+    /// A room beside the scheduler: `room_viewers` open ballot pages on the
+    /// event stream while the voters post; the viewers held to the end and
+    /// the votes/s.
+    fn room_load(&self) -> Result<(f64, f64)> {
+        let load = Load {
+            addr: API.into(),
+            candidate: "blue".into(),
+            connections: self.plan.vote_connections,
+            secs: self.plan.vote_secs,
+            pipeline: 1,
+        };
+        let viewers = crate::vote_load::Viewers::new(self.plan.room_viewers, crate::vote_load::View::Stream);
+        let room = load.run_with_viewers(&viewers)?;
+        let held = room.viewers.map_or(0.0, |v| f64::from(v.held));
+        let votes = room.voters.map_or(0.0, |v| v.votes_per_s);
+        Ok((held, votes))
     }
 }

@@ -1713,6 +1713,7 @@ mod tests {
             candidate: "blue".into(),
             connections: 0,
             secs,
+            pipeline: 1,
         }
     }
 
