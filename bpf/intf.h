@@ -100,7 +100,7 @@ struct dispatched_task {
 struct select_cpu_arg {
 	s32 pid;
 	s32 prev_cpu;
-	u64 flags;
+	u64 flags;		/* not used (as in scx_rustland_core) */
 };
 
 /* Argument of the kick syscall program. */

@@ -69,9 +69,11 @@ const volatile bool debug_no_dispatch;
 
 /*
  * Counters read by user space. nr_scheduled is written by user space: how
- * many tasks the policy still holds.
+ * many tasks the policy still holds. nr_queued_total counts every task sent
+ * to user space so far; user space subtracts the ones it has read to get the
+ * backlog (the nr_queued of the Rust API).
  */
-u64 nr_online_cpus, nr_running, nr_queued, nr_scheduled;
+u64 nr_online_cpus, nr_running, nr_queued_total, nr_scheduled;
 u64 nr_user_dispatches, nr_kernel_dispatches, nr_cancel_dispatches;
 u64 nr_bounce_dispatches, nr_failed_dispatches, nr_sched_congested;
 u64 nr_rescued;
@@ -298,7 +300,7 @@ static void queue_to_user(struct task_struct *p, u64 enq_flags)
 	task->enq_seq = tctx->enq_seq;
 	bpf_probe_read_kernel_str(task->comm, sizeof(task->comm), p->comm);
 	bpf_ringbuf_submit(task, 0);
-	count(&nr_queued);
+	count(&nr_queued_total);
 	return;
 
 congested:
@@ -573,14 +575,18 @@ s32 BPF_STRUCT_OPS(ballot_init_task, struct task_struct *p,
 }
 
 /*
- * The select_cpu() of the Rust API: an idle CPU for @pid, preferring
- * @prev_cpu, or a negative value when none is idle. Run by user space
- * through BPF_PROG_TEST_RUN.
+ * The select_cpu() of the Rust API: an idle CPU for @pid, or a negative value
+ * when none is idle. Where the kernel allows it from here, its own
+ * topology-aware choice (scx_bpf_select_cpu_and(), as ops.select_cpu() would
+ * make on a wake-up: @prev_cpu if idle, else a fully idle core, the same LLC,
+ * the same node, anything); otherwise @prev_cpu if idle, else any idle CPU.
+ * @arg->flags is not used. Run by user space through BPF_PROG_TEST_RUN.
  */
 SEC("syscall")
 int ballot_pick_idle_cpu(struct select_cpu_arg *arg)
 {
 	struct task_struct *p, *curr;
+	s32 prev_cpu = arg->prev_cpu;
 	s32 cpu;
 	int i;
 
@@ -588,9 +594,12 @@ int ballot_pick_idle_cpu(struct select_cpu_arg *arg)
 	if (!p)
 		return -ESRCH;
 	bpf_rcu_read_lock();
-	if (arg->prev_cpu >= 0 && bpf_cpumask_test_cpu(arg->prev_cpu, p->cpus_ptr) &&
-	    scx_bpf_test_and_clear_cpu_idle(arg->prev_cpu))
-		cpu = arg->prev_cpu;
+	if (prev_cpu >= 0 && prev_cpu < scx_bpf_nr_cpu_ids() &&
+	    __COMPAT_HAS_scx_bpf_select_cpu_and)
+		cpu = scx_bpf_select_cpu_and(p, prev_cpu, SCX_WAKE_TTWU, p->cpus_ptr, 0);
+	else if (prev_cpu >= 0 && bpf_cpumask_test_cpu(prev_cpu, p->cpus_ptr) &&
+		 scx_bpf_test_and_clear_cpu_idle(prev_cpu))
+		cpu = prev_cpu;
 	else
 		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 	/*

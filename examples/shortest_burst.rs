@@ -9,7 +9,7 @@
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use scx_ballot::bpf::{BpfScheduler, DispatchedTask, IdleDispatch, InitOpts, RL_CPU_ANY};
@@ -42,27 +42,30 @@ impl Policy for ShortestBurst {
 fn main() -> Result<()> {
     scx_ballot::logger::init(false);
     scx_ballot::preflight::check(&scx_ballot::preflight::HostFacts::read())?;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let flag = shutdown.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))?;
 
     let opts = InitOpts {
         partial: true,
-        slice_us: 5000,
-        slice_max_us: 20_000,
+        slice_ns: 5_000_000,
+        slice_max_ns: 20_000_000,
         starvation_ms: 1000,
         timeout_ms: 5000,
         exit_dump_len: 0,
         idle_dispatch: IdleDispatch::Always,
+        name: "shortest_burst".to_string(),
+        lock_memory: false,
+        sched_ext_self: false,
         debug: false,
         debug_no_dispatch: false,
     };
     let mut policy = ShortestBurst {
-        slice_ns: opts.slice_us * 1000,
+        slice_ns: opts.slice_ns,
     };
     let mut open_object = MaybeUninit::uninit();
-    let mut bpf = BpfScheduler::init(&mut open_object, &opts)?;
-    sched::run(&mut bpf, &mut policy, &shutdown, None)?;
+    // `init_with` installs the Ctrl-C handler: `exited()`, which the loop
+    // checks, turns true on Ctrl-C, so no flag of our own is needed.
+    let mut bpf = BpfScheduler::init_with(&mut open_object, &opts)?;
+    let never = Arc::new(AtomicBool::new(false));
+    sched::run(&mut bpf, &mut policy, &never, None)?;
     Ok(())
 }
 

@@ -1,22 +1,32 @@
 //! The connector: the one module that talks to the BPF dispatcher. Every map
 //! access and every `unsafe` block of the scheduler lives here.
 //!
-//! Its API has the shape of scx_rustland_core's `BpfScheduler`, so a policy
-//! written against one ports to the other by changing imports and the init
-//! call: [`BpfScheduler::init`], [`dequeue_task`](BpfScheduler::dequeue_task),
+//! Its API is scx_rustland_core's (2.4.x): [`BpfScheduler`] with the same
+//! [`init`](BpfScheduler::init) arguments,
+//! [`dequeue_task`](BpfScheduler::dequeue_task),
 //! [`dispatch_task`](BpfScheduler::dispatch_task),
 //! [`select_cpu`](BpfScheduler::select_cpu),
-//! [`notify_complete`](BpfScheduler::notify_complete) and the `nr_*` counters.
+//! [`notify_complete`](BpfScheduler::notify_complete),
+//! [`exited`](BpfScheduler::exited),
+//! [`shutdown_and_report`](BpfScheduler::shutdown_and_report) and the
+//! `nr_*_mut()` counters, [`QueuedTask`], [`DispatchedTask`] and
+//! [`RL_CPU_ANY`], with the same names and meanings. A scheduler written for
+//! scx_rustland_core ports by changing its imports. What this module adds,
+//! and the few places where it deliberately differs, are listed in
+//! `docs/writing-a-policy.md` ("Porting from scx_rustland_core").
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::ffi::c_char;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use libbpf_rs::libbpf_sys::bpf_object_open_opts;
 use libbpf_rs::{OpenObject, ProgramInput, RingBuffer, RingBufferBuilder, UserRingBuffer};
 use scx_utils::{
     UserExitInfo, compat, scx_ops_attach, scx_ops_load, scx_ops_open, uei_exited, uei_report,
@@ -61,110 +71,177 @@ impl IdleDispatch {
 /// The length of a task's command name (`comm`), NUL included.
 pub const TASK_COMM_LEN: usize = 16;
 
-/// A runnable task that the BPF side hands to the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A runnable task that the BPF side hands to the policy: scx_rustland_core's
+/// `QueuedTask`, plus `tgid`, `wakeup`, `sched_ext` and `free_runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd)]
 pub struct QueuedTask {
+    /// The thread.
     pub pid: i32,
-    /// Its process (thread group).
+    /// Its process (thread group). Addition.
     pub tgid: i32,
     /// The CPU it last ran on.
     pub cpu: i32,
     /// It woke up (true), or it left `cpu`, which now needs another task.
+    /// Addition.
     pub wakeup: bool,
-    /// Its policy is SCHED_EXT (always so in partial mode).
+    /// Its policy is SCHED_EXT (always so in partial mode). Addition.
     pub sched_ext: bool,
+    /// How many CPUs its affinity allows.
     pub nr_cpus_allowed: u64,
-    /// The kernel's enqueue flags.
+    /// The kernel's enqueue flags (`SCX_ENQ_*`).
     pub flags: u64,
     /// When it last started running (ns, the scheduler clock).
     pub start_ts: u64,
     /// When it last stopped running (ns).
     pub stop_ts: u64,
-    /// CPU time since it last became runnable (ns).
+    /// CPU time since it last became runnable (ns), as the kernel counts it
+    /// (`sum_exec_runtime`; scx_rustland_core adds up start-to-stop clock
+    /// time, which on an overcommitted virtual machine can be half of it).
     pub exec_runtime: u64,
     /// The part of `exec_runtime` it ran on past a slice by itself, while
     /// the policy held nothing (the BPF side let it, so no decision of the
-    /// policy's is to pay for it).
+    /// policy's is to pay for it). Addition.
     pub free_runtime: u64,
     /// 1..=10000, 100 for nice 0.
     pub weight: u64,
-    /// The vtime it was last dispatched with.
+    /// Its current vtime (`dsq_vtime`: the one it was last dispatched with).
     pub vtime: u64,
-    /// Which enqueue this is; a decision for an older one is cancelled.
-    pub enq_seq: u64,
+    /// Which enqueue of this task this is (it grows with every one); a
+    /// decision for an older one is cancelled.
+    pub enq_cnt: u64,
     /// Command name, NUL-padded.
-    pub comm: [u8; TASK_COMM_LEN],
+    pub comm: [c_char; TASK_COMM_LEN],
 }
 
 impl QueuedTask {
-    /// The command name as text.
-    pub fn comm_str(&self) -> &str {
-        let end = self
+    /// The command name as text (up to the first NUL; invalid UTF-8
+    /// replaced).
+    pub fn comm_str(&self) -> String {
+        let bytes: Vec<u8> = self
             .comm
             .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(TASK_COMM_LEN);
-        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
 /// A decision of the policy: where, for how long and in which order a task
-/// runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// runs. The fields of scx_rustland_core's `DispatchedTask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd)]
 pub struct DispatchedTask {
+    /// The task.
     pub pid: i32,
-    /// Target CPU, or [`RL_CPU_ANY`].
+    /// Target CPU, or [`RL_CPU_ANY`] (the shared queue: the first CPU that
+    /// frees up runs it). A CPU the task may not use is replaced by its
+    /// previous CPU (`nr_bounce_dispatches`).
     pub cpu: i32,
-    /// Enqueue flags for the dispatch.
+    /// Enqueue flags passed to the kernel with the dispatch; with a CPU,
+    /// [`RL_PREEMPT_CPU`] makes that CPU give up the task it runs.
     pub flags: u64,
     /// Time slice in ns; 0 for the default slice.
     pub slice_ns: u64,
     /// Order in the shared queue: lower runs first.
     pub vtime: u64,
-    enq_seq: u64,
+    /// The enqueue this decision answers ([`QueuedTask::enq_cnt`]); a
+    /// decision for an older one is cancelled (`nr_cancel_dispatches`).
+    pub enq_cnt: u64,
 }
 
 impl DispatchedTask {
-    /// A decision for `task`: any CPU, default slice, its current vtime.
+    /// A decision for `task`, as scx_rustland_core makes it: its previous
+    /// CPU (`task.cpu`), its enqueue flags, the default slice (0) and vtime
+    /// 0. Set `cpu`, `slice_ns` and `vtime` to decide.
     pub fn new(task: &QueuedTask) -> Self {
         DispatchedTask {
             pid: task.pid,
-            cpu: RL_CPU_ANY,
-            flags: 0,
+            cpu: task.cpu,
+            flags: task.flags,
             slice_ns: 0,
-            vtime: task.vtime,
-            enq_seq: task.enq_seq,
+            vtime: 0,
+            enq_cnt: task.enq_cnt,
         }
-    }
-
-    /// The enqueue this decision answers.
-    pub fn enq_seq(&self) -> u64 {
-        self.enq_seq
     }
 }
 
-/// What [`BpfScheduler::init`] sets up.
+/// Everything [`BpfScheduler::init_with`] sets up: the arguments of
+/// [`BpfScheduler::init`] and this framework's additions.
 #[derive(Debug, Clone)]
 pub struct InitOpts {
     /// Only SCHED_EXT tasks (true) or every task (false).
     pub partial: bool,
-    /// Default time slice.
-    pub slice_us: u64,
-    /// Longest slice a decision may ask for.
-    pub slice_max_us: u64,
-    /// How long a task may wait for user space before the BPF side runs it.
+    /// Default time slice (ns): for decisions with `slice_ns` 0 and the
+    /// tasks the BPF side dispatches itself.
+    pub slice_ns: u64,
+    /// Longest slice a decision may ask for (ns). Addition.
+    pub slice_max_ns: u64,
+    /// How long a task may wait for user space before the BPF side runs it
+    /// (ms). Addition.
     pub starvation_ms: u64,
     /// Kernel watchdog timeout (0: this scheduler's default, 5000 ms).
+    /// Addition.
     pub timeout_ms: u32,
     /// Bytes of the kernel's debug dump kept on an error exit (0: default).
     pub exit_dump_len: u32,
-    /// When the BPF side puts waking tasks on idle CPUs by itself.
+    /// When the BPF side puts waking tasks on idle CPUs by itself
+    /// (`builtin_idle` of [`BpfScheduler::init`]: true is
+    /// [`IdleDispatch::WhenClear`], false [`IdleDispatch::Never`]).
     pub idle_dispatch: IdleDispatch,
+    /// The scheduler's name in `/sys/kernel/sched_ext/root/ops` (this
+    /// crate's version and the architecture are appended).
+    pub name: String,
+    /// Lock the process's memory ([`lock_memory`]) before loading; a
+    /// failure is logged, not fatal.
+    pub lock_memory: bool,
+    /// Switch the calling thread, the scheduling loop, to SCHED_EXT once
+    /// attached (what [`BpfScheduler::init`] does in partial mode).
+    pub sched_ext_self: bool,
     /// libbpf debug output.
     pub debug: bool,
-    /// Testing aid: never dispatch (see `--debug-no-dispatch`).
+    /// Testing aid: never dispatch (see `--debug-no-dispatch`). Addition.
     pub debug_no_dispatch: bool,
 }
+
+/// Set by the SIGINT/SIGTERM handler that `init` installs; read by
+/// [`BpfScheduler::exited`].
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+/// Whether the handler is ours (true) or the program had its own (false).
+static SIGNAL_HANDLER: OnceLock<bool> = OnceLock::new();
+
+/// Installs, once per process, a Ctrl-C (SIGINT, SIGTERM, SIGHUP) handler
+/// after which [`BpfScheduler::exited`] is true. A program that installed
+/// its own handler first keeps it (only one is allowed): it then stops its
+/// loop itself, as [`crate::sched::run`] does with its `shutdown` flag.
+fn catch_signals() -> Result<()> {
+    if SIGNAL_HANDLER.get().is_some() {
+        return Ok(());
+    }
+    match ctrlc::set_handler(|| SHUTDOWN.store(true, Ordering::Relaxed)) {
+        Ok(()) => {
+            let _ = SIGNAL_HANDLER.set(true);
+            Ok(())
+        }
+        Err(ctrlc::Error::MultipleHandlers) => {
+            let _ = SIGNAL_HANDLER.set(false);
+            Ok(())
+        }
+        Err(e) => Err(e).context("installing the SIGINT/SIGTERM handler"),
+    }
+}
+
+/// Whether the Ctrl-C handler that `init` installed has fired.
+pub fn shutdown_requested() -> bool {
+    SHUTDOWN.load(Ordering::Relaxed)
+}
+
+/// How long [`BpfScheduler::notify_complete`] sleeps at most when the
+/// policy holds no task (a queued task wakes it at once).
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long it sleeps at most while the policy still holds tasks (a CPU
+/// going idle wakes it at once).
+pub const BUSY_WAIT: Duration = Duration::from_millis(5);
 
 /// The loaded, attached dispatcher. Dropping it detaches the scheduler.
 pub struct BpfScheduler<'obj> {
@@ -183,6 +260,10 @@ pub struct BpfScheduler<'obj> {
     held: Held,
     /// Wakes `wait_for_tasks` from other threads, once asked for.
     waker: Option<Waker>,
+    /// Tasks `dequeue_task` has returned so far.
+    nr_dequeued: u64,
+    /// What `nr_queued_mut` hands out: the backlog when last asked.
+    nr_queued: u64,
 }
 
 /// Cuts the scheduling loop's wait short from another thread: an eventfd in
@@ -303,9 +384,9 @@ fn decode_queued(data: &[u8]) -> Option<QueuedTask> {
     // (integers and a byte array), so any bit pattern is valid, and
     // read_unaligned copes with the ring buffer's 8-byte alignment.
     let raw: bpf_intf::queued_task = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
-    let mut comm = [0u8; TASK_COMM_LEN];
+    let mut comm: [c_char; TASK_COMM_LEN] = [0; TASK_COMM_LEN];
     for (dst, src) in comm.iter_mut().zip(raw.comm.iter()) {
-        *dst = *src as u8;
+        *dst = *src as c_char;
     }
     Some(QueuedTask {
         pid: raw.pid,
@@ -321,17 +402,84 @@ fn decode_queued(data: &[u8]) -> Option<QueuedTask> {
         free_runtime: raw.free_runtime,
         weight: raw.weight,
         vtime: raw.vtime,
-        enq_seq: raw.enq_seq,
+        enq_cnt: raw.enq_seq,
         comm,
     })
 }
 
 impl<'obj> BpfScheduler<'obj> {
-    /// Opens, configures, loads and attaches the BPF dispatcher.
-    pub fn init(open_object: &'obj mut MaybeUninit<OpenObject>, opts: &InitOpts) -> Result<Self> {
+    /// Opens, configures, loads and attaches the BPF dispatcher, with
+    /// scx_rustland_core's arguments and what its `init` does besides:
+    /// installs a Ctrl-C handler ([`exited`](Self::exited) sees it), locks
+    /// the process's memory and, in partial mode, switches the calling
+    /// thread to SCHED_EXT.
+    ///
+    /// `builtin_idle`: the BPF side may put a waking task on an idle CPU by
+    /// itself while nothing waits for the policy ([`IdleDispatch::WhenClear`];
+    /// false: [`IdleDispatch::Never`]). `slice_ns`: the default slice.
+    /// `numa_local` is not supported: true is an error. The rest of this
+    /// framework's settings take their defaults (see [`init_with`]).
+    ///
+    /// [`init_with`]: Self::init_with
+    #[allow(clippy::too_many_arguments)]
+    pub fn init(
+        open_object: &'obj mut MaybeUninit<OpenObject>,
+        open_opts: Option<bpf_object_open_opts>,
+        exit_dump_len: u32,
+        partial: bool,
+        debug: bool,
+        builtin_idle: bool,
+        numa_local: bool,
+        slice_ns: u64,
+        name: &str,
+    ) -> Result<Self> {
+        if numa_local {
+            bail!(
+                "numa_local is not supported by scx_ballot's BPF side: pass false \
+                 (idle CPUs are chosen by the kernel's topology-aware selection)"
+            );
+        }
+        let opts = InitOpts {
+            partial,
+            slice_ns,
+            slice_max_ns: slice_ns.max(DEFAULT_SLICE_MAX_NS),
+            starvation_ms: 1000,
+            timeout_ms: 0,
+            exit_dump_len,
+            idle_dispatch: if builtin_idle {
+                IdleDispatch::WhenClear
+            } else {
+                IdleDispatch::Never
+            },
+            name: name.to_string(),
+            lock_memory: true,
+            sched_ext_self: partial,
+            debug,
+            debug_no_dispatch: false,
+        };
+        Self::open_and_attach(open_object, open_opts, &opts)
+    }
+
+    /// [`init`](Self::init) with every setting of this framework spelled
+    /// out (the `scx_ballot` binary's way in).
+    pub fn init_with(open_object: &'obj mut MaybeUninit<OpenObject>, opts: &InitOpts) -> Result<Self> {
+        Self::open_and_attach(open_object, None, opts)
+    }
+
+    fn open_and_attach(
+        open_object: &'obj mut MaybeUninit<OpenObject>,
+        open_opts: Option<bpf_object_open_opts>,
+        opts: &InitOpts,
+    ) -> Result<Self> {
+        catch_signals()?;
+        if opts.lock_memory
+            && let Err(e) = lock_memory()
+        {
+            log::warn!("could not lock the scheduler's memory ({e}); a page fault may stall it");
+        }
         let mut builder = BpfSkelBuilder::default();
         builder.obj_builder.debug(opts.debug);
-        let mut skel = scx_ops_open!(builder, open_object, ballot_ops, None)
+        let mut skel = scx_ops_open!(builder, open_object, ballot_ops, open_opts)
             .context("opening the BPF scheduler")?;
 
         let ops = skel.struct_ops.ballot_ops_mut();
@@ -346,14 +494,15 @@ impl<'obj> BpfScheduler<'obj> {
         if opts.timeout_ms > 0 {
             ops.timeout_ms = opts.timeout_ms;
         }
+        set_ops_name(&mut ops.name, &opts.name)?;
 
         let rodata = skel
             .maps
             .rodata_data
             .as_mut()
             .expect("the BPF program has rodata");
-        rodata.slice_ns = opts.slice_us * 1000;
-        rodata.slice_max_ns = opts.slice_max_us * 1000;
+        rodata.slice_ns = opts.slice_ns;
+        rodata.slice_max_ns = opts.slice_max_ns;
         rodata.starvation_ns = opts.starvation_ms * 1_000_000;
         // The thread that runs the scheduling loop: the one that attaches.
         // SAFETY: gettid has no arguments and cannot fail.
@@ -386,7 +535,7 @@ impl<'obj> BpfScheduler<'obj> {
 
         let struct_ops =
             scx_ops_attach!(skel, ballot_ops).context("attaching the BPF scheduler")?;
-        Ok(BpfScheduler {
+        let sched = BpfScheduler {
             skel,
             queued,
             inbox,
@@ -397,19 +546,37 @@ impl<'obj> BpfScheduler<'obj> {
             sent: 0,
             held: Held::default(),
             waker: None,
-        })
+            nr_dequeued: 0,
+            nr_queued: 0,
+        };
+        if opts.sched_ext_self {
+            set_sched_ext().context("switching the scheduler's thread to SCHED_EXT")?;
+        }
+        Ok(sched)
     }
 
     /// The next runnable task, if any (never blocks).
     pub fn dequeue_task(&mut self) -> Result<Option<QueuedTask>, i32> {
-        if let Some(task) = self.inbox.borrow_mut().pop_front() {
-            return Ok(Some(task));
+        let next = self.inbox.borrow_mut().pop_front();
+        let task = match next {
+            Some(task) => Some(task),
+            None => {
+                let n = self.queued.consume_raw();
+                if n < 0 {
+                    return Err(n);
+                }
+                self.inbox.borrow_mut().pop_front()
+            }
+        };
+        if task.is_some() {
+            self.nr_dequeued += 1;
         }
-        let n = self.queued.consume_raw();
-        if n < 0 {
-            return Err(n);
-        }
-        Ok(self.inbox.borrow_mut().pop_front())
+        Ok(task)
+    }
+
+    /// Tasks queued to user space that `dequeue_task` has not returned yet.
+    fn queued_backlog(&self) -> u64 {
+        self.bss().nr_queued_total.saturating_sub(self.nr_dequeued)
     }
 
     /// Hands a decision to the BPF side; it is carried out at the next
@@ -434,7 +601,7 @@ impl<'obj> BpfScheduler<'obj> {
             flags: task.flags,
             slice_ns: task.slice_ns,
             vtime: task.vtime,
-            enq_seq: task.enq_seq,
+            enq_seq: task.enq_cnt,
         };
         let bytes = sample.as_mut();
         // SAFETY: the sample was reserved with exactly
@@ -453,8 +620,13 @@ impl<'obj> BpfScheduler<'obj> {
         Ok(())
     }
 
-    /// An idle CPU that `pid` may run on, preferring `prev_cpu`, or a
-    /// negative value when none is idle.
+    /// An idle CPU that `pid` may run on, or a negative value when none is
+    /// idle. The CPU is claimed: its idle state is cleared, so no other
+    /// caller is given it. Chosen by the kernel's topology-aware idle
+    /// selection, as for a waking task: `prev_cpu` if it is idle, else a
+    /// fully idle core, then a CPU sharing its cache, then its node, then
+    /// any (on kernels without `scx_bpf_select_cpu_and`: `prev_cpu`, else
+    /// any). `flags` is not used (scx_rustland_core does not use it either).
     pub fn select_cpu(&mut self, pid: i32, prev_cpu: i32, flags: u64) -> i32 {
         let mut arg = bpf_intf::select_cpu_arg {
             pid,
@@ -492,10 +664,21 @@ impl<'obj> BpfScheduler<'obj> {
         self.sent.saturating_sub(drained) + self.held.len() as u64
     }
 
-    /// Tells the BPF side how many tasks the policy still holds and wakes
-    /// the CPUs that the decisions made since the last call name (or an idle
-    /// CPU, for decisions that name none), so they are carried out at once.
+    /// Ends a scheduling round: tells the BPF side how many tasks the policy
+    /// still holds (`nr_scheduled`), wakes the CPUs that the decisions made
+    /// since the last call name (or an idle CPU, for decisions that name
+    /// none), so they are carried out at once, then sleeps until there is
+    /// work: a task queued, a CPU going idle while the policy holds tasks,
+    /// or a [`Waker`]; at most [`BUSY_WAIT`] while `nr_pending` > 0, else
+    /// [`IDLE_WAIT`]. A loop of `dequeue_task`, `dispatch_task` and
+    /// `notify_complete` thus never spins.
     pub fn notify_complete(&mut self, nr_pending: u64) {
+        self.publish(nr_pending);
+        self.wait_for_tasks(if nr_pending > 0 { BUSY_WAIT } else { IDLE_WAIT });
+    }
+
+    /// [`notify_complete`](Self::notify_complete) without the sleep.
+    fn publish(&mut self, nr_pending: u64) {
         let mut held = std::mem::take(&mut self.held);
         if !held.flush(|t| self.send_decision(t)) && !self.kick_targets.contains(&-1) {
             // Some CPU must run ops.dispatch() and drain the ring buffer.
@@ -579,9 +762,11 @@ impl<'obj> BpfScheduler<'obj> {
         Ok(waker)
     }
 
-    /// True once the kernel has ejected or unloaded the BPF program.
+    /// True once the kernel has ejected or unloaded the BPF program, or
+    /// the Ctrl-C (SIGINT, SIGTERM) handler that `init` installed has fired
+    /// (see [`shutdown_requested`]).
     pub fn exited(&mut self) -> bool {
-        uei_exited!(&self.skel, uei)
+        shutdown_requested() || uei_exited!(&self.skel, uei)
     }
 
     /// Detaches the scheduler and reports why it exited.
@@ -590,17 +775,14 @@ impl<'obj> BpfScheduler<'obj> {
         uei_report!(&self.skel, uei)
     }
 
+    /// Every counter at once.
     pub fn metrics(&self) -> Metrics {
-        let bss = self
-            .skel
-            .maps
-            .bss_data
-            .as_ref()
-            .expect("the BPF program has bss");
+        let bss = self.bss();
         Metrics {
             nr_online_cpus: bss.nr_online_cpus,
             nr_running: bss.nr_running,
-            nr_queued: bss.nr_queued,
+            nr_queued: self.queued_backlog(),
+            nr_queued_total: bss.nr_queued_total,
             nr_scheduled: bss.nr_scheduled,
             nr_user_dispatches: bss.nr_user_dispatches,
             nr_kernel_dispatches: bss.nr_kernel_dispatches,
@@ -613,6 +795,14 @@ impl<'obj> BpfScheduler<'obj> {
         }
     }
 
+    fn bss(&self) -> &crate::bpf_skel::types::bss {
+        self.skel
+            .maps
+            .bss_data
+            .as_ref()
+            .expect("the BPF program has bss")
+    }
+
     fn bss_mut(&mut self) -> &mut crate::bpf_skel::types::bss {
         self.skel
             .maps
@@ -621,45 +811,85 @@ impl<'obj> BpfScheduler<'obj> {
             .expect("the BPF program has bss")
     }
 
+    /// CPUs online.
     pub fn nr_online_cpus_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_online_cpus
     }
 
+    /// Tasks running now (the scheduling loop's thread not counted).
     pub fn nr_running_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_running
     }
 
+    /// Tasks queued to user space that `dequeue_task` has not returned yet:
+    /// the backlog, as in scx_rustland_core (it falls as tasks are
+    /// dequeued). Read it before the dequeue loop. A write is ignored (the
+    /// next call counts again); the total so far is
+    /// [`Metrics::nr_queued_total`].
     pub fn nr_queued_mut(&mut self) -> &mut u64 {
-        &mut self.bss_mut().nr_queued
+        self.nr_queued = self.queued_backlog();
+        &mut self.nr_queued
     }
 
+    /// Tasks the policy holds without a decision; `notify_complete` sets it.
+    /// The BPF side reads it: while it is not 0, a CPU going idle wakes the
+    /// policy and a task whose slice ends goes back to it.
     pub fn nr_scheduled_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_scheduled
     }
 
+    /// Decisions of the policy carried out so far (for a CPU or for any).
     pub fn nr_user_dispatches_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_user_dispatches
     }
 
+    /// Tasks the BPF side dispatched by itself so far.
     pub fn nr_kernel_dispatches_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_kernel_dispatches
     }
 
+    /// Decisions dropped so far: the task was enqueued again, left, or was
+    /// already dispatched.
     pub fn nr_cancel_dispatches_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_cancel_dispatches
     }
 
+    /// Decisions for a CPU the task may not use, sent to its previous CPU.
     pub fn nr_bounce_dispatches_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_bounce_dispatches
     }
 
+    /// Decisions the kernel refused.
     pub fn nr_failed_dispatches_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_failed_dispatches
     }
 
+    /// Tasks the BPF side dispatched itself because the queue to user space
+    /// was full.
     pub fn nr_sched_congested_mut(&mut self) -> &mut u64 {
         &mut self.bss_mut().nr_sched_congested
     }
+}
+
+/// Longest slice a decision may ask for, with [`BpfScheduler::init`].
+const DEFAULT_SLICE_MAX_NS: u64 = 100_000_000;
+
+/// Writes `name` and this crate's version suffix (what `scx_ops_open!`
+/// appends to the built-in name) into the ops' name.
+fn set_ops_name(field: &mut [c_char], name: &str) -> Result<()> {
+    if !name.is_ascii() || name.is_empty() || name.contains('\0') {
+        bail!("the scheduler's name must be non-empty ASCII: {name:?}");
+    }
+    let full = format!(
+        "{name}{}",
+        scx_utils::build_id::ops_version_suffix(env!("CARGO_PKG_VERSION"))
+    );
+    let n = full.len().min(field.len().saturating_sub(1));
+    field.fill(0);
+    for (dst, src) in field.iter_mut().zip(full.bytes().take(n)) {
+        *dst = src as c_char;
+    }
+    Ok(())
 }
 
 impl Drop for BpfScheduler<'_> {
@@ -744,7 +974,46 @@ mod tests {
     use super::*;
 
     fn decision(pid: i32) -> DispatchedTask {
-        DispatchedTask { pid, cpu: RL_CPU_ANY, flags: 0, slice_ns: 0, vtime: 0, enq_seq: 1 }
+        DispatchedTask { pid, cpu: RL_CPU_ANY, flags: 0, slice_ns: 0, vtime: 0, enq_cnt: 1 }
+    }
+
+    #[test]
+    fn a_new_decision_starts_as_scx_rustland_core_starts_it() {
+        let mut task = crate::sched::fake::task(7, 100, 0, 1);
+        task.cpu = 3;
+        task.flags = 0x1;
+        task.vtime = 99;
+        task.enq_cnt = 5;
+        let d = DispatchedTask::new(&task);
+        assert_eq!(
+            d,
+            DispatchedTask { pid: 7, cpu: 3, flags: 0x1, slice_ns: 0, vtime: 0, enq_cnt: 5 }
+        );
+    }
+
+    #[test]
+    fn comm_str_stops_at_the_nul_and_replaces_invalid_utf8() {
+        let mut task = crate::sched::fake::task(1, 100, 0, 1);
+        assert_eq!(task.comm_str(), "burn");
+        task.comm = [b'x' as c_char; TASK_COMM_LEN];
+        assert_eq!(task.comm_str(), "x".repeat(TASK_COMM_LEN));
+        task.comm[0] = -1;
+        task.comm[1] = 0;
+        assert_eq!(task.comm_str(), "\u{fffd}");
+    }
+
+    #[test]
+    fn the_ops_name_is_the_given_one_with_the_version_suffix() {
+        let mut field = [1 as c_char; 128];
+        set_ops_name(&mut field, "rlfifo").unwrap();
+        let text: String = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect();
+        let suffix = scx_utils::build_id::ops_version_suffix(env!("CARGO_PKG_VERSION"));
+        assert_eq!(text, format!("rlfifo{suffix}"));
+        let mut short = [1 as c_char; 8];
+        set_ops_name(&mut short, "a_long_name").unwrap();
+        assert_eq!(short[7], 0, "always NUL-terminated");
+        assert!(set_ops_name(&mut field, "").is_err());
+        assert!(set_ops_name(&mut field, "é").is_err());
     }
 
     /// A user ring buffer with room for `room` decisions until drained.

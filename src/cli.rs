@@ -344,12 +344,19 @@ impl SchedOpts {
     pub fn init_opts(&self, idle_dispatch: IdleDispatch) -> InitOpts {
         InitOpts {
             partial: !self.full,
-            slice_us: self.slice_us,
-            slice_max_us: self.slice_max_us.max(self.slice_us),
+            slice_ns: self.slice_us * 1000,
+            slice_max_ns: self.slice_max_us.max(self.slice_us) * 1000,
             starvation_ms: self.starvation_ms,
             timeout_ms: self.timeout_ms().unwrap_or(self.timeout_ms),
             exit_dump_len: self.exit_dump_len,
             idle_dispatch,
+            name: "scx_ballot".to_string(),
+            // In full mode every task waits for this process: a page fault
+            // that needs reclaim or I/O could stall the machine.
+            lock_memory: self.full,
+            // The scheduling loop stays in the fair class in partial mode:
+            // it sleeps in the kernel between rounds, so nothing is gained.
+            sched_ext_self: false,
             debug: self.debug,
             debug_no_dispatch: self.debug_no_dispatch,
         }
@@ -420,7 +427,7 @@ mod tests {
         let cfg = cli.sched.init_opts(IdleDispatch::Always);
         assert!(cfg.partial);
         assert_eq!(cli.sched.policy, PolicyName::Vruntime);
-        assert_eq!(cfg.slice_us, 5000);
+        assert_eq!(cfg.slice_ns, 5_000_000);
         assert!(!cfg.debug_no_dispatch);
     }
 

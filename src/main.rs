@@ -146,6 +146,8 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
     opts.check_timing()?;
     preflight::check(&preflight::HostFacts::read())?;
 
+    // Our own handler, installed before `init_with` (which then leaves it in
+    // place: a process has one): the flag stops the loop and the restarts.
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = shutdown.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
@@ -164,11 +166,6 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
     };
     let mut policy = policy_name.build(slice_ns, inputs)?;
     let init = opts.init_opts(policy.idle_dispatch());
-    if !init.partial
-        && let Err(e) = bpf::lock_memory()
-    {
-        warn!("could not lock the scheduler's memory ({e}); a page fault may stall it");
-    }
     let stats = opts.stats.map(Duration::from_secs_f64);
     let metrics_sink = election.as_ref().map(|e| e.tracker.metrics.clone());
     let mut publish = |m| {
@@ -178,7 +175,7 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
     };
     let mut open_object = MaybeUninit::uninit();
     loop {
-        let mut sched = bpf::BpfScheduler::init(&mut open_object, &init)?;
+        let mut sched = bpf::BpfScheduler::init_with(&mut open_object, &init)?;
         if let Some(e) = &election {
             // A vote changes the next decision: the loop wakes for it
             // instead of finishing its sleep.
@@ -189,7 +186,7 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
             "scx_ballot attached: policy {}, {} mode, slice {} us",
             policy.name(),
             if init.partial { "partial" } else { "full" },
-            init.slice_us
+            opts.slice_us
         );
         let uei =
             sched::run_with_metrics(&mut sched, policy.as_mut(), &shutdown, stats, &mut publish)?;

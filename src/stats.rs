@@ -11,8 +11,12 @@ pub struct Metrics {
     /// SCHED_EXT tasks running right now (the scheduler's own threads,
     /// SCHED_EXT in full mode, not counted).
     pub nr_running: u64,
-    /// Tasks queued to user space so far.
+    /// Tasks queued to user space that the policy has not taken yet (the
+    /// backlog: `nr_queued_mut()` of the API, as in scx_rustland_core).
     pub nr_queued: u64,
+    /// Tasks queued to user space so far.
+    #[serde(default)]
+    pub nr_queued_total: u64,
     /// Tasks the policy holds without a decision yet.
     pub nr_scheduled: u64,
     /// Decisions of the policy carried out.
@@ -43,10 +47,11 @@ impl std::fmt::Display for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "cpus {} running {} queued {} held {} | dispatches: user {} kernel {} cancel {} \
-             bounce {} failed {} congested {} rescued {} retried {}",
+            "cpus {} running {} queued {} backlog {} held {} | dispatches: user {} kernel {} \
+             cancel {} bounce {} failed {} congested {} rescued {} retried {}",
             self.nr_online_cpus,
             self.nr_running,
+            self.nr_queued_total,
             self.nr_queued,
             self.nr_scheduled,
             self.nr_user_dispatches,
@@ -75,5 +80,17 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         assert!(json.contains("\"nr_user_dispatches\":7"), "{json}");
         assert_eq!(serde_json::from_str::<Metrics>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn the_backlog_and_the_total_of_queued_tasks_are_both_reported() {
+        let m = Metrics { nr_queued: 2, nr_queued_total: 40, ..Default::default() };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"nr_queued\":2") && json.contains("\"nr_queued_total\":40"), "{json}");
+        let text = m.to_string();
+        assert!(text.contains("queued 40 backlog 2"), "{text}");
+        // Counters written before the total existed still read.
+        let old = json.replace(",\"nr_queued_total\":40", "");
+        assert_eq!(serde_json::from_str::<Metrics>(&old).unwrap().nr_queued_total, 0);
     }
 }

@@ -967,7 +967,7 @@ mod tests {
             let mut back = task(t.pid, 100, 0, 1);
             back.cpu = cpu as i32;
             back.exec_runtime = runtime[&t.pid];
-            back.enq_seq = t.enq_seq() + 1;
+            back.enq_cnt = t.enq_cnt + 1;
             d.queue.push_back(back);
             if let Some(t) = local[cpu].pop_front().or_else(|| take_shared(&mut shared, &mut d)) {
                 *got.entry(class_of[&t.pid].clone()).or_default() += ticked(t.slice_ns);
@@ -1127,7 +1127,7 @@ mod tests {
         // Blue's slice ends: it is queued, then CPU 0 goes idle. The policy
         // sees the idle CPU before it has read blue's task.
         let mut back = task(3, 100, 0, 1);
-        back.enq_seq = 2;
+        back.enq_cnt = 2;
         d.late.push_back(back);
         d.idle_cpus.push_back(0);
         p.schedule(&mut d).unwrap();

@@ -32,6 +32,8 @@ impl Policy for Fifo {
             self.seq += 1;
             out.vtime = self.seq;
             out.slice_ns = self.slice_ns;
+            // The task's enqueue flags (`new` copies them) are not passed on.
+            out.flags = 0;
             d.dispatch_task(&out)?;
         }
         Ok(())

@@ -86,12 +86,12 @@ impl Policy for Vruntime {
     fn schedule(&mut self, d: &mut dyn Dispatcher) -> Result<()> {
         while let Some(task) = d.dequeue_task()? {
             let v = self.charge(&task);
-            self.ready.push(Reverse((v, task.pid, task.enq_seq)));
+            self.ready.push(Reverse((v, task.pid, task.enq_cnt)));
             self.tasks.insert(task.pid, task);
         }
         while let Some(Reverse((v, pid, seq))) = self.ready.pop() {
             let Some(task) = self.tasks.remove(&pid) else { continue };
-            if task.enq_seq != seq {
+            if task.enq_cnt != seq {
                 // A newer enqueue of the same task is in the heap too.
                 self.tasks.insert(pid, task);
                 continue;
@@ -100,6 +100,8 @@ impl Policy for Vruntime {
             out.cpu = RL_CPU_ANY;
             out.vtime = v;
             out.slice_ns = weighted_slice(self.slice_ns, task.weight);
+            // The task's enqueue flags (`new` copies them) are not passed on.
+            out.flags = 0;
             d.dispatch_task(&out)?;
         }
         Ok(())
@@ -137,7 +139,7 @@ mod tests {
             let start = now;
             now += slice;
             let mut t = task(next.pid, weights[pid], start, now);
-            t.enq_seq = next.enq_seq() + 1;
+            t.enq_cnt = next.enq_cnt + 1;
             d.queue.push_back(t);
         }
         got

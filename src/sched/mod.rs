@@ -114,17 +114,12 @@ impl Dispatcher for BpfScheduler<'_> {
     }
 }
 
-/// How long the loop sleeps waiting for tasks when the policy holds none
-/// (a queued task wakes it at once).
-const IDLE_WAIT: Duration = Duration::from_millis(100);
-/// How long it sleeps while the policy still holds tasks.
-const BUSY_WAIT: Duration = Duration::from_millis(5);
-
 /// How often the counters are handed to the `on_metrics` callback.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
 
-/// Runs `policy` until `shutdown` is raised or the kernel ends the
-/// scheduler; prints the counters every `stats` interval when given. Returns
+/// Runs `policy` until `shutdown` is raised, the kernel ends the scheduler
+/// or the Ctrl-C handler of `init` fires (see [`BpfScheduler::exited`]);
+/// prints the counters every `stats` interval when given. Returns
 /// the exit info.
 pub fn run(
     bpf: &mut BpfScheduler<'_>,
@@ -148,9 +143,9 @@ pub fn run_with_metrics(
     let mut last_metrics = Instant::now();
     while !shutdown.load(Ordering::Relaxed) && !bpf.exited() {
         policy.schedule(bpf)?;
-        let pending = policy.nr_pending();
-        bpf.notify_complete(pending);
-        bpf.wait_for_tasks(if pending > 0 { BUSY_WAIT } else { IDLE_WAIT });
+        // Publishes what the policy holds, wakes the CPUs its decisions
+        // name, and sleeps until there is work (see `notify_complete`).
+        bpf.notify_complete(policy.nr_pending());
         if last_metrics.elapsed() >= METRICS_EVERY {
             last_metrics = Instant::now();
             on_metrics(bpf.metrics());
@@ -174,6 +169,7 @@ pub mod fake {
 
     use super::*;
     use crate::bpf::TASK_COMM_LEN;
+    use std::ffi::c_char;
 
     #[derive(Default)]
     pub struct FakeDispatcher {
@@ -245,8 +241,10 @@ pub mod fake {
     /// A runnable task with the given pid and weight, that last ran from
     /// `start` to `stop` (ns).
     pub fn task(pid: i32, weight: u64, start: u64, stop: u64) -> QueuedTask {
-        let mut comm = [0u8; TASK_COMM_LEN];
-        comm[..4].copy_from_slice(b"burn");
+        let mut comm: [c_char; TASK_COMM_LEN] = [0; TASK_COMM_LEN];
+        for (dst, src) in comm.iter_mut().zip(b"burn") {
+            *dst = *src as c_char;
+        }
         QueuedTask {
             pid,
             tgid: pid,
@@ -261,7 +259,7 @@ pub mod fake {
             free_runtime: 0,
             weight,
             vtime: 0,
-            enq_seq: 1,
+            enq_cnt: 1,
             comm,
         }
     }
