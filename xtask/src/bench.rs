@@ -219,6 +219,10 @@ fn percentile(v: &[f64], p: f64) -> Option<f64> {
 
 #[derive(Debug, Clone, Default)]
 pub struct Row {
+    /// Fastest and slowest run of each timed workload.
+    messaging_range: Option<(f64, f64)>,
+    messaging_full_range: Option<(f64, f64)>,
+    cpu_range: Option<(f64, f64)>,
     name: String,
     messaging_s: Option<f64>,
     messaging_full_s: Option<f64>,
@@ -238,6 +242,9 @@ pub struct Row {
 impl Row {
     fn from_raw(r: &Raw) -> Row {
         Row {
+            messaging_range: range(&r.messaging_s),
+            messaging_full_range: range(&r.messaging_full_s),
+            cpu_range: range(&r.cpu_s),
             name: r.name.clone(),
             messaging_s: median(&r.messaging_s),
             messaging_full_s: median(&r.messaging_full_s),
@@ -276,6 +283,31 @@ fn speed(base: Option<f64>, x: Option<f64>) -> String {
     }
 }
 
+/// The fastest and the slowest of a workload's runs.
+fn range(v: &[f64]) -> Option<(f64, f64)> {
+    let v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    let min = v.iter().copied().reduce(f64::min)?;
+    let max = v.iter().copied().reduce(f64::max)?;
+    Some((min, max))
+}
+
+/// A ratio of medians with the spread of the runs behind it: the base's
+/// median against this configuration's slowest and fastest run.
+fn speed_spread(base: Option<f64>, x: Option<f64>, spread: Option<(f64, f64)>) -> String {
+    let ratio = speed(base, x);
+    match (base, spread) {
+        (Some(b), Some((lo, hi))) if lo > 0.0 && hi > lo => {
+            format!("{ratio}, {:.2}-{:.2}x", b / hi, b / lo)
+        }
+        _ => ratio,
+    }
+}
+
+/// Whether two workloads' runs overlap: then their ranking is noise.
+fn overlap(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> bool {
+    matches!((a, b), (Some((a0, a1)), Some((b0, b1))) if a0 <= b1 && b0 <= a1)
+}
+
 fn num(x: Option<f64>, digits: usize) -> String {
     x.map(|v| format!("{v:.digits$}"))
         .unwrap_or_else(|| "-".into())
@@ -288,11 +320,11 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{cpus} vCPUs ({accel}), medians of {repeat} runs; ratios are throughput against EEVDF (higher is better)\n"
+        "{cpus} vCPUs ({accel}), medians of {repeat} runs, the configurations taking turns (one run of each per round); ratios are throughput against EEVDF (higher is better), then the range over the runs\n"
     );
     let _ = writeln!(
         t,
-        "| configuration | messaging s (ratio) | messaging, full mode s (ratio) | CPU work s (ratio) | wake-up p50/p99 us | vote->effect p50/p99 ms | votes/s | room: streams held, votes/s | sched RSS MiB | sched CPU s |"
+        "| configuration | messaging s (ratio, range) | messaging, full mode s (ratio, range) | CPU work s (ratio, range) | wake-up p50/p99 us | vote->effect p50/p99 ms | votes/s | room: streams held, votes/s | sched RSS MiB | sched CPU s |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
@@ -302,11 +334,11 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
             r.name,
             if r.failed { " (FAILED)" } else { "" },
             num(r.messaging_s, 2),
-            speed(b(|x| x.messaging_s), r.messaging_s),
+            speed_spread(b(|x| x.messaging_s), r.messaging_s, r.messaging_range),
             num(r.messaging_full_s, 2),
-            speed(b(|x| x.messaging_s), r.messaging_full_s),
+            speed_spread(b(|x| x.messaging_s), r.messaging_full_s, r.messaging_full_range),
             num(r.cpu_s, 2),
-            speed(b(|x| x.cpu_s), r.cpu_s),
+            speed_spread(b(|x| x.cpu_s), r.cpu_s, r.cpu_range),
             num(r.wake_p50_us, 0),
             num(r.wake_p99_us, 0),
             num(r.vote_p50_ms, 1),
@@ -342,11 +374,14 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
             .iter()
             .filter(|r| ["fifo", "vruntime", "election"].contains(&r.name.as_str()))
             .map(|r| {
+                let apart = |a, b| if overlap(a, b) { " (runs overlap: cannot be told apart)" } else { "" };
                 format!(
-                    "{} {} partial, {} full",
+                    "{} {}{} partial, {}{} full",
                     r.name,
                     speed(rl.messaging_s, r.messaging_s),
-                    speed(rl.messaging_full_s, r.messaging_full_s)
+                    apart(rl.messaging_range, r.messaging_range),
+                    speed(rl.messaging_full_s, r.messaging_full_s),
+                    apart(rl.messaging_full_range, r.messaging_full_range),
                 )
             })
             .collect();
@@ -454,8 +489,13 @@ mod tests {
             .map(Row::from_raw)
             .collect();
         let t = table(&rows, 2, "tcg", 3);
-        assert!(t.contains("| eevdf | 1.00 (1.00x)"), "{t}");
-        assert!(t.contains("| fifo | 2.00 (0.50x)"), "{t}");
+        // Medians, their ratio, and the spread of the runs (1, 2 and 0.9
+        // times the median) against the base's median.
+        assert!(t.contains("| eevdf | 1.00 (1.00x, 0.50-1.11x)"), "{t}");
+        assert!(t.contains("| fifo | 2.00 (0.50x, 0.25-0.56x)"), "{t}");
+        assert!(overlap(Some((1.0, 2.0)), Some((1.9, 3.0))));
+        assert!(!overlap(Some((1.0, 2.0)), Some((2.1, 3.0))));
+        assert!(!overlap(None, Some((2.1, 3.0))));
         let svg = svg(&rows);
         assert!(svg.contains("fifo messaging: 0.50x"), "{svg}");
     }

@@ -125,28 +125,54 @@ impl GuestBenchCmd {
         let plan: Plan =
             serde_json::from_slice(&std::fs::read(&self.plan)?).context("reading the plan")?;
         let me = std::env::current_exe()?;
-        let mut all = Vec::new();
-        for c in &plan.configs {
-            say(&format!("configuration {} ({} CPUs)", c.name, cpus()));
-            let mut raw = Raw {
+        let mut all: Vec<Raw> = plan
+            .configs
+            .iter()
+            .map(|c| Raw {
                 name: c.name.clone(),
                 ..Default::default()
-            };
-            let b = Bench {
-                plan: &plan,
-                cfg: c,
-                me: &me,
-                ballot: &self.scx_ballot,
-                out: &self.out,
-            };
-            if let Err(e) = b.run(&mut raw) {
-                say(&format!("{}: {e:#}", c.name));
-                raw.failure = Some(format!("{e:#}"));
+            })
+            .collect();
+        // Round-robin: every configuration once per round, so that a burst
+        // of host noise lands on one run of several configurations rather
+        // than on all the runs of one.
+        for round in 0..plan.repeat {
+            for (k, c) in plan.configs.iter().enumerate() {
+                let raw = &mut all[k];
+                if raw.failure.is_some() {
+                    continue;
+                }
+                say(&format!(
+                    "round {}/{}: configuration {} ({} CPUs)",
+                    round + 1,
+                    plan.repeat,
+                    c.name,
+                    cpus()
+                ));
+                let b = Bench {
+                    plan: &plan,
+                    cfg: c,
+                    me: &me,
+                    ballot: &self.scx_ballot,
+                    out: &self.out,
+                };
+                if let Err(e) = b.run(raw, round) {
+                    say(&format!("{}: {e:#}", c.name));
+                    raw.failure = Some(format!("{e:#}"));
+                }
+                std::fs::write(self.out.join("raw.json"), serde_json::to_vec_pretty(&all)?)?;
             }
-            all.push(raw);
-            std::fs::write(self.out.join("raw.json"), serde_json::to_vec_pretty(&all)?)?;
         }
         Ok(())
+    }
+}
+
+/// Adds a round's footprint: the peak RSS of all rounds, their CPU time
+/// summed.
+fn add_footprint(raw: &mut Raw, (rss, cpu): (Option<u64>, Option<f64>)) {
+    raw.sched_peak_rss_kib = raw.sched_peak_rss_kib.max(rss);
+    if let Some(cpu) = cpu {
+        raw.sched_cpu_s = Some(raw.sched_cpu_s.unwrap_or(0.0) + cpu);
     }
 }
 
@@ -267,7 +293,10 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn run(&self, raw: &mut Raw) -> Result<()> {
+    /// One round: every workload once, the scheduler started and stopped
+    /// for it. The footprint adds up over rounds (CPU) or keeps the peak
+    /// (RSS).
+    fn run(&self, raw: &mut Raw, i: u32) -> Result<()> {
         let (g, l) = self.plan.hackbench;
         let has_partial = self.cfg.partial_args.is_some();
         // Partial mode (or no sched_ext scheduler at all, for EEVDF): the
@@ -275,13 +304,11 @@ impl Bench<'_> {
         if has_partial {
             let sched = self.start(false)?;
             let on = sched.is_some();
-            for i in 0..self.plan.repeat {
-                raw.messaging_s.push(self.hackbench(on, g, l)?);
-                self.cpu_and_wake(on, i, raw)?;
-                self.check(&sched)?;
-            }
+            raw.messaging_s.push(self.hackbench(on, g, l)?);
+            self.cpu_and_wake(on, i, raw)?;
+            self.check(&sched)?;
             if self.cfg.name == "election" {
-                raw.vote_effect_ms = self.vote_effect()?;
+                raw.vote_effect_ms.extend(self.vote_effect()?);
                 raw.votes_per_s.push(self.vote_load()?);
                 if self.plan.room_viewers > 0 {
                     let (held, votes) = self.room_load()?;
@@ -291,10 +318,10 @@ impl Bench<'_> {
                 self.check(&sched)?;
             }
             if let Some(s) = sched {
-                (raw.sched_peak_rss_kib, raw.sched_cpu_s) = s.footprint();
+                add_footprint(raw, s.footprint());
                 s.stop()?;
             }
-        } else {
+        } else if i == 0 {
             raw.notes.push("partial mode: not measured (the scheduler has none); CPU work and wake-up latency in full mode".into());
         }
         if self.cfg.binary.is_none() {
@@ -302,16 +329,14 @@ impl Bench<'_> {
         }
         // Full mode: every task of the guest is the scheduler's.
         let full = self.start(true)?;
-        for i in 0..self.plan.repeat {
-            raw.messaging_full_s.push(self.hackbench(false, g, l)?);
-            if !has_partial {
-                self.cpu_and_wake(false, i, raw)?;
-            }
-            self.check(&full)?;
+        raw.messaging_full_s.push(self.hackbench(false, g, l)?);
+        if !has_partial {
+            self.cpu_and_wake(false, i, raw)?;
         }
+        self.check(&full)?;
         if let Some(f) = full {
             if !has_partial {
-                (raw.sched_peak_rss_kib, raw.sched_cpu_s) = f.footprint();
+                add_footprint(raw, f.footprint());
             }
             f.stop()?;
         }
