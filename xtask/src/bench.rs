@@ -127,7 +127,10 @@ impl BenchCmd {
         );
         let alarms = vm::scan_console(&vm::read_console(&spec.console_log).unwrap_or_default());
         failures.extend(alarms.iter().map(|a| format!("console: {a}")));
-        if outcome.status != Some(0) {
+        let wedge_notes = outcome.wedge_notes();
+        if let Some(stall) = &outcome.stall {
+            failures.push(format!("the boot wedged twice; the second time {}", vm::describe_stall(stall)));
+        } else if outcome.status != Some(0) {
             failures.push(format!(
                 "the guest ended with {:?}{}",
                 outcome.status,
@@ -142,6 +145,9 @@ impl BenchCmd {
         let rows: Vec<Row> = raws.iter().map(Row::from_raw).collect();
         let table = table(&rows, spec.cpus, accel.to_string().as_str(), self.repeat);
         println!("\n{table}");
+        for note in &wedge_notes {
+            println!("!!! {note}");
+        }
         let json = json!({
             "cpus": spec.cpus,
             "accel": accel.to_string(),
@@ -150,6 +156,7 @@ impl BenchCmd {
             "configs": rows.iter().map(Row::json).collect::<Vec<_>>(),
             "raw": raws,
             "failures": failures,
+            "wedged_boots": wedge_notes,
             "wall_s": started.elapsed().as_secs(),
         });
         std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&json)?)?;

@@ -171,6 +171,9 @@ impl RunCmd {
             let _ = std::fs::write(&stop_file, b"stop\n");
         });
         let outcome = vm::boot(sh, &tools, &spec)?;
+        for note in outcome.wedge_notes() {
+            println!("!!! {note}");
+        }
         let alarms = vm::scan_console(&vm::read_console(&spec.console_log).unwrap_or_default());
         for alarm in &alarms {
             println!("console: {alarm}");

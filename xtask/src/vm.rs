@@ -46,6 +46,19 @@ pub const MODULE_BLACKLIST: &str =
 /// How long the KVM test boot may take before KVM counts as broken.
 pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// QEMU's console lines after which a KVM guest never gets anywhere (QEMU
+/// may stay up, spinning, after `KVM internal error ... emulation failure`).
+const KVM_FATAL: &[&str] = &[
+    "KVM internal error",
+    "emulation failure",
+    "failed to set MSR",
+    "kvm_buf_set_msrs",
+];
+
+/// A boot whose console stays silent this long before the guest command
+/// starts is wedged (see [`boot`]).
+pub const BOOT_STALL: Duration = Duration::from_secs(60);
+
 /// Lines of console kept in [`VmOutcome::console_tail`].
 pub const TAIL_LINES: usize = 200;
 
@@ -83,6 +96,13 @@ pub struct VmOpts {
     /// VM is killed when it expires.
     #[arg(long, default_value_t = 900)]
     pub vm_timeout_secs: u64,
+
+    /// A boot whose console shows nothing new for this many seconds before
+    /// the guest command starts is wedged: it is killed, its console kept
+    /// (`console.wedged-boot-N.log`) and the boot tried once more. 0 turns
+    /// the rule off.
+    #[arg(long, default_value_t = BOOT_STALL.as_secs())]
+    pub boot_stall_secs: u64,
 }
 
 impl VmOpts {
@@ -104,7 +124,13 @@ impl VmOpts {
         spec.rwdirs = vec![out.to_path_buf()];
         spec.console_log = out.join("console.log");
         spec.timeout = Duration::from_secs(self.vm_timeout_secs);
+        spec.boot_stall = self.boot_stall();
         spec
+    }
+
+    /// The boot-stall rule of `--boot-stall-secs` (0: none).
+    pub fn boot_stall(&self) -> Option<Duration> {
+        (self.boot_stall_secs > 0).then(|| Duration::from_secs(self.boot_stall_secs))
     }
 }
 
@@ -152,9 +178,13 @@ impl VmCheckCmd {
             args: vec![out.to_string_lossy().into_owned()],
             timeout: Duration::from_secs(300),
             console_log: work.join("console.log"),
+            boot_stall: self.vm.boot_stall(),
             ..VmSpec::new(kernel.clone(), accel, script)
         };
         let outcome = boot(sh, &tools, &spec)?;
+        for note in outcome.wedge_notes() {
+            eprintln!("!!! {note}");
+        }
         let alarms = scan_console(&read_console(&spec.console_log)?);
         for alarm in &alarms {
             eprintln!("console alarm: {alarm}");
@@ -162,6 +192,9 @@ impl VmCheckCmd {
         let read =
             |name: &str| std::fs::read_to_string(out.join(name)).map(|s| s.trim().to_string());
         let (release, state) = (read("release"), read("sched_ext_state"));
+        if let Some(stall) = &outcome.stall {
+            bail!("the VM check's boot wedged twice; the second time {}", describe_stall(stall));
+        }
         if outcome.timed_out {
             bail!("the VM check timed out after {} s", spec.timeout.as_secs());
         }
@@ -196,8 +229,14 @@ impl VmCheckCmd {
             .map(|d| format!("{:.1} s", d.as_secs_f64()))
             .unwrap_or_else(|| "?".into());
         println!(
-            "vm-check: ok: {release} under {accel}, sched_ext {state}, boot {boot_time}, total {:.1} s",
-            outcome.elapsed.as_secs_f64()
+            "vm-check: ok: {release} under {accel}, sched_ext {state}, boot {boot_time} \
+             (longest console pause {:.1} s), total {:.1} s{}",
+            outcome.boot_silence.secs,
+            outcome.elapsed.as_secs_f64(),
+            match outcome.wedged.len() {
+                0 => String::new(),
+                n => format!(", after {n} WEDGED BOOT(S) (see above)"),
+            }
         );
         Ok(())
     }
@@ -470,8 +509,14 @@ fn run_probe(sh: &Shell, tools: &VmTools, kernel: &Kernel, log: &Path) -> Probe 
     };
     let args = vng_args(&spec, Path::new("true"), &[]);
     let command = vng_command(sh, tools, &args);
-    match run_bounded(command, &spec.console_log, spec.timeout, Echo::Silent) {
+    let bounds = Bounds {
+        timeout: spec.timeout,
+        boot_stall: None,
+        fatal: KVM_FATAL,
+    };
+    match run_bounded(command, &spec.console_log, bounds, Echo::Silent) {
         Err(e) => Probe::Failed(format!("{e:#}")),
+        Ok(Run { fatal: Some(line), .. }) => Probe::Failed(line),
         Ok(run) if run.timed_out => Probe::TimedOut,
         Ok(run) if run.status == Some(0) => Probe::Booted,
         Ok(run) => Probe::Failed(failure_reason(&run.tail, run.status)),
@@ -530,6 +575,12 @@ pub struct VmSpec {
     /// loads as a module) and hides the host's /etc/systemd/network from the
     /// guest; guest servers must listen on 0.0.0.0 or 10.0.2.15.
     pub forward_ports: Vec<(u16, u16)>,
+    /// Before the guest command starts, this long without a console line
+    /// counts as a wedged boot: the VM is killed, its console kept and the
+    /// boot tried once more (see [`boot`]). `None`: no such rule.
+    pub boot_stall: Option<Duration>,
+    /// More kernel command line (e.g. `lpj=9200000`), after the defaults.
+    pub cmdline_extra: Vec<String>,
 }
 
 impl VmSpec {
@@ -547,6 +598,8 @@ impl VmSpec {
             timeout: Duration::from_secs(600),
             console_log: cache_dir().join("vm").join("console.log"),
             forward_ports: Vec::new(),
+            boot_stall: Some(BOOT_STALL),
+            cmdline_extra: Vec::new(),
         }
     }
 }
@@ -565,12 +618,104 @@ pub struct VmOutcome {
     pub boot_time: Option<Duration>,
     /// From start to the end of the VM.
     pub elapsed: Duration,
+    /// The longest console pause of the (last) boot before the guest command
+    /// started.
+    pub boot_silence: Silence,
+    /// Set when the last boot wedged too (the guest command never ran).
+    pub stall: Option<Stall>,
+    /// Every boot that wedged, in order, with its kept console.
+    pub wedged: Vec<WedgedBoot>,
+}
+
+/// A boot that wedged: killed, its console kept under its own name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WedgedBoot {
+    pub stall: Stall,
+    /// `console.wedged-boot-N.log` next to the run's console log.
+    pub console: PathBuf,
+}
+
+impl VmOutcome {
+    /// One loud line per wedged boot, for a run's summary (none when every
+    /// boot went through).
+    pub fn wedge_notes(&self) -> Vec<String> {
+        self.wedged
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let then = if i + 1 < self.wedged.len() || self.stall.is_none() {
+                    "booted again"
+                } else {
+                    "gave up"
+                };
+                format!(
+                    "WEDGED BOOT {} of this run: {}; {then}; console kept in {}",
+                    i + 1,
+                    describe_stall(&w.stall),
+                    w.console.display()
+                )
+            })
+            .collect()
+    }
+}
+
+/// `the console stopped for 45 s after 11.2 s of boot (last line: `...`)`.
+pub fn describe_stall(stall: &Stall) -> String {
+    format!(
+        "the console stopped for {:.0} s after {:.1} s of boot (last line: `{}`)",
+        stall.silent_for.as_secs_f64(),
+        stall.last_output_at.as_secs_f64(),
+        stall.last_line.trim()
+    )
+}
+
+/// Where the console of wedged boot `n` is kept: `console.log` becomes
+/// `console.wedged-boot-N.log` in the same folder.
+pub fn wedged_console_path(console_log: &Path, n: usize) -> PathBuf {
+    let stem = console_log
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "console".into());
+    console_log.with_file_name(format!("{stem}.wedged-boot-{n}.log"))
 }
 
 /// Boots `spec.kernel` with virtme-ng, runs `spec.script` in it, streams the
 /// output and returns how it ended. Fails only when the VM cannot be run at
 /// all (or on Ctrl-C); a failing guest command is an `Ok` with its status.
+///
+/// A boot whose console stops moving before the guest command starts
+/// (`spec.boot_stall`) is killed, its console kept as
+/// `console.wedged-boot-1.log` beside `spec.console_log`, and the boot tried
+/// once more; [`VmOutcome::wedged`] lists such boots.
 pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
+    let mut wedged = Vec::new();
+    loop {
+        let mut outcome = boot_once(sh, tools, spec)?;
+        let Some(stall) = outcome.stall.clone() else {
+            outcome.wedged = wedged;
+            return Ok(outcome);
+        };
+        let n = wedged.len() + 1;
+        let kept = wedged_console_path(&spec.console_log, n);
+        std::fs::copy(&spec.console_log, &kept)
+            .with_context(|| format!("keeping the wedged boot's console as {}", kept.display()))?;
+        let again = n == 1;
+        eprintln!("vm: !!! WEDGED BOOT: {}; VM killed", describe_stall(&stall));
+        eprintln!(
+            "vm: !!! its console is kept in {}; {}",
+            kept.display(),
+            if again { "booting once more" } else { "giving up" }
+        );
+        wedged.push(WedgedBoot { stall, console: kept });
+        if !again {
+            outcome.wedged = wedged;
+            return Ok(outcome);
+        }
+    }
+}
+
+/// One boot: [`boot`] without the retry of a wedged boot.
+pub fn boot_once(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
     let script = absolute_script(&spec.script)?;
     let command_len =
         script.as_os_str().len() + spec.args.iter().map(|a| a.len() + 3).sum::<usize>();
@@ -592,8 +737,12 @@ pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
         write_net_link()?;
     }
     let args = vng_args(&spec, &script, &spec.args);
+    let stall_note = spec
+        .boot_stall
+        .map(|d| format!(", boot stall {} s", d.as_secs()))
+        .unwrap_or_default();
     println!(
-        "vm: booting {} ({}, {} CPUs, {} MiB, timeout {} s); console log {}",
+        "vm: booting {} ({}, {} CPUs, {} MiB, timeout {} s{stall_note}); console log {}",
         spec.kernel.version,
         spec.accel,
         spec.cpus,
@@ -606,12 +755,12 @@ pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
     } else {
         Echo::AfterStart
     };
-    let run = run_bounded(
-        vng_command(sh, tools, &args),
-        &spec.console_log,
-        spec.timeout,
-        echo,
-    )?;
+    let bounds = Bounds {
+        timeout: spec.timeout,
+        boot_stall: spec.boot_stall,
+        fatal: &[],
+    };
+    let run = run_bounded(vng_command(sh, tools, &args), &spec.console_log, bounds, echo)?;
 
     if run.boot_time.is_none() {
         eprintln!("vm: the guest never reached its command; last lines of the console:");
@@ -619,10 +768,11 @@ pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
             eprintln!("  {line}");
         }
     }
-    let end = match (run.timed_out, run.status) {
-        (true, _) => format!("timed out after {} s, VM killed", spec.timeout.as_secs()),
-        (false, Some(code)) => format!("exited with {code}"),
-        (false, None) => "killed by a signal".to_string(),
+    let end = match (&run.stall, run.timed_out, run.status) {
+        (Some(stall), ..) => format!("wedged in boot ({}), VM killed", describe_stall(stall)),
+        (None, true, _) => format!("timed out after {} s, VM killed", spec.timeout.as_secs()),
+        (None, false, Some(code)) => format!("exited with {code}"),
+        (None, false, None) => "killed by a signal".to_string(),
     };
     println!("vm: {end} after {:.1} s", run.elapsed.as_secs_f64());
     Ok(VmOutcome {
@@ -631,6 +781,9 @@ pub fn boot(sh: &Shell, tools: &VmTools, spec: &VmSpec) -> Result<VmOutcome> {
         console_tail: run.tail,
         boot_time: run.boot_time,
         elapsed: run.elapsed,
+        boot_silence: run.boot_silence,
+        stall: run.stall,
+        wedged: Vec::new(),
     })
 }
 
@@ -664,6 +817,9 @@ pub fn vng_args(spec: &VmSpec, script: &Path, args: &[String]) -> Vec<OsString> 
     out.extend(["--cpus".into(), spec.cpus.to_string().into()]);
     out.extend(["--memory".into(), format!("{}M", spec.memory_mib).into()]);
     out.extend(["-a".into(), MODULE_BLACKLIST.into()]);
+    if !spec.cmdline_extra.is_empty() {
+        out.extend(["-a".into(), spec.cmdline_extra.join(" ").into()]);
+    }
     for dir in &spec.rwdirs {
         let mut arg = OsString::from("--rwdir=");
         arg.push(dir);
@@ -791,11 +947,48 @@ enum Echo {
     All,
 }
 
+/// When [`run_bounded`] kills the VM.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// The whole run.
+    timeout: Duration,
+    /// Before the guest command starts: this long without a console line
+    /// means the boot is wedged. After the start, silence can be normal (a
+    /// guest script measuring quietly), so the rule ends there.
+    boot_stall: Option<Duration>,
+    /// Console lines that mean the VM is dead even though QEMU may linger
+    /// (the KVM probe's `KVM internal error`): the run ends at the first.
+    fatal: &'static [&'static str],
+}
+
+/// A boot whose console stopped moving before the guest command started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stall {
+    /// From the run's start to the last console line.
+    pub last_output_at: Duration,
+    /// How long the console had then been silent.
+    pub silent_for: Duration,
+    /// The last console line before the silence.
+    pub last_line: String,
+}
+
+/// The longest pause between console lines before the guest command
+/// started (from the run's start, so a VM that prints nothing counts too).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Silence {
+    pub secs: f64,
+    /// The line before the pause ("" at the run's start).
+    pub after_line: String,
+}
+
 struct Run {
     status: Option<i32>,
     timed_out: bool,
+    stall: Option<Stall>,
+    fatal: Option<String>,
     tail: Vec<String>,
     boot_time: Option<Duration>,
+    boot_silence: Silence,
     elapsed: Duration,
 }
 
@@ -805,12 +998,17 @@ struct Shared {
     started: Instant,
     boot_time: Option<Duration>,
     echo: Echo,
+    /// When the last line arrived (the start, before the first).
+    last_output: Instant,
+    boot_silence: Silence,
+    fatal_words: &'static [&'static str],
+    fatal: Option<String>,
 }
 
 /// Runs `command` in its own process group with stdin from /dev/null (so QEMU
 /// never touches the terminal), tees its output into `log` and the terminal,
-/// and kills the group when `timeout` expires (or on Ctrl-C, see `reap`).
-fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) -> Result<Run> {
+/// and kills the group when `bounds` say so (or on Ctrl-C, see `reap`).
+fn run_bounded(mut command: Command, log: &Path, bounds: Bounds, echo: Echo) -> Result<Run> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -832,6 +1030,10 @@ fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) 
         started,
         boot_time: None,
         echo,
+        last_output: started,
+        boot_silence: Silence::default(),
+        fatal_words: bounds.fatal,
+        fatal: None,
     }));
     let (done_tx, done_rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -849,14 +1051,36 @@ fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) 
     }
     drop(done_tx);
 
-    let deadline = started + timeout;
+    let deadline = started + bounds.timeout;
     let mut timed_out = false;
+    let mut killed = false;
+    let mut stall = None;
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for vng")? {
             break status;
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        {
+            let s = shared.lock().expect("reader threads do not panic");
+            if s.fatal.is_some() {
+                killed = true;
+            } else if let Some(limit) = bounds.boot_stall
+                && s.boot_time.is_none()
+                && now.duration_since(s.last_output) >= limit
+            {
+                stall = Some(Stall {
+                    last_output_at: s.last_output.duration_since(started),
+                    silent_for: now.duration_since(s.last_output),
+                    last_line: s.tail.back().cloned().unwrap_or_default(),
+                });
+                killed = true;
+            }
+        }
+        if !killed && now >= deadline {
             timed_out = true;
+            killed = true;
+        }
+        if killed {
             kill_group(pgid);
             break child.wait().context("waiting for the killed vng")?;
         }
@@ -871,12 +1095,15 @@ fn run_bounded(mut command: Command, log: &Path, timeout: Duration, echo: Echo) 
         }
     }
     let elapsed = started.elapsed();
-    let shared = shared.lock().expect("reader threads do not panic");
+    let mut shared = shared.lock().expect("reader threads do not panic");
     Ok(Run {
-        status: if timed_out { None } else { status.code() },
+        status: if killed { None } else { status.code() },
         timed_out,
+        stall,
+        fatal: shared.fatal.take(),
         tail: shared.tail.iter().cloned().collect(),
         boot_time: shared.boot_time,
+        boot_silence: std::mem::take(&mut shared.boot_silence),
         elapsed,
     })
 }
@@ -894,6 +1121,20 @@ fn pump(stream: Box<dyn Read + Send>, to_stderr: bool, shared: &Mutex<Shared>) {
         let line = text.trim_end_matches(['\n', '\r']).to_string();
         let mut s = shared.lock().expect("reader threads do not panic");
         let _ = writeln!(s.log, "{line}");
+        let now = Instant::now();
+        if s.boot_time.is_none() {
+            let pause = now.duration_since(s.last_output).as_secs_f64();
+            if pause > s.boot_silence.secs {
+                s.boot_silence = Silence {
+                    secs: pause,
+                    after_line: s.tail.back().cloned().unwrap_or_default(),
+                };
+            }
+        }
+        s.last_output = now;
+        if s.fatal.is_none() && s.fatal_words.iter().any(|w| line.contains(w)) {
+            s.fatal = Some(line.trim().to_string());
+        }
         let mut show = match s.echo {
             Echo::Silent => false,
             Echo::All => true,
@@ -1058,6 +1299,106 @@ mod tests {
             strip_printk_time("[not a time] BUG: x"),
             "[not a time] BUG: x"
         );
+    }
+
+    fn sh_command(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    fn bounded(script: &str, stall: Option<u64>, fatal: &'static [&'static str]) -> Run {
+        let log = std::env::temp_dir().join(format!(
+            "xtask-vm-test-{}-{:x}.log",
+            std::process::id(),
+            script.len() as u64 * 31 + stall.unwrap_or(0)
+        ));
+        let bounds = Bounds {
+            timeout: Duration::from_secs(20),
+            boot_stall: stall.map(Duration::from_secs),
+            fatal,
+        };
+        let run = run_bounded(sh_command(script), &log, bounds, Echo::Silent).expect("sh runs");
+        let _ = std::fs::remove_file(&log);
+        run
+    }
+
+    #[test]
+    fn a_silent_boot_is_killed_as_wedged() {
+        let run = bounded("echo smp: Brought up 1 node; sleep 15", Some(1), &[]);
+        let stall = run.stall.expect("one silent second before the start is a stall");
+        assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+        assert_eq!(stall.last_line, "smp: Brought up 1 node");
+        assert!(stall.silent_for >= Duration::from_secs(1));
+        assert!(!run.timed_out);
+        assert_eq!(run.status, None);
+        assert!(run.boot_silence.secs < 1.0, "{:?}", run.boot_silence);
+    }
+
+    #[test]
+    fn silence_after_the_guest_command_starts_is_normal() {
+        let run = bounded(
+            &format!("echo booting; sleep 0.3; echo '{SCRIPT_START}'; sleep 2; echo done"),
+            Some(1),
+            &[],
+        );
+        assert_eq!(run.stall, None);
+        assert_eq!(run.status, Some(0));
+        assert!(run.boot_time.is_some());
+        assert!(run.boot_silence.secs >= 0.25, "{:?}", run.boot_silence);
+        assert_eq!(run.boot_silence.after_line, "booting");
+    }
+
+    #[test]
+    fn a_fatal_line_ends_the_run_at_once() {
+        let run = bounded(
+            "echo 'KVM internal error. Suberror: 1'; echo 'emulation failure'; sleep 15",
+            None,
+            &["KVM internal error"],
+        );
+        assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+        assert_eq!(run.fatal.as_deref(), Some("KVM internal error. Suberror: 1"));
+        assert!(!run.timed_out);
+        assert_eq!(run.status, None);
+    }
+
+    #[test]
+    fn wedged_consoles_are_named_after_the_log() {
+        assert_eq!(
+            wedged_console_path(Path::new("/t/vm-test/console.log"), 1),
+            Path::new("/t/vm-test/console.wedged-boot-1.log")
+        );
+        let stall = Stall {
+            last_output_at: Duration::from_millis(11_200),
+            silent_for: Duration::from_secs(45),
+            last_line: "[    1.4] smp: Brought up 1 node, 2 CPUs".into(),
+        };
+        let outcome = VmOutcome {
+            status: Some(0),
+            timed_out: false,
+            console_tail: Vec::new(),
+            boot_time: Some(Duration::from_secs(15)),
+            elapsed: Duration::from_secs(30),
+            boot_silence: Silence::default(),
+            stall: None,
+            wedged: vec![WedgedBoot {
+                stall: stall.clone(),
+                console: "/t/console.wedged-boot-1.log".into(),
+            }],
+        };
+        assert_eq!(
+            outcome.wedge_notes(),
+            ["WEDGED BOOT 1 of this run: the console stopped for 45 s after 11.2 s of boot \
+              (last line: `[    1.4] smp: Brought up 1 node, 2 CPUs`); booted again; console \
+              kept in /t/console.wedged-boot-1.log"]
+        );
+        let twice = VmOutcome {
+            stall: Some(stall.clone()),
+            wedged: vec![outcome.wedged[0].clone(), outcome.wedged[0].clone()],
+            ..outcome
+        };
+        let notes = twice.wedge_notes();
+        assert!(notes[0].contains("booted again") && notes[1].contains("gave up"), "{notes:?}");
     }
 
     fn spec() -> VmSpec {

@@ -121,7 +121,10 @@ impl VmTestCmd {
 
         let mut checks = Vec::new();
         let mut vm_problems = Vec::new();
-        if outcome.timed_out {
+        let wedge_notes = outcome.wedge_notes();
+        if let Some(stall) = &outcome.stall {
+            vm_problems.push(format!("the boot wedged twice; the second time {}", vm::describe_stall(stall)));
+        } else if outcome.timed_out {
             vm_problems.push(format!("the VM did not finish within {} s", self.vm.vm_timeout_secs));
         } else if outcome.status != Some(0) {
             vm_problems.push(format!("the guest script exited with {:?}", outcome.status));
@@ -198,6 +201,9 @@ impl VmTestCmd {
         checks.push(Check { name: "console: no BUG, WARNING, stall or ejection", problems: alarms });
 
         println!();
+        for note in &wedge_notes {
+            println!("!!! {note}");
+        }
         for line in &summary {
             println!("{line}");
         }
@@ -212,7 +218,11 @@ impl VmTestCmd {
         if failed > 0 {
             print_diagnostics(&outcome.console_tail, &out, &suites);
         }
-        println!("vm-test: {} passed, {} failed (the VM ran {vm_secs:.0} s)", checks.len() - failed, failed);
+        let wedged = match wedge_notes.len() {
+            0 => String::new(),
+            n => format!("; {n} WEDGED BOOT(S), see above"),
+        };
+        println!("vm-test: {} passed, {} failed (the VM ran {vm_secs:.0} s{wedged})", checks.len() - failed, failed);
         if failed > 0 {
             bail!("{failed} VM check(s) failed; the whole console is in {}", spec.console_log.display());
         }
