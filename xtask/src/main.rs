@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_guest;
+mod boot_soak;
 mod browser;
 mod clang;
 mod compile;
@@ -59,6 +60,9 @@ enum Cmd {
     Deps(deps::DepsCmd),
     /// Boot the VM once with a tiny guest command (no scheduler).
     VmCheck(vm::VmCheckCmd),
+    /// Boot the VM many times with a trivial command and count the boots
+    /// that wedge, per set of extra kernel boot options.
+    VmBootSoak(boot_soak::BootSoakCmd),
     /// Check the ballot page in headless Chromium against
     /// `scx_ballot --no-sched`; saves target/browser-test/ballot.png.
     BrowserTest(browser::BrowserTestCmd),
@@ -114,6 +118,7 @@ fn main() -> Result<()> {
         Cmd::Kernel(cmd) => cmd.run(&sh),
         Cmd::Deps(cmd) => cmd.run(&sh),
         Cmd::VmCheck(cmd) => cmd.run(&sh),
+        Cmd::VmBootSoak(cmd) => cmd.run(&sh),
         Cmd::Bench(cmd) => cmd.run(&sh),
         Cmd::BrowserTest(cmd) => cmd.run(&sh),
         Cmd::GuestScenarios(_)
