@@ -43,8 +43,14 @@ use crate::{cache_dir, project_root};
 pub const MODULE_BLACKLIST: &str =
     "modprobe.blacklist=ahci,libahci,kvm_amd,kvm_intel,kvm,i6300esb,sr_mod,cdrom,sg,button";
 
-/// How long the KVM test boot may take before KVM counts as broken.
-pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the KVM test boot may take before KVM counts as broken. A
+/// working KVM boots this kernel to the guest command in a few seconds (TCG
+/// takes ~15 s): a probe that needs more has found nothing worth having.
+pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The KVM test boot counts as hung when its console shows nothing new for
+/// this long (a KVM boot prints its kernel log within a second or two).
+pub const KVM_PROBE_STALL: Duration = Duration::from_secs(10);
 
 /// QEMU's console lines after which a KVM guest never gets anywhere (QEMU
 /// may stay up, spinning, after `KVM internal error ... emulation failure`).
@@ -281,6 +287,8 @@ pub enum DevKvm {
     Missing,
     /// Present but not openable read-write (the error says why).
     Unusable(String),
+    /// Opens, but cannot be hardware KVM (see [`kvm_precheck`]; says why).
+    NotHardware(String),
     Openable,
 }
 
@@ -309,6 +317,9 @@ pub fn decide_accel(override_: Option<Accel>, dev: &DevKvm, probe: Option<&Probe
         let why = match (accel, dev) {
             (Accel::Kvm, DevKvm::Missing) => " (there is no /dev/kvm: expect QEMU to fail)",
             (Accel::Kvm, DevKvm::Unusable(_)) => " (/dev/kvm does not open: expect QEMU to fail)",
+            (Accel::Kvm, DevKvm::NotHardware(_)) => {
+                " (this /dev/kvm is not hardware KVM: expect QEMU to fail or hang)"
+            }
             _ => "",
         };
         return Decision::Use(accel, format!("using {accel} as asked{why}"));
@@ -318,6 +329,10 @@ pub fn decide_accel(override_: Option<Accel>, dev: &DevKvm, probe: Option<&Probe
         (DevKvm::Unusable(e), _) => Decision::Use(
             Accel::Tcg,
             format!("/dev/kvm does not open ({e}): using TCG"),
+        ),
+        (DevKvm::NotHardware(why), _) => Decision::Use(
+            Accel::Tcg,
+            format!("/dev/kvm opens but {why}: using TCG without a test boot"),
         ),
         (DevKvm::Openable, None) => Decision::NeedProbe,
         (DevKvm::Openable, Some(Probe::Booted)) => {
@@ -330,7 +345,9 @@ pub fn decide_accel(override_: Option<Accel>, dev: &DevKvm, probe: Option<&Probe
         (DevKvm::Openable, Some(Probe::TimedOut)) => Decision::Use(
             Accel::Tcg,
             format!(
-                "KVM is present but a test boot hung for {} s: using TCG",
+                "KVM is present but a test boot hung (no console output for {} s, or not \
+                 done in {} s): using TCG",
+                KVM_PROBE_STALL.as_secs(),
                 KVM_PROBE_TIMEOUT.as_secs()
             ),
         ),
@@ -352,10 +369,13 @@ pub fn kvm_override_from_env(value: Option<&str>) -> Result<Option<Accel>, Strin
 static CHOSEN: Mutex<Option<(String, Accel)>> = Mutex::new(None);
 
 /// Chooses KVM or TCG for booting `kernel`: `override_`, else
-/// `SCX_BALLOT_KVM`, else /dev/kvm plus a quick test boot. The test boot
-/// runs at most once per kernel version, QEMU version and host kernel: its
-/// result is kept under `cache_dir()/kvm-probe/`, and within a process the
-/// decision is reused. Prints one line saying what and why.
+/// `SCX_BALLOT_KVM`, else /dev/kvm and the CPU's flags (see
+/// [`kvm_precheck`]) plus a quick test boot, bounded by
+/// [`KVM_PROBE_TIMEOUT`], [`KVM_PROBE_STALL`] and QEMU's fatal console
+/// lines. The test boot runs at most once per kernel version, QEMU version
+/// and host kernel: its result is kept under `cache_dir()/kvm-probe/`, and
+/// within a process the decision is reused. Prints one line saying what and
+/// why.
 pub fn choose_accel(
     sh: &Shell,
     tools: &VmTools,
@@ -414,10 +434,57 @@ fn dev_kvm() -> DevKvm {
     if !path.exists() {
         return DevKvm::Missing;
     }
-    match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(_) => DevKvm::Openable,
-        Err(e) => DevKvm::Unusable(e.to_string()),
+    if let Err(e) = OpenOptions::new().read(true).write(true).open(path) {
+        return DevKvm::Unusable(e.to_string());
     }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut modules: Vec<String> = std::fs::read_dir("/sys/module")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|m| m.starts_with("kvm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    modules.sort();
+    match kvm_precheck(&cpuinfo, &modules) {
+        Some(why) => DevKvm::NotHardware(why),
+        None => DevKvm::Openable,
+    }
+}
+
+/// Why an openable /dev/kvm cannot run our guest with hardware
+/// virtualisation, from `/proc/cpuinfo` and the loaded `kvm*` modules; `None`
+/// when it may (then only a test boot tells). KVM's x86 drivers (`kvm_intel`,
+/// `kvm_amd`) need the CPU's `vmx` or `svm` flag, which a VM shows only when
+/// its host offers nested virtualisation; without it, a /dev/kvm comes from
+/// something else (e.g. `kvm_pvm`, which runs only PVM-built guest kernels)
+/// and a test boot of ours hangs or fails. A cpuinfo without `flags` lines
+/// (not x86) decides nothing.
+pub fn kvm_precheck(cpuinfo: &str, kvm_modules: &[String]) -> Option<String> {
+    let mut flags = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .filter_map(|l| l.split_once(':').map(|(_, f)| f))
+        .flat_map(str::split_whitespace)
+        .peekable();
+    flags.peek()?;
+    if flags.any(|f| f == "vmx" || f == "svm") {
+        return None;
+    }
+    let others: Vec<&str> = kvm_modules
+        .iter()
+        .map(String::as_str)
+        .filter(|m| *m != "kvm")
+        .collect();
+    let from = if others.is_empty() {
+        String::new()
+    } else {
+        format!("; its KVM module is {}", others.join(", "))
+    };
+    Some(format!(
+        "the CPU offers no hardware virtualisation (no vmx or svm flag in /proc/cpuinfo{from})"
+    ))
 }
 
 /// Kernel version, QEMU version and host kernel: what KVM's usability
@@ -464,8 +531,10 @@ fn cached_or_run_probe(sh: &Shell, tools: &VmTools, kernel: &Kernel, key: &str) 
         return (probe, true);
     }
     println!(
-        "vm: /dev/kvm opens; test-booting with KVM (at most {} s, remembered in {})",
+        "vm: /dev/kvm opens; test-booting with KVM (at most {} s, {} s without console \
+         output; remembered in {})",
         KVM_PROBE_TIMEOUT.as_secs(),
+        KVM_PROBE_STALL.as_secs(),
         dir.display()
     );
     let started = Instant::now();
@@ -511,13 +580,13 @@ fn run_probe(sh: &Shell, tools: &VmTools, kernel: &Kernel, log: &Path) -> Probe 
     let command = vng_command(sh, tools, &args);
     let bounds = Bounds {
         timeout: spec.timeout,
-        boot_stall: None,
+        boot_stall: Some(KVM_PROBE_STALL),
         fatal: KVM_FATAL,
     };
     match run_bounded(command, &spec.console_log, bounds, Echo::Silent) {
         Err(e) => Probe::Failed(format!("{e:#}")),
         Ok(Run { fatal: Some(line), .. }) => Probe::Failed(line),
-        Ok(run) if run.timed_out => Probe::TimedOut,
+        Ok(run) if run.timed_out || run.stall.is_some() => Probe::TimedOut,
         Ok(run) if run.status == Some(0) => Probe::Booted,
         Ok(run) => Probe::Failed(failure_reason(&run.tail, run.status)),
     }
@@ -1223,6 +1292,42 @@ mod tests {
             decide_accel(None, &DevKvm::Openable, Some(&Probe::TimedOut)),
             Decision::Use(Accel::Tcg, _)
         ));
+    }
+
+    #[test]
+    fn a_kvm_without_hardware_virtualisation_needs_no_probe() {
+        let Decision::Use(Accel::Tcg, note) = decide_accel(
+            None,
+            &DevKvm::NotHardware("no vmx".into()),
+            None,
+        ) else {
+            panic!("a /dev/kvm that is not hardware KVM means TCG");
+        };
+        assert!(note.contains("no vmx") && note.contains("without a test boot"), "{note}");
+        let Decision::Use(Accel::Kvm, note) =
+            decide_accel(Some(Accel::Kvm), &DevKvm::NotHardware("no vmx".into()), None)
+        else {
+            panic!("an override needs no probe");
+        };
+        assert!(note.contains("not hardware KVM"), "{note}");
+    }
+
+    #[test]
+    fn precheck_reads_cpu_flags_and_modules() {
+        let modules = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cpu = |flags: &str| {
+            format!("processor\t: 0\nmodel name\t: x\nflags\t\t: fpu {flags} sse\n\nprocessor\t: 1\nflags\t\t: fpu {flags} sse\n")
+        };
+        let pvm = kvm_precheck(&cpu("hypervisor lm"), &modules(&["kvm", "kvm_pvm"]))
+            .expect("no vmx/svm: not hardware KVM");
+        assert!(pvm.contains("no vmx or svm") && pvm.contains("kvm_pvm"), "{pvm}");
+        let bare = kvm_precheck(&cpu("lm"), &modules(&["kvm"])).expect("no vmx/svm");
+        assert!(!bare.contains("module"), "{bare}");
+        assert_eq!(kvm_precheck(&cpu("vmx lm"), &modules(&["kvm", "kvm_intel"])), None);
+        assert_eq!(kvm_precheck(&cpu("svm lm"), &modules(&["kvm", "kvm_amd"])), None);
+        // Not x86 (no flags lines), or unreadable: the test boot decides.
+        assert_eq!(kvm_precheck("Features\t: fp asimd\n", &[]), None);
+        assert_eq!(kvm_precheck("", &[]), None);
     }
 
     #[test]
