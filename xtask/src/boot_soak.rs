@@ -44,7 +44,7 @@ pub struct BootSoakCmd {
     /// `--cmdline-extra lpj=9200000`; `--cmdline-extra ""` boots with none.
     /// Repeat it to compare sets. Without it: one set, the usual boot
     /// options of `vm-test`.
-    #[arg(long = "cmdline-extra", allow_hyphen_values = true)]
+    #[arg(long = "cmdline-extra", value_name = "OPTIONS", allow_hyphen_values = true)]
     pub sets: Vec<String>,
 
     /// Console silence before the guest command that counts as a wedge.
