@@ -43,9 +43,9 @@ use crate::{cache_dir, project_root};
 pub const MODULE_BLACKLIST: &str =
     "modprobe.blacklist=ahci,libahci,kvm_amd,kvm_intel,kvm,i6300esb,sr_mod,cdrom,sg,button";
 
-/// How long the KVM test boot may take before KVM counts as broken. A
-/// working KVM boots this kernel to the guest command in a few seconds (TCG
-/// takes ~15 s): a probe that needs more has found nothing worth having.
+/// How long the KVM test boot may take before KVM counts as broken. Under a
+/// working KVM this kernel should reach the guest command in a few seconds
+/// (TCG takes ~15 s): a KVM that needs more is not worth having.
 pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The KVM test boot counts as hung when its console shows nothing new for
@@ -62,10 +62,10 @@ const KVM_FATAL: &[&str] = &[
 ];
 
 /// A boot whose console stays silent this long before the guest command
-/// starts is wedged (see [`boot`]). In 140 TCG boots beside one or two other
-/// VMs on 2 cores, the longest pause was 9 s (12 s in two boots on a busier
-/// machine), while udev settled; a boot that wedged after SMP bring-up
-/// stayed silent for 9 minutes.
+/// starts is wedged (see [`boot`]). In 167 TCG boots beside one or two other
+/// VMs on 2 cores, the longest pause before the guest command was 13.5 s (in
+/// a boot that took 44 s), mostly while udev settled; a boot that wedged
+/// after SMP bring-up stayed silent for 9 minutes.
 pub const BOOT_STALL: Duration = Duration::from_secs(45);
 
 /// Lines of console kept in [`VmOutcome::console_tail`].
