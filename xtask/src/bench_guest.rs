@@ -527,29 +527,27 @@ impl Bench<'_> {
     /// Votes per second on loopback, with as many keep-alive connections
     /// as the server's answers keep busy (measured: more add nothing).
     fn vote_load(&self) -> Result<f64> {
-        let load = Load {
+        Ok(self.voters().run()?.votes_per_s)
+    }
+
+    /// The voters of both loads: one vote in flight per connection, as a
+    /// page sends them.
+    fn voters(&self) -> Load {
+        Load {
             addr: API.into(),
             candidate: "blue".into(),
             connections: self.plan.vote_connections,
             secs: self.plan.vote_secs,
             pipeline: 1,
-        };
-        Ok(load.run()?.votes_per_s)
+        }
     }
 
     /// A room beside the scheduler: `room_viewers` open ballot pages on the
     /// event stream while the voters post; the viewers held to the end and
     /// the votes/s.
     fn room_load(&self) -> Result<(f64, f64)> {
-        let load = Load {
-            addr: API.into(),
-            candidate: "blue".into(),
-            connections: self.plan.vote_connections,
-            secs: self.plan.vote_secs,
-            pipeline: 1,
-        };
         let viewers = crate::vote_load::Viewers::new(self.plan.room_viewers, crate::vote_load::View::Stream);
-        let room = load.run_with_viewers(&viewers)?;
+        let room = self.voters().run_with_viewers(&viewers)?;
         let held = room.viewers.map_or(0.0, |v| f64::from(v.held));
         let votes = room.voters.map_or(0.0, |v| v.votes_per_s);
         Ok((held, votes))
