@@ -18,6 +18,7 @@ mod first_light;
 mod framework;
 mod guest;
 mod kernel;
+mod port;
 mod reap;
 mod run;
 mod scenario;

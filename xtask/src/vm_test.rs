@@ -10,6 +10,10 @@
 //! Framework (`vm/framework.sh`): each policy under stress in partial and
 //! full mode, CPU shares under `fifo` and `vruntime`, and a SIGKILLed
 //! scheduler (see `framework.rs`).
+//!
+//! Port (`vm/port.sh`): scx_rlfifo from crates.io, ported by the guide's
+//! diff and built on the host first, attaches, survives stress, shares
+//! fairly and exits with its report (see `port.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +22,7 @@ use clap::Args;
 use xshell::Shell;
 
 use crate::facts::CaseFacts;
-use crate::{election_suite, first_light, framework, scenario};
+use crate::{election_suite, first_light, framework, port, scenario};
 use crate::vm::{self, VmOpts};
 use crate::{compile, project_root};
 
@@ -49,8 +53,8 @@ pub struct VmTestCmd {
     #[arg(long, value_parser = ["fifo", "ignore-votes"])]
     pub mutant: Option<String>,
 
-    /// What to run: suite names (`first-light`, `framework`, `election`,
-    /// `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
+    /// What to run: suite names (`first-light`, `framework`, `port`,
+    /// `election`, `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
     /// e.g. `landslide`). Everything when none is given.
     pub filters: Vec<String>,
 }
@@ -61,19 +65,22 @@ pub enum Suite {
     FirstLight,
     /// Policies under stress, partial and full mode, CPU shares, SIGKILL.
     Framework,
+    /// scx_rlfifo from crates.io, ported by the guide, run like a policy.
+    Port,
     /// Votes move the CPU: winner and proportional modes, durable tally.
     Election,
     /// Scripted voting scenarios, snapshot-tested (`vm/scenarios/`).
     Scenarios,
 }
 
-const SUITES: [Suite; 4] = [Suite::FirstLight, Suite::Framework, Suite::Election, Suite::Scenarios];
+const SUITES: [Suite; 5] = [Suite::FirstLight, Suite::Framework, Suite::Port, Suite::Election, Suite::Scenarios];
 
 impl Suite {
     fn dir_name(self) -> &'static str {
         match self {
             Suite::FirstLight => "first-light",
             Suite::Framework => "framework",
+            Suite::Port => "port",
             Suite::Election => "election",
             Suite::Scenarios => "scenarios",
         }
@@ -88,13 +95,24 @@ struct Check {
 
 impl VmTestCmd {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let bin = compile::build_scheduler(sh)?;
-        let (tools, kernel, accel) = self.vm.prepare(sh)?;
-
         let all_scenarios = scenario::load()?;
         let (suites, chosen) = self.select(&all_scenarios)?;
+        let bin = compile::build_scheduler(sh)?;
+        let ported = if suites.contains(&Suite::Port) {
+            Some(port::build(sh, &compile::bpf_clang(sh)?)?)
+        } else {
+            None
+        };
+        let (tools, kernel, accel) = self.vm.prepare(sh)?;
+
         let selection = scenario::Selection::new(chosen, self.mutant.clone());
         let out = fresh_dir(&project_root().join("target/vm-test"))?;
+        if let Some(ported) = &ported {
+            // The guest finds it in the suite's folder.
+            let dir = out.join(Suite::Port.dir_name());
+            std::fs::create_dir_all(&dir)?;
+            std::fs::copy(ported, dir.join(port::CRATE)).with_context(|| format!("copying {}", ported.display()))?;
+        }
         let scenario_out = out.join(Suite::Scenarios.dir_name());
         if suites.contains(&Suite::Scenarios) {
             selection.write_plan(&scenario_out, self.repeat)?;
@@ -169,6 +187,15 @@ impl VmTestCmd {
             }
         }
 
+        if suites.contains(&Suite::Port) {
+            let dir = out.join(Suite::Port.dir_name());
+            for (name, problems) in port::judge(&dir) {
+                checks.push(Check { name, problems });
+            }
+            let facts = std::fs::read_to_string(dir.join("result")).unwrap_or_default();
+            summary.push(format!("port ({} {}): {}", port::CRATE, port::VERSION, facts.split('\n').filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")));
+        }
+
         if suites.contains(&Suite::Election) {
             let dir = out.join("election");
             for (name, problems) in election_suite::judge(&dir) {
@@ -237,13 +264,21 @@ impl VmTestCmd {
             return Ok((SUITES.to_vec(), all.to_vec()));
         }
         let mut suites: Vec<Suite> = SUITES.iter().copied().filter(|s| self.filters.iter().any(|f| f == s.dir_name())).collect();
-        let chosen = scenario::select_scenarios(all, &self.filters);
+        // A suite's name selects that suite, not the scenarios it is part of
+        // the name of (`port` is in `proportional`).
+        let scenario_filters: Vec<String> = self
+            .filters
+            .iter()
+            .filter(|f| *f == "scenarios" || !SUITES.iter().any(|s| s.dir_name() == f.as_str()))
+            .cloned()
+            .collect();
+        let chosen = scenario::select_scenarios(all, &scenario_filters);
         for f in &self.filters {
             let named_suite = SUITES.iter().any(|s| s.dir_name() == f);
             if !named_suite && !all.iter().any(|s| s.name.contains(f.as_str())) {
                 let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
                 bail!(
-                    "{f:?} names no suite and no scenario; suites: first-light framework election scenarios; scenarios: {}",
+                    "{f:?} names no suite and no scenario; suites: first-light framework port election scenarios; scenarios: {}",
                     names.join(" ")
                 );
             }
