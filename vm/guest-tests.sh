@@ -19,6 +19,7 @@ for suite in "$@"; do
 	first-light) "$here/first-light.sh" "$BIN" "$OUT/$suite" "$WINDOW" ;;
 	framework) "$here/framework.sh" "$BIN" "$OUT/$suite" "$STRESS" ;;
 	port) "$here/port.sh" "$OUT/$suite/scx_rlfifo" "$OUT/$suite" "$STRESS" ;;
+	soak) "$here/soak.sh" "$BIN" "$OUT/$suite" 1 8 ;;
 	election) "$here/election.sh" "$BIN" "$OUT/$suite" "$WINDOW" ;;
 	scenarios) "$XTASK" guest-scenarios "$OUT/$suite/plan.json" "$BIN" "$OUT/$suite" ;;
 	*) echo "unknown suite $suite"; exit 2 ;;

@@ -22,6 +22,7 @@ mod port;
 mod reap;
 mod run;
 mod scenario;
+mod soak;
 mod test;
 mod vm;
 mod vm_test;
@@ -61,6 +62,11 @@ enum Cmd {
     Deps(deps::DepsCmd),
     /// Boot the VM once with a tiny guest command (no scheduler).
     VmCheck(vm::VmCheckCmd),
+    /// Rounds of stress-ng (cpu, vm, fork, exec, switch, affinity) for every
+    /// policy in partial and full mode, the election under a vote storm, the
+    /// scheduler SIGKILLed in every third round; ejections, shell latency
+    /// and lost votes per policy and mode (target/soak/).
+    Soak(soak::SoakCmd),
     /// Boot the VM many times with a trivial command and count the boots
     /// that wedge, per set of extra kernel boot options.
     VmBootSoak(boot_soak::BootSoakCmd),
@@ -120,6 +126,7 @@ fn main() -> Result<()> {
         Cmd::Deps(cmd) => cmd.run(&sh),
         Cmd::VmCheck(cmd) => cmd.run(&sh),
         Cmd::VmBootSoak(cmd) => cmd.run(&sh),
+        Cmd::Soak(cmd) => cmd.run(&sh),
         Cmd::Bench(cmd) => cmd.run(&sh),
         Cmd::BrowserTest(cmd) => cmd.run(&sh),
         Cmd::GuestScenarios(_)

@@ -11,6 +11,9 @@
 //! full mode, CPU shares under `fifo` and `vruntime`, and a SIGKILLed
 //! scheduler (see `framework.rs`).
 //!
+//! Soak (`vm/soak.sh`): the short form of `cargo xtask soak`, one short
+//! round per policy and mode (see `soak.rs`).
+//!
 //! Port (`vm/port.sh`): scx_rlfifo from crates.io, ported by the guide's
 //! diff and built on the host first, attaches, survives stress, shares
 //! fairly and exits with its report (see `port.rs`).
@@ -22,7 +25,7 @@ use clap::Args;
 use xshell::Shell;
 
 use crate::facts::CaseFacts;
-use crate::{election_suite, first_light, framework, port, scenario};
+use crate::{election_suite, first_light, framework, port, scenario, soak};
 use crate::vm::{self, VmOpts};
 use crate::{compile, project_root};
 
@@ -54,7 +57,7 @@ pub struct VmTestCmd {
     pub mutant: Option<String>,
 
     /// What to run: suite names (`first-light`, `framework`, `port`,
-    /// `election`, `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
+    /// `soak`, `election`, `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
     /// e.g. `landslide`). Everything when none is given.
     pub filters: Vec<String>,
 }
@@ -67,13 +70,16 @@ pub enum Suite {
     Framework,
     /// scx_rlfifo from crates.io, ported by the guide, run like a policy.
     Port,
+    /// The short form of `cargo xtask soak`.
+    Soak,
     /// Votes move the CPU: winner and proportional modes, durable tally.
     Election,
     /// Scripted voting scenarios, snapshot-tested (`vm/scenarios/`).
     Scenarios,
 }
 
-const SUITES: [Suite; 5] = [Suite::FirstLight, Suite::Framework, Suite::Port, Suite::Election, Suite::Scenarios];
+const SUITES: [Suite; 6] =
+    [Suite::FirstLight, Suite::Framework, Suite::Port, Suite::Soak, Suite::Election, Suite::Scenarios];
 
 impl Suite {
     fn dir_name(self) -> &'static str {
@@ -81,6 +87,7 @@ impl Suite {
             Suite::FirstLight => "first-light",
             Suite::Framework => "framework",
             Suite::Port => "port",
+            Suite::Soak => "soak",
             Suite::Election => "election",
             Suite::Scenarios => "scenarios",
         }
@@ -196,6 +203,15 @@ impl VmTestCmd {
             summary.push(format!("port ({} {}): {}", port::CRATE, port::VERSION, facts.split('\n').filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")));
         }
 
+        if suites.contains(&Suite::Soak) {
+            let rounds = soak::read_rounds(&out.join(Suite::Soak.dir_name())).unwrap_or_default();
+            checks.push(Check {
+                name: "soak (short): every policy, partial and full, under stress-ng, votes and SIGKILL: no ejection, no vote lost",
+                problems: soak::judge(&rounds, soak::SHORT_ROUNDS),
+            });
+            summary.push(format!("soak (short form):\n{}", soak::table(&rounds).trim_end()));
+        }
+
         if suites.contains(&Suite::Election) {
             let dir = out.join("election");
             for (name, problems) in election_suite::judge(&dir) {
@@ -278,7 +294,7 @@ impl VmTestCmd {
             if !named_suite && !all.iter().any(|s| s.name.contains(f.as_str())) {
                 let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
                 bail!(
-                    "{f:?} names no suite and no scenario; suites: first-light framework port election scenarios; scenarios: {}",
+                    "{f:?} names no suite and no scenario; suites: first-light framework port soak election scenarios; scenarios: {}",
                     names.join(" ")
                 );
             }
