@@ -209,7 +209,12 @@ impl VmTestCmd {
                 name: "soak (short): every policy, partial and full, under stress-ng, votes and SIGKILL: no ejection, no vote lost",
                 problems: soak::judge(&rounds, soak::SHORT_ROUNDS),
             });
-            summary.push(format!("soak (short form):\n{}", soak::table(&rounds).trim_end()));
+            summary.push(format!(
+                "soak (short form: {} round(s) of {} s per policy and mode):\n{}",
+                soak::SHORT_ROUNDS,
+                soak::SHORT_SECS,
+                soak::table(&rounds).trim_end()
+            ));
         }
 
         if suites.contains(&Suite::Election) {
