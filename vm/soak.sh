@@ -86,20 +86,25 @@ disable_reasons() {
 }
 
 round=0
-for policy in fifo vruntime election; do
-	for mode in partial full; do
+# eevdf: the same rounds with no sched_ext scheduler, in full mode only (the
+# whole system in the kernel's fair class): the baseline of the shell
+# command's time. Not judged, not counted for the SIGKILL rounds.
+for policy in eevdf fifo vruntime election; do
+	modes="partial full"
+	[ "$policy" = eevdf ] && modes=full
+	for mode in $modes; do
 		journal=$OUT/votes-$mode.journal
 		acks=$OUT/acks-$mode
 		[ "$policy" = election ] && : > "$acks" && rm -f "$journal"
 		for ((r = 1; r <= ROUNDS; r++)); do
-			round=$((round + 1))
+			[ "$policy" = eevdf ] || round=$((round + 1))
 			c=$policy-$mode-$r
 			d=$OUT/$c
 			mkdir -p "$d"
 			res=$d/result
 			: > "$res"
 			kill_mid=0
-			[ $((round % 3)) -eq 0 ] && kill_mid=1
+			[ "$policy" != eevdf ] && [ $((round % 3)) -eq 0 ] && kill_mid=1
 			{
 				echo "policy=$policy"
 				echo "mode=$mode"
@@ -111,8 +116,11 @@ for policy in fifo vruntime election; do
 			[ "$policy" = election ] && flags+=(--candidates "$OUT/candidates.toml" --votes-file "$journal" --listen 127.0.0.1:$PORT)
 			say "soak $c: ${SECS}s of stress$([ $kill_mid = 1 ] && echo ', SIGKILL halfway')"
 			dmesg_from=$(dmesg | wc -l)
-			start_scheduler "$d/scheduler.log" "${flags[@]}"
-			echo "state_after_load=$(sched_state)" >> "$res"
+			SCHED_PID=
+			if [ "$policy" != eevdf ]; then
+				start_scheduler "$d/scheduler.log" "${flags[@]}"
+				echo "state_after_load=$(sched_state)" >> "$res"
+			fi
 			helpers=()
 			if [ "$policy" = election ]; then
 				wait_api
@@ -122,10 +130,17 @@ for policy in fifo vruntime election; do
 				for i in 1 2 3 4 5; do
 					code=$(curl -s -m 30 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
 						-d "{\"candidate\":\"blue\",\"voter\":\"soak-first-$mode-$r-$i\"}" "$API/votes")
-					[ "$code" = 200 ] && echo "first-$i" >> "$acks"
+					[ "$code" = 200 ] && echo "first-$r-$i" >> "$acks"
 				done
-				echo "first_votes_acknowledged=$(grep -c '^first-' "$acks")" >> "$res"
-				vote_storm "$acks" "$mode-$r" &
+				echo "first_votes_acknowledged=$(grep -c "^first-$r-" "$acks")" >> "$res"
+				# In partial mode the storm runs as SCHED_EXT too: in the fair
+				# class it would run ahead of every SCHED_EXT task (the
+				# kernel's class order), whatever the policy.
+				if [ "$mode" = partial ]; then
+					"$BIN" exec -- bash -c "$(declare -f vote_storm); API=$API; vote_storm '$acks' '$mode-$r'" &
+				else
+					vote_storm "$acks" "$mode-$r" &
+				fi
 				helpers+=($!)
 				churn &
 				helpers+=($!)

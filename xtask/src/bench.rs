@@ -239,6 +239,9 @@ pub struct Row {
     vote_p50_ms: Option<f64>,
     vote_p99_ms: Option<f64>,
     votes_per_s: Option<f64>,
+    vote_answer_ms: (Option<f64>, Option<f64>),
+    journaled_votes_per_s: Option<f64>,
+    journaled_ms: (Option<f64>, Option<f64>),
     room_held: Option<f64>,
     room_votes_per_s: Option<f64>,
     rss_mib: Option<f64>,
@@ -261,6 +264,9 @@ impl Row {
             vote_p50_ms: percentile(&r.vote_effect_ms, 0.5),
             vote_p99_ms: percentile(&r.vote_effect_ms, 0.99),
             votes_per_s: median(&r.votes_per_s),
+            vote_answer_ms: (median(&r.vote_answer_p50_ms), median(&r.vote_answer_p99_ms)),
+            journaled_votes_per_s: median(&r.journaled_votes_per_s),
+            journaled_ms: (median(&r.journaled_p50_ms), median(&r.journaled_p99_ms)),
             room_held: r.room_held.iter().copied().reduce(f64::min),
             room_votes_per_s: median(&r.room_votes_per_s),
             rss_mib: r.sched_peak_rss_kib.map(|k| k as f64 / 1024.0),
@@ -276,9 +282,20 @@ impl Row {
             "cpu_s": self.cpu_s, "wake_p50_us": self.wake_p50_us, "wake_p99_us": self.wake_p99_us,
             "vote_effect_p50_ms": self.vote_p50_ms, "vote_effect_p99_ms": self.vote_p99_ms,
             "votes_per_s": self.votes_per_s,
+            "vote_answer_p50_ms": self.vote_answer_ms.0, "vote_answer_p99_ms": self.vote_answer_ms.1,
+            "journaled_votes_per_s": self.journaled_votes_per_s,
+            "journaled_p50_ms": self.journaled_ms.0, "journaled_p99_ms": self.journaled_ms.1,
             "room_viewers": ROOM_VIEWERS, "room_viewers_held_min": self.room_held, "room_votes_per_s": self.room_votes_per_s,
             "sched_peak_rss_mib": self.rss_mib, "sched_cpu_s": self.sched_cpu_s,
         })
+    }
+}
+
+/// Votes/s and their answer times: `808 (1.2/5.3)`, or `-`.
+fn with_times(rate: Option<f64>, (p50, p99): (Option<f64>, Option<f64>)) -> String {
+    match rate {
+        Some(v) => format!("{v:.0} ({}/{})", num(p50, 1), num(p99, 1)),
+        None => "-".into(),
     }
 }
 
@@ -331,13 +348,13 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
     );
     let _ = writeln!(
         t,
-        "| configuration | messaging s (ratio, range) | messaging, full mode s (ratio, range) | CPU work s (ratio, range) | wake-up p50/p99 us | vote->effect p50/p99 ms | votes/s | room: streams held, votes/s | sched RSS MiB | sched CPU s |"
+        "| configuration | messaging s (ratio, range) | messaging, full mode s (ratio, range) | CPU work s (ratio, range) | wake-up p50/p99 us | vote->effect p50/p99 ms | votes/s (answer p50/p99 ms) | journaled votes/s (p50/p99 ms) | room: streams held, votes/s | sched RSS MiB | sched CPU s |"
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             t,
-            "| {}{} | {} ({}) | {} ({}) | {} ({}) | {}/{} | {}/{} | {} | {} | {} | {} |",
+            "| {}{} | {} ({}) | {} ({}) | {} ({}) | {}/{} | {}/{} | {} | {} | {} | {} | {} |",
             r.name,
             if r.failed { " (FAILED)" } else { "" },
             num(r.messaging_s, 2),
@@ -350,7 +367,8 @@ pub fn table(rows: &[Row], cpus: u32, accel: &str, repeat: u32) -> String {
             num(r.wake_p99_us, 0),
             num(r.vote_p50_ms, 1),
             num(r.vote_p99_ms, 1),
-            num(r.votes_per_s, 0),
+            with_times(r.votes_per_s, r.vote_answer_ms),
+            with_times(r.journaled_votes_per_s, r.journaled_ms),
             match r.room_held {
                 Some(h) => format!("{h:.0}/{ROOM_VIEWERS}, {}", num(r.room_votes_per_s, 0)),
                 None => "-".into(),

@@ -94,6 +94,19 @@ pub struct Raw {
     /// Vote acknowledged -> first run of a task of the new leader, in ms.
     pub vote_effect_ms: Vec<f64>,
     pub votes_per_s: Vec<f64>,
+    /// A vote's request -> answer time in that load, p50 and p99, in ms.
+    #[serde(default)]
+    pub vote_answer_p50_ms: Vec<f64>,
+    #[serde(default)]
+    pub vote_answer_p99_ms: Vec<f64>,
+    /// The same load against the scheduler started with `--votes-file`:
+    /// every vote on disk before its answer.
+    #[serde(default)]
+    pub journaled_votes_per_s: Vec<f64>,
+    #[serde(default)]
+    pub journaled_p50_ms: Vec<f64>,
+    #[serde(default)]
+    pub journaled_p99_ms: Vec<f64>,
     /// The room load: viewers held to the end, and the voters' votes/s
     /// beside them.
     #[serde(default)]
@@ -238,13 +251,19 @@ impl Sched {
 
 impl Bench<'_> {
     fn start(&self, full: bool) -> Result<Option<Sched>> {
+        self.start_with(full, None)
+    }
+
+    /// `start`, the election with its votes journaled in `journal`.
+    fn start_with(&self, full: bool, journal: Option<&Path>) -> Result<Option<Sched>> {
         let Some(bin) = &self.cfg.binary else {
             return Ok(None);
         };
         let log = self.out.join(format!(
-            "{}{}.log",
+            "{}{}{}.log",
             self.cfg.name,
-            if full { "-full" } else { "" }
+            if full { "-full" } else { "" },
+            if journal.is_some() { "-journaled" } else { "" }
         ));
         let mut cmd = bounded(bin, 900);
         match (full, &self.cfg.partial_args) {
@@ -258,6 +277,10 @@ impl Bench<'_> {
                 "[[candidate]]\nname = \"blue\"\n\n[[candidate]]\nname = \"red\"\n",
             )?;
             cmd.args(["--listen", API, "--candidates"]).arg(file);
+            if let Some(journal) = journal {
+                let _ = std::fs::remove_file(journal);
+                cmd.arg("--votes-file").arg(journal);
+            }
         }
         let sched = Sched(Scheduler::start(cmd, &log, Duration::from_secs(120), None)?);
         if self.cfg.ballot && self.cfg.name == "election" {
@@ -309,7 +332,10 @@ impl Bench<'_> {
             self.check(&sched)?;
             if self.cfg.name == "election" {
                 raw.vote_effect_ms.extend(self.vote_effect()?);
-                raw.votes_per_s.push(self.vote_load()?);
+                let load = self.voters().run()?;
+                raw.votes_per_s.push(load.votes_per_s);
+                raw.vote_answer_p50_ms.push(load.p50_us / 1000.0);
+                raw.vote_answer_p99_ms.push(load.p99_us / 1000.0);
                 if self.plan.room_viewers > 0 {
                     let (held, votes) = self.room_load()?;
                     raw.room_held.push(held);
@@ -320,6 +346,20 @@ impl Bench<'_> {
             if let Some(s) = sched {
                 add_footprint(raw, s.footprint());
                 s.stop()?;
+            }
+            if self.cfg.ballot && self.cfg.name == "election" {
+                // The same voters against a journal: each vote on disk
+                // (the guest's virtio disk) before its answer.
+                let journal = self.out.join(format!("votes-{i}.journal"));
+                let sched = self.start_with(false, Some(&journal))?;
+                let load = self.voters().run()?;
+                raw.journaled_votes_per_s.push(load.votes_per_s);
+                raw.journaled_p50_ms.push(load.p50_us / 1000.0);
+                raw.journaled_p99_ms.push(load.p99_us / 1000.0);
+                self.check(&sched)?;
+                if let Some(s) = sched {
+                    s.stop()?;
+                }
             }
         } else if i == 0 {
             raw.notes.push("partial mode: not measured (the scheduler has none); CPU work and wake-up latency in full mode".into());
@@ -522,12 +562,6 @@ impl Bench<'_> {
             let _ = k.wait();
         }
         result
-    }
-
-    /// Votes per second on loopback, with as many keep-alive connections
-    /// as the server's answers keep busy (measured: more add nothing).
-    fn vote_load(&self) -> Result<f64> {
-        Ok(self.voters().run()?.votes_per_s)
     }
 
     /// The voters of both loads: one vote in flight per connection, as a

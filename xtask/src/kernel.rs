@@ -6,8 +6,10 @@
 //!   with a private `APT_CONFIG` (own sources list, lists, cache and dpkg
 //!   status under `cache_dir()/kernel/apt/`; the system's apt setup is only
 //!   read, for its mirror URI) and unpacked with `dpkg-deb -x` into
-//!   `cache_dir()/kernel/<version>/`. A complete unpacked kernel is reused
-//!   without touching the network; `--update` looks for a newer one.
+//!   `cache_dir()/kernel/<version>/`. The version is the one
+//!   `kernel-config/kernel.lock` names (see `kernel_lock.rs`): a complete
+//!   unpacked tree of it is reused without touching the network; `--update`
+//!   takes the newest and rewrites the lock.
 //! - `host`: the running kernel, when it has sched_ext.
 //! - a path to a bzImage/vmlinuz: the config is looked up beside it.
 //!
@@ -23,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::{Shell, cmd};
 
+use crate::kernel_lock::{self, KernelLock, Package};
 use crate::{cache_dir, deps, project_root};
 
 /// The config fragment every VM kernel is checked against, relative to the
@@ -51,9 +54,10 @@ pub struct KernelCmd {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// With the default kernel: ask Debian for the newest version even when
-    /// one is already unpacked (costs an apt update; the cached kernel keeps
-    /// runs reproducible and offline otherwise).
+    /// With the default kernel: take the newest version Debian serves and
+    /// rewrite kernel-config/kernel.lock with it (the VM snapshots were
+    /// recorded on the locked kernel: re-record them on the new one). Other
+    /// runs boot the locked kernel, offline once it is unpacked.
     #[arg(long)]
     pub update: bool,
 }
@@ -61,7 +65,24 @@ pub struct KernelCmd {
 impl KernelCmd {
     pub fn run(self, sh: &Shell) -> Result<()> {
         let kernel = match (&self.kernel, self.update) {
-            (KernelChoice::Default, true) => fetch_debian_kernel(sh)?,
+            (KernelChoice::Default, true) => {
+                let kernel = fetch_debian_kernel(sh, None)?;
+                let lock = KernelLock { release: kernel.version.clone(), packages: kernel.packages.clone() };
+                let before = KernelLock::read().ok().flatten();
+                std::fs::write(KernelLock::path(), lock.render())
+                    .with_context(|| format!("writing {}", kernel_lock::LOCK))?;
+                match before {
+                    Some(old) if old == lock => println!("kernel: {} already names {}", kernel_lock::LOCK, lock.describe()),
+                    Some(old) => println!(
+                        "kernel: {} now names {} (was {}): re-record the VM snapshots on it",
+                        kernel_lock::LOCK,
+                        lock.describe(),
+                        old.describe()
+                    ),
+                    None => println!("kernel: {} written for {}", kernel_lock::LOCK, lock.describe()),
+                }
+                kernel
+            }
             (choice, _) => obtain(sh, choice)?,
         };
         let fragment = self.config.unwrap_or_else(|| project_root().join(FRAGMENT));
@@ -69,6 +90,9 @@ impl KernelCmd {
         println!("image:   {}", kernel.image.display());
         println!("version: {}", kernel.version);
         println!("source:  {}", kernel.source);
+        if let Some(differs) = &kernel.differs {
+            println!("!!! {differs}");
+        }
         Ok(())
     }
 }
@@ -120,19 +144,83 @@ pub struct Kernel {
     pub config: Option<PathBuf>,
     /// Where it came from, for humans.
     pub source: String,
+    /// Its Debian packages (the default kernel only).
+    pub packages: Vec<Package>,
+    /// Set when this is not the kernel kernel-config/kernel.lock names (the
+    /// one the snapshots were recorded on): why, in one sentence.
+    pub differs: Option<String>,
 }
 
 /// Gets the kernel for `choice`: downloads and unpacks Debian's on first use
 /// (later calls are offline), or checks the host's or the given image.
 pub fn obtain(sh: &Shell, choice: &KernelChoice) -> Result<Kernel> {
     match choice {
-        KernelChoice::Default => match cached_debian_kernel()? {
-            Some(kernel) => Ok(kernel),
-            None => fetch_debian_kernel(sh),
-        },
-        KernelChoice::Host => host_kernel(sh),
-        KernelChoice::Path(path) => own_kernel(path),
+        KernelChoice::Default => default_kernel(sh),
+        KernelChoice::Host => with_lock_note(host_kernel(sh)?),
+        KernelChoice::Path(path) => with_lock_note(own_kernel(path)?),
     }
+}
+
+/// The locked kernel: unpacked already, or downloaded (checksums checked);
+/// when Debian no longer serves it, the newest, marked as differing.
+fn default_kernel(sh: &Shell) -> Result<Kernel> {
+    let cached = cached_debian_kernel()?;
+    let Some(lock) = KernelLock::read()? else {
+        let mut kernel = match cached {
+            Some(k) => k,
+            None => fetch_debian_kernel(sh, None)?,
+        };
+        kernel.differs = Some(format!(
+            "{} is missing: this run boots {}, and nothing says which kernel the snapshots were recorded on",
+            kernel_lock::LOCK,
+            kernel.version
+        ));
+        return Ok(kernel);
+    };
+    if let Some(k) = cached.iter().chain(cached_tree(&lock.release).iter()).find(|k| lock.matches(&k.version, &k.packages)) {
+        std::fs::write(kernel_cache().join("current"), &k.version).context("recording the current kernel")?;
+        return Ok(k.clone());
+    }
+    let why = match fetch_debian_kernel(sh, Some(&lock)) {
+        Ok(kernel) => return Ok(kernel),
+        Err(e) if format!("{e:#}").contains("checksum") => return Err(e),
+        Err(e) => format!("{e:#}"),
+    };
+    println!("kernel: the locked kernel {} could not be had ({why}); taking the newest", lock.describe());
+    let mut kernel = match fetch_debian_kernel(sh, None) {
+        Ok(k) => k,
+        Err(e) => match cached {
+            Some(k) => {
+                println!("kernel: the newest could not be had either ({e:#}); booting the unpacked {}", k.version);
+                k
+            }
+            None => return Err(e),
+        },
+    };
+    kernel.differs = Some(differs_note(&lock, &kernel));
+    Ok(kernel)
+}
+
+/// The sentence every summary and snapshot failure repeats.
+fn differs_note(lock: &KernelLock, kernel: &Kernel) -> String {
+    let version = kernel.packages.first().map(|p| format!(" ({})", p.version)).unwrap_or_default();
+    format!(
+        "KERNEL DIFFERS: the snapshots were recorded on {} ({}), this run boots {}{version} ({})",
+        lock.describe(),
+        kernel_lock::LOCK,
+        kernel.version,
+        kernel.source
+    )
+}
+
+/// A host or user kernel, marked when its release is not the locked one.
+fn with_lock_note(mut kernel: Kernel) -> Result<Kernel> {
+    if let Some(lock) = KernelLock::read()?
+        && kernel.version != lock.release
+    {
+        kernel.differs = Some(differs_note(&lock, &kernel));
+    }
+    Ok(kernel)
 }
 
 /// Checks `kernel`'s config against the fragment file: prints every missing
@@ -361,16 +449,17 @@ fn kernel_cache() -> PathBuf {
 
 /// The unpacked Debian kernel named by `kernel/current`, if complete.
 fn cached_debian_kernel() -> Result<Option<Kernel>> {
-    let root = kernel_cache();
-    let Ok(version) = std::fs::read_to_string(root.join("current")) else {
+    let Ok(version) = std::fs::read_to_string(kernel_cache().join("current")) else {
         return Ok(None);
     };
-    let version = version.trim();
-    let dir = root.join(version);
-    let Ok(marker) = std::fs::read_to_string(dir.join(COMPLETE_MARKER)) else {
-        return Ok(None);
-    };
-    Ok(kernel_from_tree(&dir, version, &marker, "cached"))
+    Ok(cached_tree(version.trim()))
+}
+
+/// The unpacked tree of release `version`, if complete.
+fn cached_tree(version: &str) -> Option<Kernel> {
+    let dir = kernel_cache().join(version);
+    let marker = std::fs::read_to_string(dir.join(COMPLETE_MARKER)).ok()?;
+    kernel_from_tree(&dir, version, &marker, "cached")
 }
 
 /// A Kernel for an unpacked package tree, if its image is there.
@@ -389,22 +478,24 @@ fn kernel_from_tree(dir: &Path, version: &str, marker: &str, how: &str) -> Optio
     .iter()
     .map(|p| dir.join(p))
     .find(|p| p.is_file());
-    // The marker lists "package version" lines; all share one version.
-    let package_version = marker
-        .lines()
-        .find_map(|l| l.split_whitespace().nth(1))
-        .unwrap_or("(unknown version)");
+    // The marker lists "package version [sha256]" lines; all share one
+    // version.
+    let packages = kernel_lock::parse_packages(marker);
+    let package_version = packages.first().map_or("(unknown version)", |p| p.version.as_str());
     Some(Kernel {
         image,
         version: version.to_string(),
         config,
         source: format!("Debian {SUITE} {META_PACKAGE} {package_version}, {how}"),
+        packages,
+        differs: None,
     })
 }
 
-/// Resolves, downloads and unpacks the newest Debian cloud kernel (reusing
-/// the unpacked tree when that version is already complete).
-fn fetch_debian_kernel(sh: &Shell) -> Result<Kernel> {
+/// Downloads and unpacks the locked kernel (`want`; checksums checked) or,
+/// without one, the newest Debian cloud kernel, reusing an unpacked tree of
+/// that version when it is complete (and, for the newest, has checksums).
+fn fetch_debian_kernel(sh: &Shell, want: Option<&KernelLock>) -> Result<Kernel> {
     if std::env::consts::ARCH != "x86_64" {
         bail!(
             "the default kernel is Debian's amd64 cloud kernel: on this machine pass --kernel PATH"
@@ -422,23 +513,36 @@ fn fetch_debian_kernel(sh: &Shell) -> Result<Kernel> {
         "apt-get update for trixie-backports (on NO_PUBKEY: upgrade debian-archive-keyring)",
     )?;
 
-    let meta_deps = apt
-        .cmd(sh, "apt-cache", &["depends", META_PACKAGE])
-        .read()
-        .with_context(|| format!("resolving {META_PACKAGE}"))?;
-    let version = image_release(&parse_depends(&meta_deps)).with_context(|| {
-        format!("{META_PACKAGE} depends on no linux-image-<version> package:\n{meta_deps}")
-    })?;
-    let image_pkg = format!("linux-image-{version}");
-    let image_deps = apt
-        .cmd(sh, "apt-cache", &["depends", &image_pkg])
-        .read()
-        .with_context(|| format!("resolving {image_pkg}"))?;
-    let packages = kernel_packages(&version, &parse_depends(&image_deps));
+    let (version, packages) = match want {
+        Some(lock) => (
+            lock.release.clone(),
+            lock.packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect::<Vec<_>>(),
+        ),
+        None => {
+            let meta_deps = apt
+                .cmd(sh, "apt-cache", &["depends", META_PACKAGE])
+                .read()
+                .with_context(|| format!("resolving {META_PACKAGE}"))?;
+            let version = image_release(&parse_depends(&meta_deps)).with_context(|| {
+                format!("{META_PACKAGE} depends on no linux-image-<version> package:\n{meta_deps}")
+            })?;
+            let image_pkg = format!("linux-image-{version}");
+            let image_deps = apt
+                .cmd(sh, "apt-cache", &["depends", &image_pkg])
+                .read()
+                .with_context(|| format!("resolving {image_pkg}"))?;
+            let packages = kernel_packages(&version, &parse_depends(&image_deps));
+            (version, packages)
+        }
+    };
 
     let dir = root.join(&version);
     if let Ok(marker) = std::fs::read_to_string(dir.join(COMPLETE_MARKER))
         && let Some(kernel) = kernel_from_tree(&dir, &version, &marker, "cached")
+        && match want {
+            Some(lock) => lock.matches(&version, &kernel.packages),
+            None => kernel.packages.iter().all(|p| !p.sha256.is_empty()),
+        }
     {
         println!("kernel: {version} is already unpacked");
         std::fs::write(root.join("current"), &version).context("recording the current kernel")?;
@@ -489,11 +593,27 @@ fn fetch_debian_kernel(sh: &Shell) -> Result<Kernel> {
         let mut it = fields
             .lines()
             .filter_map(|l| l.split_once(": ").map(|(_, v)| v));
-        marker += &format!(
-            "{} {}\n",
-            it.next().unwrap_or("?"),
-            it.next().unwrap_or("?")
-        );
+        let sums = cmd!(sh, "sha256sum {deb}")
+            .quiet()
+            .read()
+            .with_context(|| format!("checksumming {}", deb.display()))?;
+        let package = Package {
+            name: it.next().unwrap_or("?").to_string(),
+            version: it.next().unwrap_or("?").to_string(),
+            sha256: sums.split_whitespace().next().unwrap_or("").to_string(),
+        };
+        if let Some(lock) = want
+            && let Some(locked) = lock.packages.iter().find(|p| p.name == package.name)
+            && locked.sha256 != package.sha256
+        {
+            bail!(
+                "{name}: checksum {} differs from the one in {} ({}): not booting it",
+                package.sha256,
+                kernel_lock::LOCK,
+                locked.sha256
+            );
+        }
+        marker += &format!("{}\n", package.line());
     }
     generate_module_index(sh, &partial, &version);
     std::fs::write(partial.join(COMPLETE_MARKER), &marker)
@@ -696,6 +816,8 @@ fn host_kernel(sh: &Shell) -> Result<Kernel> {
         version: release,
         config,
         source: "the running kernel".to_string(),
+        packages: Vec::new(),
+        differs: None,
     })
 }
 
@@ -716,6 +838,8 @@ fn own_kernel(path: &Path) -> Result<Kernel> {
         version,
         config,
         source: format!("your image {}", image.display()),
+        packages: Vec::new(),
+        differs: None,
     })
 }
 

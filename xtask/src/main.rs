@@ -18,6 +18,7 @@ mod first_light;
 mod framework;
 mod guest;
 mod kernel;
+mod kernel_lock;
 mod port;
 mod reap;
 mod run;

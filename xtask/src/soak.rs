@@ -4,6 +4,9 @@
 //! (`vm/soak.sh` in the guest, one boot). The `soak` suite of `vm-test` is
 //! its short form (one short round per policy and mode).
 //!
+//! EEVDF (no sched_ext scheduler, full mode) runs the same rounds first,
+//! for the shell command's baseline; it is reported, not judged.
+//!
 //! The verdict, per round: never ejected (the kernel's `disabled (REASON)`
 //! lines other than the scheduler leaving, and the state while it should be
 //! attached), stress-ng ran to its end, a clean exit where it was not
@@ -58,14 +61,15 @@ impl SoakCmd {
         let (tools, kernel, accel) = self.vm.prepare(sh)?;
         let out = fresh_dir(&project_root().join("target/soak"))?;
         let mut spec = self.vm.spec(kernel, accel, "vm/soak.sh", &out);
-        let rounds_total = u64::from(self.rounds) * 6;
+        // Six configurations, and EEVDF's baseline rounds.
+        let rounds_total = u64::from(self.rounds) * 7;
         // A round: stress plus loading the scheduler (up to 10 s under TCG)
         // and, for the election, replaying the journal.
         let estimate = rounds_total * (u64::from(self.round_secs) + 25);
         spec.timeout = spec.timeout.max(std::time::Duration::from_secs(estimate + 300));
         spec.args = vec![path_arg(&bin)?, path_arg(&out)?, self.rounds.to_string(), self.round_secs.to_string()];
         println!(
-            "==> soak: {rounds_total} rounds ({} per policy and mode) of {} s, about {} min ({accel}, {} vCPUs)",
+            "==> soak: {rounds_total} rounds ({} per policy and mode, and EEVDF's) of {} s, about {} min ({accel}, {} vCPUs)",
             self.rounds,
             self.round_secs,
             estimate.div_ceil(60),
@@ -167,8 +171,9 @@ pub fn table(rounds: &Rounds) -> String {
     let mut out = String::from(
         "policy    mode     rounds  killed  ejections  worst command  votes acknowledged  votes lost\n",
     );
-    for policy in POLICIES {
-        for mode in MODES {
+    let configs = std::iter::once(("eevdf", "full")).chain(POLICIES.iter().flat_map(|p| MODES.iter().map(move |m| (*p, *m))));
+    for (policy, mode) in configs {
+        {
             let of: Vec<&CaseFacts> = rounds
                 .values()
                 .filter(|f| f.get("policy") == Some(policy) && f.get("mode") == Some(mode))
@@ -255,5 +260,6 @@ mod tests {
         let problems = judge(&rounds, 1);
         assert_eq!(problems.len(), 5, "{problems:?}");
         assert!(table(&rounds).contains("fifo      partial       1"));
+        assert!(table(&rounds).contains("eevdf     full          0"));
     }
 }

@@ -1519,6 +1519,8 @@ mod tests {
             version: "7.3.4".into(),
             config: None,
             source: "test".into(),
+            packages: Vec::new(),
+            differs: None,
         };
         VmSpec {
             rwdirs: vec!["/out".into()],

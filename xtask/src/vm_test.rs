@@ -234,7 +234,13 @@ impl VmTestCmd {
 
         if suites.contains(&Suite::Scenarios) {
             let results = scenario::judge_runs(&selection, &scenario_out, self.repeat);
-            let problems = scenario::report(&selection, &results, self.repeat);
+            let mut problems = scenario::report(&selection, &results, self.repeat);
+            if let Some(differs) = &spec.kernel.differs {
+                // Every snapshot failure says it: the kernel may be the cause.
+                for p in problems.iter_mut().filter(|p| p.contains("snapshot differs")) {
+                    p.push_str(&format!(" [{differs}]"));
+                }
+            }
             let name = if self.mutant.is_some() {
                 "scenarios: every snapshot matches (run with a broken election: expected to fail)"
             } else {
@@ -249,7 +255,7 @@ impl VmTestCmd {
         checks.push(Check { name: "console: no BUG, WARNING, stall or ejection", problems: alarms });
 
         println!();
-        for note in &wedge_notes {
+        for note in wedge_notes.iter().chain(spec.kernel.differs.iter()) {
             println!("!!! {note}");
         }
         for line in &summary {
@@ -266,10 +272,13 @@ impl VmTestCmd {
         if failed > 0 {
             print_diagnostics(&outcome.console_tail, &out, &suites);
         }
-        let wedged = match wedge_notes.len() {
+        let mut wedged = match wedge_notes.len() {
             0 => String::new(),
             n => format!("; {n} WEDGED BOOT(S), see above"),
         };
+        if spec.kernel.differs.is_some() {
+            wedged.push_str("; NOT THE LOCKED KERNEL, see above");
+        }
         println!("vm-test: {} passed, {} failed (the VM ran {vm_secs:.0} s{wedged})", checks.len() - failed, failed);
         if failed > 0 {
             bail!("{failed} VM check(s) failed; the whole console is in {}", spec.console_log.display());
