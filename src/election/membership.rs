@@ -39,7 +39,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -160,28 +160,35 @@ impl Membership {
 }
 
 /// How the policy asks the tracker for a scan sooner than planned.
+///
+/// No lock is taken on the policy's side: `ask` sets a flag and unparks
+/// the tracker thread. (With a mutex, a tracker preempted while holding it
+/// would stall the scheduling loop in full mode, where the tracker waits
+/// for the loop to be scheduled at all.)
 #[derive(Debug, Default)]
 pub struct Nudge {
     asked: AtomicBool,
-    lock: Mutex<()>,
-    wake: Condvar,
+    /// The thread that waits: the first to call [`Nudge::wait`].
+    waiter: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Nudge {
     /// Asks for a scan; cheap when one is already asked for.
     pub fn ask(&self) {
-        if !self.asked.swap(true, Ordering::AcqRel) {
-            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.wake.notify_one();
+        if !self.asked.swap(true, Ordering::AcqRel)
+            && let Some(waiter) = self.waiter.get()
+        {
+            waiter.unpark();
         }
     }
 
     /// Waits up to `timeout` for a request (it stays pending until
-    /// [`Nudge::take`]).
+    /// [`Nudge::take`]). An `ask` between the check and the park still
+    /// ends the park at once (an unpark before a park is kept).
     fn wait(&self, timeout: Duration) {
-        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiter.get_or_init(std::thread::current);
         if !self.pending() {
-            let _ = self.wake.wait_timeout(guard, timeout);
+            std::thread::park_timeout(timeout);
         }
     }
 
@@ -792,6 +799,26 @@ mod tests {
         assert!(n.pending());
         n.take();
         assert!(!n.pending());
+    }
+
+    #[test]
+    fn an_ask_from_another_thread_ends_the_wait() {
+        let n = Arc::new(Nudge::default());
+        let waiter = {
+            let n = n.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                n.wait(Duration::from_secs(30));
+                t.elapsed()
+            })
+        };
+        // Until the waiter has registered, an ask stays pending and the
+        // wait returns at once; either way it must not sit out 30 s.
+        std::thread::sleep(Duration::from_millis(50));
+        n.ask();
+        let waited = waiter.join().unwrap();
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+        assert!(n.pending());
     }
 
     #[test]
