@@ -544,10 +544,16 @@ impl Election {
     }
 
     /// How many slices in a row a task of `class`, whose slice ends at
-    /// tag `finish`, may run: as long as no held task of another class is
-    /// due before its next slice would end (at most [`MAX_LEASE`], or
-    /// [`MAX_LEASE_QUIET`] while no task wakes). The
+    /// tag `finish`, may run: as long as no other held task (of any class,
+    /// its own included) is due before its next slice would end, and no
+    /// running task of another class would come back due before it (at
+    /// most [`MAX_LEASE`], or [`MAX_LEASE_QUIET`] while no task wakes). The
     /// class pays for all of them now. Capped classes get one.
+    ///
+    /// A task of its own class waiting ends the lease too: a class with
+    /// hundreds of runnable tasks (a fork storm in full mode, where every
+    /// other task of the system is unaffiliated) would otherwise have each
+    /// of them run a whole lease while the rest, a shell among them, wait.
     fn lease(&mut self, class: &Arc<str>, finish: u64) -> u64 {
         let Some(c) = self.classes.get(class) else {
             return 1;
@@ -556,13 +562,14 @@ impl Election {
             return 1;
         }
         let step = self.slice_ns * VSCALE / c.weight.max(1);
-        // When the next slice of any other class with a task waiting or on
-        // a CPU would end: held tasks by their tags, running ones by their
-        // class's next tag (they come back at their slice's end).
+        // When the next slice of any other task waiting, or of any other
+        // class on a CPU, would end: held tasks by their tags (this one is
+        // no longer among `tasks`), running ones by their class's next tag
+        // (they come back at their slice's end).
         let held = self
             .held
             .iter()
-            .filter(|Reverse((_, _, pid, _))| self.tasks.get(pid).is_some_and(|(_, k)| k != class))
+            .filter(|Reverse((_, _, pid, _))| self.tasks.contains_key(pid))
             .map(|Reverse((f, ..))| *f);
         let running = self
             .slots
@@ -1074,6 +1081,31 @@ mod tests {
         p.schedule(&mut d).unwrap();
         assert_eq!(d.dispatched[0].cpu, 1);
         assert_eq!(p.nr_pending(), 0);
+    }
+
+    #[test]
+    fn a_task_gets_one_slice_while_others_of_its_class_wait() {
+        let board = Board::new();
+        board.standing.store(Arc::new(standing(1, &[])));
+        let mut p = Election::new(inputs(board, Membership::default()), 1000);
+        let mut d = FakeDispatcher { cpus: 1, ..Default::default() };
+        // Twenty unaffiliated tasks, one CPU: no lease of several slices.
+        for pid in 10..30 {
+            d.queue.push_back(task(pid, 100, 0, 0));
+        }
+        d.idle_cpus.push_back(0);
+        p.schedule(&mut d).unwrap();
+        assert!(!d.dispatched.is_empty());
+        assert!(d.dispatched.iter().all(|t| t.slice_ns == 1000), "one slice each, not a lease: {:?}", d.dispatched);
+        // Alone, a task leases several slices in a row.
+        let board = Board::new();
+        board.standing.store(Arc::new(standing(1, &[])));
+        let mut p = Election::new(inputs(board, Membership::default()), 1000);
+        let mut d = FakeDispatcher { cpus: 1, ..Default::default() };
+        d.queue.push_back(task(10, 100, 0, 0));
+        d.idle_cpus.push_back(0);
+        p.schedule(&mut d).unwrap();
+        assert!(d.dispatched[0].slice_ns > 1000, "{:?}", d.dispatched);
     }
 
     /// Blue leads; red's pids 1 and 2 and blue's pid 3 wait.
