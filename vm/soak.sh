@@ -175,6 +175,16 @@ for policy in eevdf fifo vruntime election; do
 				fi
 				sleep 1
 			done
+			if [ "$kill_mid" = 1 ] && [ -n "${SCHED_PID:-}" ]; then
+				# The load ended before the loop came to the kill (a slow
+				# shell probe): kill now, and say so.
+				echo "killed_after_stress=1" >> "$res"
+				kill -KILL "${SCHED_BIN_PID:-$SCHED_PID}" 2>/dev/null
+				wait "$SCHED_PID" 2>/dev/null
+				SCHED_PID=
+				wait_state disabled 300
+				echo "state_after_kill=$(sched_state)" >> "$res"
+			fi
 			wait "$stress"
 			echo "stress_exit=$?" >> "$res"
 			wait "$stress_exec"
