@@ -69,7 +69,7 @@ impl IdleDispatch {
 }
 
 /// The length of a task's command name (`comm`), NUL included.
-pub const TASK_COMM_LEN: usize = 16;
+pub const TASK_COMM_LEN: usize = bpf_intf::TASK_COMM_LEN as usize;
 
 /// A runnable task that the BPF side hands to the policy: scx_rustland_core's
 /// `QueuedTask`, plus `tgid`, `wakeup`, `sched_ext` and `free_runtime`.
@@ -918,7 +918,7 @@ fn khugepaged_pid() -> i32 {
 
 /// The scheduling policy number of sched_ext (`SCHED_EXT` in the kernel's
 /// uapi; not yet in libc).
-pub const SCHED_EXT: libc::c_int = 7;
+pub const SCHED_EXT: libc::c_int = bpf_intf::BALLOT_SCHED_EXT as libc::c_int;
 
 /// Switches the calling thread to SCHED_EXT; the raw OS error on refusal.
 pub fn set_sched_ext() -> std::io::Result<()> {
