@@ -158,6 +158,9 @@ const MAX_LEASE: u64 = 4;
 /// that never sleep compete (burners), so no task that wakes waits behind
 /// a long lease, and each round trip saved is CPU time for them.
 const MAX_LEASE_QUIET: u64 = 8;
+/// Waiting tasks of its own class per CPU above which a task gets one slice,
+/// not a lease (see [`Election::lease`]).
+const LEASE_CROWD: u64 = 2;
 /// See [`MAX_LEASE_QUIET`].
 const QUIET: Duration = Duration::from_secs(1);
 
@@ -475,7 +478,7 @@ impl Election {
             let Some((task, class)) = self.tasks.remove(&pid) else {
                 continue;
             };
-            let slices = self.lease(&class, finish);
+            let slices = self.lease(&class, finish, cpus);
             let mut out = DispatchedTask::new(&task);
             out.cpu = cpu;
             out.vtime = finish;
@@ -544,17 +547,19 @@ impl Election {
     }
 
     /// How many slices in a row a task of `class`, whose slice ends at
-    /// tag `finish`, may run: as long as no other held task (of any class,
-    /// its own included) is due before its next slice would end, and no
-    /// running task of another class would come back due before it (at
-    /// most [`MAX_LEASE`], or [`MAX_LEASE_QUIET`] while no task wakes). The
-    /// class pays for all of them now. Capped classes get one.
+    /// tag `finish`, may run: as long as no held task of another class is
+    /// due before its next slice would end (at most [`MAX_LEASE`], or
+    /// [`MAX_LEASE_QUIET`] while no task wakes). The class pays for all of
+    /// them now. Capped classes get one.
     ///
-    /// A task of its own class waiting ends the lease too: a class with
-    /// hundreds of runnable tasks (a fork storm in full mode, where every
-    /// other task of the system is unaffiliated) would otherwise have each
-    /// of them run a whole lease while the rest, a shell among them, wait.
-    fn lease(&mut self, class: &Arc<str>, finish: u64) -> u64 {
+    /// A class with more than [`LEASE_CROWD`] tasks per CPU waiting gets one
+    /// slice per task: in full mode every task of the system that belongs
+    /// to no candidate is in one class, and under a fork storm hundreds of
+    /// them each ran a whole lease while a shell among them waited 20 s.
+    /// (Below that, leases stay: a candidate's few burners per CPU keep
+    /// their CPUs between slices, which is what keeps a loser at its
+    /// minimum when the leader's tasks outnumber the CPUs.)
+    fn lease(&mut self, class: &Arc<str>, finish: u64, cpus: u64) -> u64 {
         let Some(c) = self.classes.get(class) else {
             return 1;
         };
@@ -562,14 +567,21 @@ impl Election {
             return 1;
         }
         let step = self.slice_ns * VSCALE / c.weight.max(1);
-        // When the next slice of any other task waiting, or of any other
-        // class on a CPU, would end: held tasks by their tags (this one is
-        // no longer among `tasks`), running ones by their class's next tag
-        // (they come back at their slice's end).
+        let crowd = self
+            .held
+            .iter()
+            .filter(|Reverse((_, _, pid, _))| self.tasks.get(pid).is_some_and(|(_, k)| k == class))
+            .count() as u64;
+        if crowd > LEASE_CROWD * cpus.max(1) {
+            return 1;
+        }
+        // When the next slice of any other class with a task waiting or on
+        // a CPU would end: held tasks by their tags, running ones by their
+        // class's next tag (they come back at their slice's end).
         let held = self
             .held
             .iter()
-            .filter(|Reverse((_, _, pid, _))| self.tasks.contains_key(pid))
+            .filter(|Reverse((_, _, pid, _))| self.tasks.get(pid).is_some_and(|(_, k)| k != class))
             .map(|Reverse((f, ..))| *f);
         let running = self
             .slots
@@ -1089,7 +1101,8 @@ mod tests {
         board.standing.store(Arc::new(standing(1, &[])));
         let mut p = Election::new(inputs(board, Membership::default()), 1000);
         let mut d = FakeDispatcher { cpus: 1, ..Default::default() };
-        // Twenty unaffiliated tasks, one CPU: no lease of several slices.
+        // Twenty unaffiliated tasks, one CPU: a crowd, no lease of several
+        // slices.
         for pid in 10..30 {
             d.queue.push_back(task(pid, 100, 0, 0));
         }
