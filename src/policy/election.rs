@@ -569,11 +569,9 @@ impl Election {
             return 1;
         }
         let step = self.slice_ns * VSCALE / c.weight.max(1);
-        let crowd = self
-            .held
-            .iter()
-            .filter(|Reverse((_, _, pid, _))| self.tasks.get(pid).is_some_and(|(_, k)| k == class))
-            .count() as u64;
+        // Held tasks of its class, each once (`held` may still have older
+        // entries of a task queued again).
+        let crowd = self.tasks.values().filter(|(_, k)| k == class).count() as u64;
         if crowd > LEASE_CROWD * cpus.max(1) {
             return 1;
         }
