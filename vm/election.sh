@@ -51,15 +51,6 @@ vote() { # vote CANDIDATE COUNT
 	done
 }
 
-wait_api() {
-	local i
-	for ((i = 0; i < 300; i++)); do
-		curl -s -m 2 "$API/votes" > /dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
 start() { # start LOG [FLAGS...]
 	local log=$1
 	shift

@@ -54,6 +54,16 @@ last_counter() {
 	grep -oE "$2 [0-9]+" "$1" | tail -n 1 | awk '{ print $2 }'
 }
 
+# wait_api: until the voting server at $API answers GET /votes (30 s at most).
+wait_api() {
+	local i
+	for ((i = 0; i < 300; i++)); do
+		curl -s -m 2 "$API/votes" > /dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 burner() { sh -c 'while :; do :; done'; }
 
 # kill_all PID...: SIGKILL and reap.

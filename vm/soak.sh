@@ -39,15 +39,6 @@ name = "blue"
 name = "red"
 TOML
 
-wait_api() {
-	local i
-	for ((i = 0; i < 300; i++)); do
-		curl -s -m 2 "$API/votes" > /dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
 # The sum of the tally, from GET /votes ({"votes":{"blue":N,"red":M},...}).
 tally_total() {
 	curl -s -m 10 "$API/votes" | grep -oE '"votes":\{[^}]*\}' | grep -oE ':[0-9]+' | tr -d ':' |
