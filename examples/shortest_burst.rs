@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
-use scx_ballot::bpf::{BpfScheduler, DispatchedTask, IdleDispatch, InitOpts, RL_CPU_ANY};
-use scx_ballot::sched::{self, Dispatcher, Policy};
+use scx_ballot::bpf::{BpfScheduler, InitOpts};
+use scx_ballot::sched::{self, Dispatcher, DispatchedTask, IdleDispatch, Policy, RL_CPU_ANY};
 
 /// The policy: one decision per runnable task.
 pub struct ShortestBurst {

@@ -6,7 +6,8 @@ use clap::builder::ArgPredicate;
 use clap::{Args, Parser, Subcommand};
 
 use crate::ballot::Counting;
-use crate::bpf::{IdleDispatch, InitOpts};
+use crate::bpf::InitOpts;
+use crate::sched::IdleDispatch;
 use crate::election::view::Mode;
 use crate::policy::PolicyName;
 

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::bpf::{SCHED_EXT, set_sched_ext};
+use crate::bpf::set_sched_ext;
+use crate::sched::SCHED_EXT;
 
 /// Switches the calling process to SCHED_EXT.
 pub fn enter_sched_ext() -> Result<()> {
@@ -60,7 +61,7 @@ pub fn exec_in_sched_ext(argv: &[OsString], candidate: Option<&str>) -> Result<s
 /// trust this uid (by default it trusts its own, root's, alone).
 fn warn_if_not_trusted_by_default() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(me) = crate::election::membership::parse_status(&status) else { return };
+    let Some(me) = crate::election::procfs::parse_status(&status) else { return };
     if me.ruid != 0 || me.euid != 0 {
         log::warn!(
             "--candidate counts only for uids the scheduler trusts, and this runs as uid {} \

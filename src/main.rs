@@ -13,14 +13,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use log::{error, info, warn};
+use log::{error, info};
 
-use scx_ballot::ballot::{self, Event, Store};
 use scx_ballot::cli::{Cli, Command, Mutant, SchedOpts};
-use scx_ballot::election::membership::{Tracker, Trust};
-use scx_ballot::election::view::{Board, Member};
-use scx_ballot::policy::{PolicyName, election};
-use scx_ballot::server::{self, ServerConfig, ServerHandle};
+use scx_ballot::election::Election;
+use scx_ballot::policy::PolicyName;
 use scx_ballot::{bpf, exec, logger, preflight, sched};
 
 fn main() {
@@ -39,82 +36,6 @@ fn main() {
     }
 }
 
-/// The election's moving parts: the ballot and its server (the vote flow),
-/// the membership tracker (which process belongs to whom), and what the
-/// policy reads.
-struct ElectionSide {
-    inputs: election::Inputs,
-    tracker: Tracker,
-    /// Kept to wake the scheduling loop on every published change.
-    store: Arc<Store>,
-    _server: ServerHandle,
-}
-
-fn start_election(opts: &SchedOpts) -> Result<ElectionSide> {
-    let admin_token = opts.admin_token()?;
-    let board = Board::new();
-    let (initial, trusted_per_candidate) = match &opts.candidates {
-        Some(path) => ballot::load_candidates_file(path)?,
-        None => (Vec::new(), Vec::new()),
-    };
-    let trust = Trust::new(opts.member_uid.iter().copied(), trusted_per_candidate)
-        .context("reading the uid scx_ballot runs as")?;
-    // The port first: a start that cannot serve must fail before the
-    // journal is opened (and written).
-    let listener = server::bind(opts.listen)?;
-    let (store, warnings) =
-        Store::open_counting(opts.votes_file.as_deref(), initial, board.clone(), opts.counting)
-        .context("opening the ballot")?;
-    for w in warnings {
-        warn!("{w}");
-    }
-    if opts.votes_file.is_none() {
-        warn!("no --votes-file: votes are kept in memory only and lost when scx_ballot stops");
-    }
-    let store = Arc::new(store);
-    let on_exit_store = store.clone();
-    let on_exit = Box::new(move |candidate: &str, member: &Member| {
-        let event = Event::RemoveMember {
-            candidate: candidate.to_string(),
-            member: member.clone(),
-        };
-        if let Err(e) = on_exit_store.submit(event) {
-            warn!("dropping an exited member of {candidate}: {e}");
-        }
-    });
-    let tracker =
-        Tracker::spawn(board.clone(), trust, on_exit).context("starting the membership tracker")?;
-    let cfg = ServerConfig {
-        listen: opts.listen,
-        admin_token: admin_token.clone(),
-        allow_hosts: opts.allow_hosts.clone(),
-        vote_interval_ms: opts.vote_interval_ms,
-        trust_forwarded_for: opts.trust_forwarded_for,
-        max_body: ServerConfig::DEFAULT_MAX_BODY,
-    };
-    let server = server::spawn_on(listener, cfg, store.clone(), board.clone())
-        .with_context(|| format!("starting the voting server on {}", opts.listen))?;
-    info!("voting server: http://{}/", server.addr);
-    if let (Some(token), None) = (&server.admin_token, &admin_token) {
-        info!("admin token (the listener is not loopback-only): {token}");
-    }
-    let inputs = election::Inputs {
-        board,
-        membership: tracker.membership.clone(),
-        nudge: tracker.nudge.clone(),
-        mode: opts.mode,
-        min_share: opts.min_share,
-        cap: opts.cap,
-        ignore_votes: opts.debug_mutant == Some(Mutant::IgnoreVotes),
-    };
-    Ok(ElectionSide {
-        inputs,
-        tracker,
-        store,
-        _server: server,
-    })
-}
-
 /// `--no-sched`: the election side alone (ballot, voting server, membership
 /// tracker) until Ctrl-C or SIGTERM. No BPF is loaded, so there is no
 /// preflight: it needs neither root nor sched_ext.
@@ -130,7 +51,7 @@ fn run_election_only(opts: &SchedOpts) -> Result<()> {
         let _ = stop_tx.send(());
     })
     .context("installing the SIGINT/SIGTERM handler")?;
-    let election = start_election(opts)?;
+    let election = Election::start(opts)?;
     info!(
         "dry run (--no-sched): no scheduler is loaded; votes are counted but move no CPU; \
          Ctrl-C stops"
@@ -154,10 +75,10 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
         .context("installing the SIGINT/SIGTERM handler")?;
 
     let election = match opts.policy {
-        PolicyName::Election => Some(start_election(opts)?),
+        PolicyName::Election => Some(Election::start(opts)?),
         _ => None,
     };
-    let inputs = election.as_ref().map(|e| &e.inputs);
+    let inputs = election.as_ref().map(Election::inputs);
     let slice_ns = opts.slice_us * 1000;
     let policy_name = match (opts.debug_mutant, opts.policy) {
         (Some(Mutant::Fifo), PolicyName::Election) => PolicyName::Fifo,
@@ -167,10 +88,9 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
     let mut policy = policy_name.build(slice_ns, inputs)?;
     let init = opts.init_opts(policy.idle_dispatch());
     let stats = opts.stats.map(Duration::from_secs_f64);
-    let metrics_sink = election.as_ref().map(|e| e.tracker.metrics.clone());
     let mut publish = |m| {
-        if let Some(sink) = &metrics_sink {
-            sink.store(Arc::new(m));
+        if let Some(e) = &election {
+            e.publish_metrics(m);
         }
     };
     let mut open_object = MaybeUninit::uninit();
@@ -180,7 +100,7 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
             // A vote changes the next decision: the loop wakes for it
             // instead of finishing its sleep.
             let waker = sched.waker()?;
-            e.store.on_publish(move |_| waker.wake());
+            e.on_change(move || waker.wake());
         }
         info!(
             "scx_ballot attached: policy {}, {} mode, slice {} us",

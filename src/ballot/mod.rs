@@ -15,7 +15,8 @@ mod file;
 pub(crate) mod store;
 
 pub use file::{CandidatesFile, load_candidates, load_candidates_file};
-pub use store::{Store, StoreError, proc_start_time};
+pub use crate::election::procfs::proc_start_time;
+pub use store::{Store, StoreError};
 
 /// Most candidates a ballot holds.
 pub const MAX_CANDIDATES: usize = 256;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{Ballot, BallotError, Counting, Event};
-use crate::election::membership::{current_boot_id, parse_status};
+use crate::election::procfs::{current_boot_id, proc_start_time, proc_tgid};
 use crate::election::view::{Board, Member, Standing};
 use crate::journal::Journal;
 
@@ -508,28 +508,6 @@ fn fill_identity(
     }
 }
 
-/// The thread group (process) of task `pid`, from `/proc/PID/status`, or
-/// `None` if there is no such task.
-pub fn proc_tgid(pid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_status(&status).map(|s| s.tgid)
-}
-
-/// The start time of process `pid` (clock ticks after boot, field 22 of
-/// `/proc/PID/stat`), or `None` if there is no such process.
-pub fn proc_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
-}
-
-/// Field 22 of a `/proc/PID/stat` line. The comm (field 2) may hold spaces
-/// and parentheses, so fields are counted after the last `)`.
-fn parse_start_time(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    // After the comm come fields 3 (state) onwards: field 22 is the 20th.
-    after_comm.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::path::PathBuf;
@@ -581,16 +559,6 @@ pub(crate) mod tests {
 
     fn votes(store: &Store) -> Vec<(String, u64)> {
         store.standing().candidates.iter().map(|c| (c.name.clone(), c.votes)).collect()
-    }
-
-    #[test]
-    fn the_start_time_is_field_22_even_with_odd_comms() {
-        let stat = "42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 \
-                    10 18446744073709551615";
-        assert_eq!(parse_start_time(stat), Some(98765));
-        assert_eq!(parse_start_time("42 (x) S 1"), None);
-        assert!(proc_start_time(std::process::id() as i32).is_some());
-        assert_eq!(proc_start_time(i32::MAX), None);
     }
 
     #[test]

@@ -92,15 +92,16 @@ pub struct Observations {
     pub pid_shares: BTreeMap<i32, Share>,
     /// Length of that window in milliseconds.
     pub window_ms: u64,
-    /// The framework counters.
-    pub metrics: Metrics,
 }
 
-/// The two published snapshots, shared by every thread.
+/// The published snapshots, shared by every thread: the standing (from the
+/// ballot), the observations (from the membership tracker) and the
+/// framework's counters (from the driver loop, for `GET /stats`).
 #[derive(Debug, Default)]
 pub struct Board {
     pub standing: ArcSwap<Standing>,
     pub observations: ArcSwap<Observations>,
+    pub metrics: ArcSwap<Metrics>,
 }
 
 impl Board {

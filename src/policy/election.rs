@@ -52,7 +52,7 @@ use anyhow::Result;
 use arc_swap::ArcSwap;
 
 use crate::ballot::standing_leader;
-use crate::bpf::{DispatchedTask, IdleDispatch, QueuedTask, RL_CPU_ANY, RL_PREEMPT_CPU};
+use crate::sched::{DispatchedTask, IdleDispatch, QueuedTask, RL_CPU_ANY, RL_PREEMPT_CPU};
 use crate::election::membership::{Membership, Nudge};
 use crate::election::view::{Board, Mode, Standing};
 use crate::sched::{CpuUse, Dispatcher, Policy};

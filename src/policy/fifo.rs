@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use crate::bpf::{DispatchedTask, RL_CPU_ANY};
+use crate::sched::{DispatchedTask, RL_CPU_ANY};
 use crate::sched::{Dispatcher, Policy};
 
 pub struct Fifo {

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 
 use anyhow::Result;
 
-use crate::bpf::{DispatchedTask, QueuedTask, RL_CPU_ANY};
+use crate::sched::{DispatchedTask, QueuedTask, RL_CPU_ANY};
 use crate::sched::{Dispatcher, Policy};
 
 /// Drop what we remember of a task not seen for this long (ns).

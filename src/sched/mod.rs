@@ -10,8 +10,15 @@ use anyhow::{Result, bail};
 use log::info;
 use scx_utils::UserExitInfo;
 
-use crate::bpf::{BpfScheduler, DispatchedTask, IdleDispatch, QueuedTask};
+use crate::bpf::BpfScheduler;
 use crate::stats::Metrics;
+
+pub mod task;
+
+pub use task::{
+    DispatchedTask, IdleDispatch, QueuedTask, RL_CPU_ANY, RL_PREEMPT_CPU, SCHED_EXT,
+    TASK_COMM_LEN,
+};
 
 /// What a policy may do: the [`BpfScheduler`] calls it is handed in
 /// `schedule`. The driver passes the real dispatcher; tests pass a fake.
@@ -41,7 +48,7 @@ pub struct CpuUse {
     /// queue of the CPU the policy runs on (a task the policy preempted by
     /// running is not running, but that CPU is not free).
     pub running: u64,
-    /// Decisions for any CPU ([`crate::bpf::RL_CPU_ANY`]) that no CPU has
+    /// Decisions for any CPU ([`RL_CPU_ANY`]) that no CPU has
     /// taken yet.
     pub backlog: u64,
     /// SCHED_EXT tasks waiting in the local queue of the CPU the policy
@@ -168,7 +175,7 @@ pub mod fake {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::bpf::TASK_COMM_LEN;
+    use super::TASK_COMM_LEN;
     use std::ffi::c_char;
 
     #[derive(Default)]
@@ -203,7 +210,7 @@ pub mod fake {
             Ok(self.queue.pop_front())
         }
         fn dispatch_task(&mut self, task: &DispatchedTask) -> Result<()> {
-            if task.cpu == crate::bpf::RL_CPU_ANY {
+            if task.cpu == RL_CPU_ANY {
                 self.backlog += 1;
             }
             self.in_transit += 1;

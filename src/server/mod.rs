@@ -753,7 +753,7 @@ impl Api {
                 return self.submit(event, 200, later()?, None);
             }
             Route::Schedule => Ok(self.schedule()),
-            Route::Stats => Ok(json_response(200, &self.board.observations.load().metrics)),
+            Route::Stats => Ok(json_response(200, &**self.board.metrics.load())),
         };
         response.map(Some)
     }

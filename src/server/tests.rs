@@ -550,7 +550,7 @@ fn admin_routes_create_change_and_delete_candidates() {
             {"name": "red", "votes": 0, "members": [
                 {"kind": "comm", "comm": "stress-ng"},
                 {"kind": "pid", "pid": me, "start_time": start_time,
-                 "boot_id": crate::election::membership::current_boot_id()},
+                 "boot_id": crate::election::procfs::current_boot_id()},
                 {"kind": "cgroup", "path": "/demo/red"},
             ], "live": []},
         ])
@@ -763,8 +763,8 @@ fn reads_show_what_the_scheduler_side_observed() {
             (7, Share { share: 0.125, cpu_ns: 250_000 }),
         ]),
         window_ms: 1000,
-        metrics,
     }));
+    f.board.metrics.store(Arc::new(metrics));
     let r = call(f.addr(), "GET", "/candidates", None);
     assert_eq!(
         r.body[1]["live"],
