@@ -17,7 +17,7 @@ use log::{error, info};
 
 use scx_ballot::cli::{Cli, Command, Mutant, SchedOpts};
 use scx_ballot::election::Election;
-use scx_ballot::policy::PolicyName;
+use scx_ballot::policy::{self, PolicyName};
 use scx_ballot::{bpf, exec, logger, preflight, sched};
 
 fn main() {
@@ -85,7 +85,7 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
         (Some(_), PolicyName::Election) | (None, _) => opts.policy,
         (Some(_), _) => anyhow::bail!("--debug-mutant needs --policy election"),
     };
-    let mut policy = policy_name.build(slice_ns, inputs)?;
+    let mut policy = policy::build(policy_name, slice_ns, inputs)?;
     let init = opts.init_opts(policy.idle_dispatch());
     let stats = opts.stats.map(Duration::from_secs_f64);
     let mut publish = |m| {
@@ -116,6 +116,6 @@ fn run_scheduler(opts: &SchedOpts) -> Result<()> {
             return Ok(());
         }
         info!("the kernel asked for a restart (CPU hotplug); attaching again");
-        policy = policy_name.build(slice_ns, inputs)?;
+        policy = policy::build(policy_name, slice_ns, inputs)?;
     }
 }

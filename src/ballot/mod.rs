@@ -17,6 +17,7 @@ pub(crate) mod store;
 pub use file::{CandidatesFile, load_candidates, load_candidates_file};
 pub use crate::election::procfs::proc_start_time;
 pub use store::{Store, StoreError};
+pub use scx_ballot_api::{Counting, Tally};
 
 /// Most candidates a ballot holds.
 pub const MAX_CANDIDATES: usize = 256;
@@ -36,17 +37,6 @@ pub const MAX_CGROUP_BYTES: usize = 4096;
 /// One change to the ballot: what a request asks for and what the journal
 /// stores, one JSON object tagged by `"event"`, e.g.
 /// `{"event":"vote","candidate":"blue","voter":"ana"}`.
-/// How votes count.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Counting {
-    /// Each voter holds one current vote: voting again moves it to the
-    /// new candidate, and a candidate's count is its voters.
-    #[default]
-    OnePerVoter,
-    /// Every accepted vote adds one, whoever casts it.
-    Cumulative,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
@@ -388,22 +378,12 @@ pub fn standing_leader(standing: &Standing) -> Option<&str> {
     leader(standing.candidates.iter().map(|c| (c.name.as_str(), c.votes)))
 }
 
-/// Votes, leader and generation of a standing: the body of every answer that
-/// reports the count.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
-    pub votes: BTreeMap<String, u64>,
-    pub leader: Option<String>,
-    pub generation: u64,
-}
-
-impl Tally {
-    pub fn of(standing: &Standing) -> Tally {
-        Tally {
-            votes: standing.candidates.iter().map(|c| (c.name.clone(), c.votes)).collect(),
-            leader: standing_leader(standing).map(str::to_owned),
-            generation: standing.generation,
-        }
+/// The [`Tally`] of a standing.
+pub fn tally_of(standing: &Standing) -> Tally {
+    Tally {
+        votes: standing.candidates.iter().map(|c| (c.name.clone(), c.votes)).collect(),
+        leader: standing_leader(standing).map(str::to_owned),
+        generation: standing.generation,
     }
 }
 
@@ -755,7 +735,7 @@ mod tests {
         let standing = b.standing(9);
         assert_eq!(standing.generation, 9);
         assert_eq!(standing_leader(&standing), Some("blue"));
-        let tally = Tally::of(&standing);
+        let tally = tally_of(&standing);
         assert_eq!(tally.leader.as_deref(), Some("blue"));
         assert_eq!(tally.votes, b.tally());
         assert_eq!(

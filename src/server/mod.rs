@@ -16,7 +16,7 @@
 //! listening beyond loopback always has one: without `admin_token`, a random
 //! one is generated and returned in [`ServerHandle::admin_token`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -26,10 +26,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::ballot::{BallotError, Event, Store, StoreError, Tally, standing_leader};
-use crate::election::view::{Board, LiveMember, Member, Share};
+use crate::ballot::{BallotError, Event, Store, StoreError, standing_leader, tally_of};
+use crate::election::view::Board;
+use scx_ballot_api::{
+    Candidate, CreateCandidateRequest, EVENT_CANDIDATES, EVENT_SCHEDULE, EVENT_TALLY, ErrorBody,
+    PidShare, Schedule, VoteRequest,
+};
 
 mod http;
 #[cfg(test)]
@@ -351,7 +355,7 @@ impl ApiError {
     fn response(&self) -> Response {
         let mut response = json_response(
             self.status(),
-            &serde_json::json!({"error": self.to_string(), "code": self.code()}),
+            &ErrorBody { error: self.to_string(), code: self.code().to_owned() },
         );
         match self {
             ApiError::MethodNotAllowed(allow) => response.headers.push(("Allow", allow.clone())),
@@ -489,45 +493,6 @@ impl Route<'_> {
         )
     }
 }
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VoteBody {
-    candidate: String,
-    voter: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    #[serde(default)]
-    members: Vec<Member>,
-}
-
-#[derive(Debug, Serialize)]
-struct CandidateView<'a> {
-    name: &'a str,
-    votes: u64,
-    members: &'a [Member],
-    live: &'a [LiveMember],
-}
-
-#[derive(Debug, Serialize)]
-struct ScheduleView<'a> {
-    window_ms: u64,
-    leader: Option<&'a str>,
-    candidates: BTreeMap<&'a str, &'a Share>,
-    pids: BTreeMap<i32, PidView<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct PidView<'a> {
-    share: f64,
-    cpu_ns: u64,
-    candidate: Option<&'a str>,
-}
-
 
 struct Api {
     store: Arc<Store>,
@@ -728,15 +693,15 @@ impl Api {
         let response = match route {
             Route::Page => Ok(page_response()),
             Route::Events => Ok(self.events_response()),
-            Route::Tally => Ok(json_response(200, &Tally::of(&self.board.standing.load()))),
+            Route::Tally => Ok(json_response(200, &tally_of(&self.board.standing.load()))),
             Route::Vote => {
-                let VoteBody { candidate, voter } = parse(&raw)?;
+                let VoteRequest { candidate, voter } = parse(&raw)?;
                 return self.vote(request, candidate, voter, later()?);
             }
             Route::Reset => return self.submit(Event::ResetVotes, 200, later()?, None),
             Route::Candidates => Ok(self.candidates()),
             Route::Create => {
-                let CreateBody { name, members } = parse(&raw)?;
+                let CreateCandidateRequest { name, members } = parse(&raw)?;
                 return self.submit(Event::CreateCandidate { name, members }, 201, later()?, None);
             }
             Route::Delete(name) => {
@@ -800,7 +765,7 @@ impl Api {
             event,
             Box::new(move |result| {
                 let response = match result {
-                    Ok(standing) => json_response(status, &Tally::of(&standing)),
+                    Ok(standing) => json_response(status, &tally_of(&standing)),
                     Err(e) => {
                         if let Some(undo) = undo {
                             undo();
@@ -877,21 +842,20 @@ impl Api {
     fn candidates(&self) -> Response {
         let standing = self.board.standing.load();
         let observations = self.board.observations.load();
-        let view: Vec<CandidateView<'_>> = standing
+        let view: Vec<Candidate> = standing
             .candidates
             .iter()
-            .map(|c| CandidateView {
-                name: &c.name,
+            .map(|c| Candidate {
+                name: c.name.clone(),
                 votes: c.votes,
-                members: &c.members,
-                live: observations.members.get(&c.name).map(Vec::as_slice).unwrap_or_default(),
+                members: c.members.clone(),
+                live: observations.members.get(&c.name).cloned().unwrap_or_default(),
             })
             .collect();
         json_response(200, &view)
     }
 
     fn schedule(&self) -> Response {
-        static NO_SHARE: Share = Share { share: 0.0, cpu_ns: 0 };
         let standing = self.board.standing.load();
         let observations = self.board.observations.load();
         let owner: HashMap<i32, &str> = observations
@@ -899,25 +863,23 @@ impl Api {
             .iter()
             .flat_map(|(name, live)| live.iter().map(move |m| (m.pid, name.as_str())))
             .collect();
-        let view = ScheduleView {
+        let view = Schedule {
             window_ms: observations.window_ms,
-            leader: standing_leader(&standing),
+            leader: standing_leader(&standing).map(str::to_owned),
             candidates: standing
                 .candidates
                 .iter()
                 .map(|c| {
-                    (
-                        c.name.as_str(),
-                        observations.candidate_shares.get(&c.name).unwrap_or(&NO_SHARE),
-                    )
+                    let share = observations.candidate_shares.get(&c.name).cloned().unwrap_or_default();
+                    (c.name.clone(), share)
                 })
                 .collect(),
             pids: observations
                 .pid_shares
                 .iter()
                 .map(|(&pid, s)| {
-                    let candidate = owner.get(&pid).copied();
-                    (pid, PidView { share: s.share, cpu_ns: s.cpu_ns, candidate })
+                    let candidate = owner.get(&pid).map(|c| c.to_string());
+                    (pid, PidShare { share: s.share, cpu_ns: s.cpu_ns, candidate })
                 })
                 .collect(),
         };
@@ -1006,15 +968,15 @@ fn sse(event: &str, data: &[u8]) -> Vec<u8> {
 impl Api {
     /// `tally`: what `GET /votes` answers.
     fn tally_event(&self) -> Vec<u8> {
-        let tally = Tally::of(&self.board.standing.load());
-        sse("tally", &serde_json::to_vec(&tally).expect("a tally always serializes"))
+        let tally = tally_of(&self.board.standing.load());
+        sse(EVENT_TALLY, &serde_json::to_vec(&tally).expect("a tally always serializes"))
     }
 
     /// `candidates` and `schedule`: what `GET /candidates` and
     /// `GET /schedule` answer.
     fn shares_events(&self) -> Vec<u8> {
-        let mut out = sse("candidates", &self.candidates().body);
-        out.extend(sse("schedule", &self.schedule().body));
+        let mut out = sse(EVENT_CANDIDATES, &self.candidates().body);
+        out.extend(sse(EVENT_SCHEDULE, &self.schedule().body));
         out
     }
 

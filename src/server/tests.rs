@@ -1,5 +1,6 @@
 //! The API over real TCP connections, with a tiny HTTP/1.1 client.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::ballot::store::tests::TempDir;
-use crate::election::view::Observations;
+use crate::election::view::{LiveMember, Observations, Share};
 use crate::journal::Journal;
 use crate::stats::Metrics;
 
