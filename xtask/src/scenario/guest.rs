@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::{Group, Join, Kind, Mode, Policy, Scenario, Stop};
 use super::trace::{Effect, Event, PhaseRecord, Sample, Trace, Worker};
-use crate::guest::{Scheduler, bounded, online_cpus, state as sched_state, wait_api, wait_state};
+use crate::guest::scheduler::{Scheduler, bounded, online_cpus, state as sched_state, wait_api, wait_state};
 
 /// Where the voting server listens in the guest.
 const API: &str = "127.0.0.1:7447";
@@ -588,7 +588,7 @@ impl<'a> Runner<'a> {
 
 /// One request to the guest's voting server.
 fn api(method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
-    crate::guest::api(API, method, path, body)
+    crate::guest::scheduler::api(API, method, path, body)
 }
 
 #[derive(Args, Debug)]

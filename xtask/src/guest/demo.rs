@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::guest::{Scheduler, api as api_at, online_cpus, state, uname_r};
+use crate::guest::scheduler::{Scheduler, api as api_at, online_cpus, state, uname_r};
 
 #[derive(Args, Debug)]
 pub struct DemoCmd {

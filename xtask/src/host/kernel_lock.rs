@@ -7,7 +7,7 @@
 //! backport), it boots the newest and [`Kernel::differs`] says so, loudly,
 //! in the run's summary and in every snapshot failure.
 //!
-//! [`Kernel::differs`]: crate::kernel::Kernel::differs
+//! [`Kernel::differs`]: crate::host::kernel::Kernel::differs
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! and the verdict on it. The guest only records facts (`key=value` lines);
 //! every judgement is made here, on the host, where it is unit-tested.
 
-use crate::facts::{CaseFacts, Verdict};
+use crate::host::vm_test::facts::{CaseFacts, Verdict};
 
 /// The least share of the window that the SCHED_EXT burner must get while
 /// the scheduler is attached. With two vCPUs and one fair burner beside it,

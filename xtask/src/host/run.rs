@@ -1,5 +1,5 @@
 //! `cargo xtask run`: a live election. It builds scx_ballot and runs the
-//! demo (`xtask demo`, see `demo.rs`): the scheduler with the election
+//! demo (`xtask demo`, see `guest/demo.rs`): the scheduler with the election
 //! policy and its voting server, CPU burners for the demo candidates (or
 //! your `--candidates FILE`), and a line a second with the tally and the
 //! CPU share of each candidate, until Ctrl-C.
@@ -14,10 +14,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use xshell::{Shell, cmd};
 
-use crate::vm::VmOpts;
-use crate::vm_test::{fresh_dir, path_arg};
-use crate::guest::uname_r;
-use crate::{compile, deps, project_root, reap, vm};
+use crate::common::vm::VmOpts;
+use crate::host::vm_test::{fresh_dir, path_arg};
+use crate::guest::scheduler::uname_r;
+use crate::common::{compile, reap, vm};
+use crate::host::deps;
+use crate::project_root;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Where {

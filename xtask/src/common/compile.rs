@@ -1,12 +1,14 @@
 //! Building the scheduler binary the way a user would: `cargo build` with
-//! the BPF compiler chosen by `clang.rs`.
+//! the BPF compiler chosen by `common/clang.rs`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 use xshell::{Shell, cmd};
 
-use crate::{clang, deps, project_root};
+use crate::common::clang;
+use crate::host::deps;
+use crate::project_root;
 
 /// The clang for the BPF build, after making sure the build packages are
 /// installed.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
-use crate::facts::{CaseFacts, Verdict};
+use crate::host::vm_test::facts::{CaseFacts, Verdict};
 use crate::{cache_dir, project_root};
 
 /// The scheduler ported, as published.

@@ -2,7 +2,7 @@
 //! time, as ratios taken in one VM run. For each configuration (EEVDF, i.e.
 //! no sched_ext scheduler; scx_ballot `fifo`, `vruntime`, `election`; with
 //! `--compare`, scx_rustland and scx_rlfifo from crates.io) the guest
-//! (`bench_guest.rs`) runs each workload several times; here the medians
+//! (`guest/bench.rs`) runs each workload several times; here the medians
 //! are taken, compared with EEVDF, printed, and written to `target/bench/`
 //! as JSON and an SVG bar chart.
 //!
@@ -17,10 +17,12 @@ use clap::Args;
 use serde_json::json;
 use xshell::{Shell, cmd};
 
-use crate::bench_guest::{Config, Plan, Raw};
-use crate::vm::VmOpts;
-use crate::vm_test::{fresh_dir, path_arg};
-use crate::{cache_dir, compile, deps, project_root, vm};
+use crate::guest::bench::{Config, Plan, Raw};
+use crate::common::vm::VmOpts;
+use crate::host::vm_test::{fresh_dir, path_arg};
+use crate::common::{compile, vm};
+use crate::host::deps;
+use crate::{cache_dir, project_root};
 
 #[derive(Args, Debug)]
 pub struct BenchCmd {

@@ -20,10 +20,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::Shell;
 
-use crate::facts::{CaseFacts, Verdict};
-use crate::vm::{self, VmOpts};
-use crate::vm_test::{fresh_dir, path_arg};
-use crate::{compile, project_root};
+use crate::host::vm_test::facts::{CaseFacts, Verdict};
+use crate::common::vm::{self, VmOpts};
+use crate::host::vm_test::{fresh_dir, path_arg};
+use crate::common::compile;
+use crate::project_root;
 
 /// Policies and modes, in the order the guest runs them.
 pub const POLICIES: [&str; 3] = ["fifo", "vruntime", "election"];

@@ -18,9 +18,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::Shell;
 
-use crate::kernel::KernelChoice;
-use crate::vm::{self, Accel, VmOpts, VmOutcome, VmSpec};
-use crate::{project_root, vm_test};
+use crate::host::kernel::KernelChoice;
+use crate::common::vm::{self, Accel, VmOpts, VmOutcome, VmSpec};
+use crate::host::vm_test;
+use crate::project_root;
 
 #[derive(Args, Debug)]
 pub struct BootSoakCmd {

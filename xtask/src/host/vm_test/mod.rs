@@ -12,7 +12,7 @@
 //! scheduler (see `framework.rs`).
 //!
 //! Soak (`vm/soak.sh`): the short form of `cargo xtask soak`, one short
-//! round per policy and mode (see `soak.rs`).
+//! round per policy and mode (see `host/soak.rs`).
 //!
 //! Port (`vm/port.sh`): scx_rlfifo from crates.io, ported by the guide's
 //! diff and built on the host first, attaches, survives stress, shares
@@ -24,10 +24,18 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::Shell;
 
-use crate::facts::CaseFacts;
-use crate::{election_suite, first_light, framework, port, scenario, soak};
-use crate::vm::{self, VmOpts};
-use crate::{compile, project_root};
+pub mod election_suite;
+pub mod facts;
+pub mod first_light;
+pub mod framework;
+pub mod port;
+
+use facts::CaseFacts;
+use crate::host::soak;
+use crate::scenario;
+use crate::common::vm::{self, VmOpts};
+use crate::common::compile;
+use crate::project_root;
 
 #[derive(Args, Debug)]
 pub struct VmTestCmd {

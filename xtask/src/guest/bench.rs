@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::guest::{
+use crate::guest::scheduler::{
     Scheduler, api as api_at, bounded, online_cpus as cpus, state, wait_api, wait_state,
 };
 use crate::vote_load::Load;

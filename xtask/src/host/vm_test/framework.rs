@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::facts::{CaseFacts, Verdict};
+use crate::host::vm_test::facts::{CaseFacts, Verdict};
 
 /// The longest a shell command may take in the guest while full mode is
 /// under stress (TCG is slow; a stuck scheduler takes forever).

@@ -25,8 +25,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::{Shell, cmd};
 
-use crate::kernel_lock::{self, KernelLock, Package};
-use crate::{cache_dir, deps, project_root};
+use crate::host::kernel_lock::{self, KernelLock, Package};
+use crate::host::deps;
+use crate::{cache_dir, project_root};
 
 /// The config fragment every VM kernel is checked against, relative to the
 /// workspace root.
@@ -922,7 +923,7 @@ CONFIG_HZ=1000
 
     #[test]
     fn fragment_is_well_formed() {
-        let text = include_str!("../../kernel-config/scx_ballot.config");
+        let text = include_str!("../../../kernel-config/scx_ballot.config");
         for line in text.lines() {
             if let Err(e) = parse_fragment_line(line) {
                 panic!("kernel-config/scx_ballot.config: {e}");

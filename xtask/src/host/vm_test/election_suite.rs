@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::facts::{CaseFacts, Verdict};
+use crate::host::vm_test::facts::{CaseFacts, Verdict};
 
 /// The leader's burners get at least this much (per mille) in winner mode.
 pub const LEADER_MIN: i64 = 800;

@@ -43,8 +43,10 @@ use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 use xshell::Shell;
 
-use crate::vm_test::fresh_dir;
-use crate::{compile, deps, project_root, reap};
+use crate::host::vm_test::fresh_dir;
+use crate::common::{compile, reap};
+use crate::host::deps;
+use crate::project_root;
 
 /// The phone-like viewport of the checks and the screenshot, in CSS pixels.
 const PHONE: (u32, u32) = (390, 844);

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use xshell::{Shell, cmd};
 
-use crate::{browser, compile, vm_test};
+use crate::common::compile;
+use crate::host::{browser, vm_test};
 
 #[derive(Args)]
 pub struct TestCmd {

@@ -32,9 +32,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::{Shell, cmd};
 
-use crate::deps::{self, VmTools};
-use crate::kernel::{self, Kernel, KernelChoice};
-use crate::reap::{self, kill_group};
+use crate::host::deps::{self, VmTools};
+use crate::host::kernel::{self, Kernel, KernelChoice};
+use crate::common::reap::{self, kill_group};
 use crate::{cache_dir, project_root};
 
 /// Modules the guest need not load: disk, watchdog, CD and button drivers
