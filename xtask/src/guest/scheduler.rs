@@ -1,16 +1,17 @@
 //! What the commands that run next to the scheduler share (the scenario
 //! runner and the bench inside the VM, the live demo there or on a sched_ext
 //! host): the sched_ext state, starting a scheduler and waiting until it is
-//! attached, stopping it, and a request to its voting server.
+//! attached, stopping it, and a request to its voting server (through
+//! [`crate::common::http`]).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::common::http;
 
 const STATE: &str = "/sys/kernel/sched_ext/state";
 
@@ -115,20 +116,11 @@ pub fn wait_api(addr: &str, within: Duration) -> Result<()> {
 /// JSON.
 pub fn api(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
     let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not an address"))?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
-    s.set_nodelay(true)?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
-    let (head, payload) = answer.split_once("\r\n\r\n").context("an HTTP answer without a body")?;
-    let status: u16 = head.split_whitespace().nth(1).and_then(|x| x.parse().ok()).context("an HTTP answer without a status")?;
+    let headers = format!("Content-Length: {}\r\n", body.len());
+    let answer = http::send(sock, method, path, &headers, body, Duration::from_secs(10))?;
+    let status: u16 = answer.status().context("an HTTP answer without a status")?;
+    let payload = &answer.body;
     if !(200..300).contains(&status) {
         bail!("{method} {path}: HTTP {status}: {payload}");
     }

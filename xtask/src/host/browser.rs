@@ -29,7 +29,7 @@
 //! interrupted. Everything listens on 127.0.0.1 only.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -44,6 +44,7 @@ use tungstenite::{Message, WebSocket};
 use xshell::Shell;
 
 use crate::host::vm_test::fresh_dir;
+use crate::common::http::{self, Failure};
 use crate::common::{compile, reap};
 use crate::host::deps;
 use crate::project_root;
@@ -1082,26 +1083,15 @@ fn post_vote(addr: SocketAddr, candidate: &str, voter: &str, from: &str) -> Resu
 /// `method path` with `headers` (each ending in CRLF) and `content`: the
 /// JSON of a 200 answer.
 fn send(addr: SocketAddr, method: &str, path: &str, headers: &str, content: &str) -> Result<Value> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connecting to the voting server on {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{headers}Connection: close\r\n\r\n{content}"
-    )?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .with_context(|| format!("reading the answer to {method} {path}"))?;
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{method} {path}: no HTTP answer: {answer:?}"))?;
-    if head.split(' ').nth(1) != Some("200") {
-        bail!(
-            "{method} {path} answered {}: {body}",
-            head.lines().next().unwrap_or_default()
-        );
+    let answer = http::send(addr, method, path, headers, content, Duration::from_secs(5)).map_err(|failure| match failure {
+        Failure::Connect(e) => anyhow::Error::new(e).context(format!("connecting to the voting server on {addr}")),
+        Failure::Read(e) => anyhow::Error::new(e).context(format!("reading the answer to {method} {path}")),
+        Failure::NotHttp(answer) => anyhow!("{method} {path}: no HTTP answer: {answer:?}"),
+        Failure::Send(e) => anyhow::Error::new(e),
+    })?;
+    let body = &answer.body;
+    if answer.status() != Some(200) {
+        bail!("{method} {path} answered {}: {body}", answer.status_line());
     }
     serde_json::from_str(body)
         .with_context(|| format!("{method} {path} answered something that is not JSON: {body}"))
