@@ -6,7 +6,6 @@ pub mod boot_soak;
 pub mod browser;
 pub mod deps;
 pub mod kernel;
-pub mod kernel_lock;
 pub mod run;
 pub mod soak;
 pub mod test;
