@@ -1,209 +1,15 @@
-//! `cargo xtask bench`: what scheduling costs, measured the same way every
-//! time, as ratios taken in one VM run. For each configuration (EEVDF, i.e.
-//! no sched_ext scheduler; scx_ballot `fifo`, `vruntime`, `election`; with
-//! `--compare`, scx_rustland and scx_rlfifo from crates.io) the guest
-//! (`guest/bench.rs`) runs each workload several times; here the medians
-//! are taken, compared with EEVDF, printed, and written to `target/bench/`
-//! as JSON and an SVG bar chart.
-//!
-//! Timings are reported, never asserted: the command fails only when a
-//! configuration crashes or is ejected.
+//! What the bench prints and writes: medians and spreads per
+//! configuration, the Markdown table, and the SVG bar chart.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use clap::Args;
 use serde_json::json;
-use xshell::{Shell, cmd};
 
-use crate::guest::bench::{Config, Plan, Raw};
-use crate::common::vm::VmOpts;
-use crate::host::vm_test::{fresh_dir, path_arg};
-use crate::common::{compile, vm};
-use crate::host::deps;
-use crate::{cache_dir, project_root};
+use crate::guest::bench::Raw;
 
-#[derive(Args, Debug)]
-pub struct BenchCmd {
-    #[command(flatten)]
-    pub vm: VmOpts,
+use super::{TARGET_VOTE_P99_MS, TARGET_VOTES_PER_S, ROOM_VIEWERS, TARGET_RSS_MIB};
 
-    /// Runs of each workload per configuration (the median is reported).
-    /// More runs, steadier medians, longer bench.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub repeat: u32,
-
-    /// Also measure scx_rustland and scx_rlfifo, installed from crates.io
-    /// into the project's cache (`cargo install`, several minutes the first
-    /// time).
-    #[arg(long)]
-    pub compare: bool,
-
-    /// hackbench groups (each 20 tasks) and loops. Bigger is steadier and
-    /// slower (TCG runs a few times slower than a real machine).
-    #[arg(long, default_value_t = 4)]
-    pub groups: u32,
-    #[arg(long, default_value_t = 200)]
-    pub loops: u32,
-}
-
-/// Targets the issue names (reported against, never asserted).
-const TARGET_VOTE_P99_MS: f64 = 50.0;
-const TARGET_VOTES_PER_S: f64 = 10_000.0;
-/// Open ballot pages (event streams) beside the voters in the room load.
-const ROOM_VIEWERS: u32 = 1000;
-const TARGET_RSS_MIB: f64 = 32.0;
-
-impl BenchCmd {
-    pub fn run(self, sh: &Shell) -> Result<()> {
-        deps::ensure_bench_deps(sh)?;
-        let bin = compile::build_scheduler(sh)?;
-        let mut configs = vec![Config::eevdf()];
-        for p in ["fifo", "vruntime", "election"] {
-            configs.push(Config::ballot(&bin, p));
-        }
-        if self.compare {
-            // scx_rustland has --partial; scx_rlfifo always takes every task.
-            for (name, partial) in [
-                ("scx_rustland", Some(vec!["--partial".to_string()])),
-                ("scx_rlfifo", None),
-            ] {
-                let binary = install_scx(sh, name)?;
-                configs.push(Config {
-                    name: name.into(),
-                    binary: Some(binary),
-                    ballot: false,
-                    partial_args: partial,
-                    full_args: vec![],
-                });
-            }
-        }
-        let (tools, kernel, accel) = self.vm.prepare(sh)?;
-        let out = fresh_dir(&project_root().join("target/bench"))?;
-        let plan = Plan {
-            configs,
-            repeat: self.repeat,
-            hackbench: (self.groups, self.loops),
-            cpu_work: 40,
-            latency_secs: 3,
-            flips: 20,
-            vote_secs: 3,
-            vote_connections: 16,
-            room_viewers: ROOM_VIEWERS,
-        };
-        let plan_path = out.join("plan.json");
-        std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
-        let me = std::env::current_exe().context("locating the xtask binary")?;
-        let mut spec = self.vm.spec(kernel, accel, me, &out);
-        spec.args = vec![
-            "guest-bench".into(),
-            path_arg(&plan_path)?,
-            path_arg(&out)?,
-            path_arg(&bin)?,
-        ];
-        spec.timeout = spec.timeout.max(std::time::Duration::from_secs(
-            600 + 240 * plan.configs.len() as u64 * u64::from(self.repeat),
-        ));
-        println!(
-            "==> booting the VM once ({accel}, {} vCPUs) for {} configurations x {} runs",
-            spec.cpus,
-            plan.configs.len(),
-            self.repeat
-        );
-        let started = std::time::Instant::now();
-        let outcome = vm::boot(sh, &tools, &spec)?;
-        let raws: Vec<Raw> = std::fs::read(out.join("raw.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let mut failures: Vec<String> = plan
-            .configs
-            .iter()
-            .filter(|c| !raws.iter().any(|r| r.name == c.name))
-            .map(|c| format!("{}: not measured (the guest stopped early)", c.name))
-            .collect();
-        failures.extend(
-            raws.iter()
-                .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name))),
-        );
-        let alarms = vm::scan_console(&vm::read_console(&spec.console_log).unwrap_or_default());
-        failures.extend(alarms.iter().map(|a| format!("console: {a}")));
-        let wedge_notes = outcome.wedge_notes();
-        if let Some(stall) = &outcome.stall {
-            failures.push(format!("the boot wedged twice; the second time {}", vm::describe_stall(stall)));
-        } else if outcome.status != Some(0) {
-            failures.push(format!(
-                "the guest ended with {:?}{}",
-                outcome.status,
-                if outcome.timed_out {
-                    " (timed out)"
-                } else {
-                    ""
-                }
-            ));
-        }
-
-        let rows: Vec<Row> = raws.iter().map(Row::from_raw).collect();
-        let table = table(&rows, spec.cpus, accel.to_string().as_str(), self.repeat);
-        println!("\n{table}");
-        for note in &wedge_notes {
-            println!("!!! {note}");
-        }
-        let json = json!({
-            "cpus": spec.cpus,
-            "accel": accel.to_string(),
-            "repeat": self.repeat,
-            "hackbench": {"groups": self.groups, "loops": self.loops},
-            "configs": rows.iter().map(Row::json).collect::<Vec<_>>(),
-            "raw": raws,
-            "failures": failures,
-            "wedged_boots": wedge_notes,
-            "wall_s": started.elapsed().as_secs(),
-        });
-        std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&json)?)?;
-        std::fs::write(out.join("bench.svg"), svg(&rows))?;
-        std::fs::write(out.join("bench.md"), &table)?;
-        println!(
-            "written: {}, {}, {}",
-            out.join("bench.json").display(),
-            out.join("bench.svg").display(),
-            out.join("bench.md").display()
-        );
-        if !failures.is_empty() {
-            for f in &failures {
-                println!("FAILED {f}");
-            }
-            bail!(
-                "{} configuration(s) failed; console log {}",
-                failures.len(),
-                spec.console_log.display()
-            );
-        }
-        Ok(())
-    }
-}
-
-/// `cargo install NAME` into the cache (once); its binary.
-fn install_scx(sh: &Shell, name: &str) -> Result<PathBuf> {
-    let root = cache_dir().join("scx");
-    let bin = root.join("bin").join(name);
-    if bin.exists() {
-        return Ok(bin);
-    }
-    println!(
-        "==> installing {name} from crates.io into {} (once; several minutes)",
-        root.display()
-    );
-    let clang = compile::bpf_clang(sh)?;
-    cmd!(sh, "cargo install --locked --root {root} {name}")
-        .env("BPF_CLANG", clang)
-        .run()
-        .with_context(|| format!("cargo install {name}"))?;
-    Ok(bin)
-}
-
-fn median(v: &[f64]) -> Option<f64> {
+pub(super) fn median(v: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return None;
@@ -217,7 +23,7 @@ fn median(v: &[f64]) -> Option<f64> {
     })
 }
 
-fn percentile(v: &[f64], p: f64) -> Option<f64> {
+pub(super) fn percentile(v: &[f64], p: f64) -> Option<f64> {
     let mut v: Vec<f64> = v.to_vec();
     if v.is_empty() {
         return None;
@@ -252,7 +58,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn from_raw(r: &Raw) -> Row {
+    pub(super) fn from_raw(r: &Raw) -> Row {
         Row {
             messaging_range: range(&r.messaging_s),
             messaging_full_range: range(&r.messaging_full_s),
@@ -277,7 +83,7 @@ impl Row {
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         json!({
             "name": self.name, "failed": self.failed,
             "messaging_s": self.messaging_s, "messaging_full_s": self.messaging_full_s,
@@ -310,7 +116,7 @@ fn speed(base: Option<f64>, x: Option<f64>) -> String {
 }
 
 /// The fastest and the slowest of a workload's runs.
-fn range(v: &[f64]) -> Option<(f64, f64)> {
+pub(super) fn range(v: &[f64]) -> Option<(f64, f64)> {
     let v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     let min = v.iter().copied().reduce(f64::min)?;
     let max = v.iter().copied().reduce(f64::max)?;
@@ -330,7 +136,7 @@ fn speed_spread(base: Option<f64>, x: Option<f64>, spread: Option<(f64, f64)>) -
 }
 
 /// Whether two workloads' runs overlap: then their ranking is noise.
-fn overlap(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> bool {
+pub(super) fn overlap(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> bool {
     matches!((a, b), (Some((a0, a1)), Some((b0, b1))) if a0 <= b1 && b0 <= a1)
 }
 
@@ -490,48 +296,4 @@ pub fn svg(rows: &[Row]) -> String {
     }
     s.push_str("</svg>\n");
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw(name: &str, msg: f64) -> Raw {
-        Raw {
-            name: name.into(),
-            messaging_s: vec![msg, msg * 2.0, msg * 0.9],
-            cpu_s: vec![2.0],
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn medians_and_ratios() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
-        assert_eq!(median(&[]), None);
-        assert_eq!(percentile(&[5.0, 1.0, 9.0, 3.0], 0.99), Some(9.0));
-        let rows: Vec<Row> = [raw("eevdf", 1.0), raw("fifo", 2.0)]
-            .iter()
-            .map(Row::from_raw)
-            .collect();
-        let t = table(&rows, 2, "tcg", 3);
-        // Medians, their ratio, and the spread of the runs (1, 2 and 0.9
-        // times the median) against the base's median.
-        assert!(t.contains("| eevdf | 1.00 (1.00x, 0.50-1.11x)"), "{t}");
-        assert!(t.contains("| fifo | 2.00 (0.50x, 0.25-0.56x)"), "{t}");
-        assert!(overlap(Some((1.0, 2.0)), Some((1.9, 3.0))));
-        assert!(!overlap(Some((1.0, 2.0)), Some((2.1, 3.0))));
-        assert!(!overlap(None, Some((2.1, 3.0))));
-        let svg = svg(&rows);
-        assert!(svg.contains("fifo messaging: 0.50x"), "{svg}");
-    }
-
-    #[test]
-    fn a_failed_configuration_is_marked() {
-        let mut r = raw("election", 1.0);
-        r.failure = Some("ejected".into());
-        let rows = vec![Row::from_raw(&r)];
-        assert!(table(&rows, 2, "tcg", 1).contains("election (FAILED)"));
-    }
 }
