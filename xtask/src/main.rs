@@ -8,6 +8,8 @@ mod common;
 mod guest;
 mod host;
 mod scenario;
+#[cfg(test)]
+mod tidy;
 mod vote_load;
 
 use std::path::{Path, PathBuf};
