@@ -195,7 +195,7 @@ fn check_local_ports(sockets: u64) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn connect(addr: &str) -> Result<(TcpStream, BufReader<TcpStream>)> {
+fn connect(addr: &str) -> Result<(TcpStream, BufReader<TcpStream>)> {
     let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     // One write per request, sent at once (no Nagle wait).

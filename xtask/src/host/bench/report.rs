@@ -116,7 +116,7 @@ fn speed(base: Option<f64>, x: Option<f64>) -> String {
 }
 
 /// The fastest and the slowest of a workload's runs.
-pub(super) fn range(v: &[f64]) -> Option<(f64, f64)> {
+fn range(v: &[f64]) -> Option<(f64, f64)> {
     let v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     let min = v.iter().copied().reduce(f64::min)?;
     let max = v.iter().copied().reduce(f64::max)?;

@@ -121,7 +121,7 @@ pub(super) fn post_vote(addr: SocketAddr, candidate: &str, voter: &str, from: &s
 
 /// `method path` with `headers` (each ending in CRLF) and `content`: the
 /// JSON of a 200 answer.
-pub(super) fn send(addr: SocketAddr, method: &str, path: &str, headers: &str, content: &str) -> Result<Value> {
+fn send(addr: SocketAddr, method: &str, path: &str, headers: &str, content: &str) -> Result<Value> {
     let answer = http::send(addr, method, path, headers, content, Duration::from_secs(5)).map_err(|failure| match failure {
         Failure::Connect(e) => anyhow::Error::new(e).context(format!("connecting to the voting server on {addr}")),
         Failure::Read(e) => anyhow::Error::new(e).context(format!("reading the answer to {method} {path}")),

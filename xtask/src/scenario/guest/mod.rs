@@ -179,7 +179,7 @@ struct Ballots {
 }
 
 impl Ballots {
-    pub(super) fn new(burners: Vec<(i32, String)>) -> Self {
+    fn new(burners: Vec<(i32, String)>) -> Self {
         let last = vec![0; burners.len()];
         Ballots { burners, last, answers: Vec::new(), tally: None, complete: true }
     }
