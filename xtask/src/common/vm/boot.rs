@@ -81,7 +81,7 @@ pub struct VmOutcome {
     /// own failure). `None` when the VM was killed or timed out.
     pub status: Option<i32>,
     pub timed_out: bool,
-    /// The last [`TAIL_LINES`] lines of output; the whole is in the console
+    /// The last [`TAIL_LINES`](super::TAIL_LINES) lines of output; the whole is in the console
     /// log.
     pub console_tail: Vec<String>,
     /// From start to the guest command's start (the boot), if it started.

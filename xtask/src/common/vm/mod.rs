@@ -57,7 +57,7 @@ const KVM_FATAL: &[&str] = &[
 ];
 
 /// A boot whose console stays silent this long before the guest command
-/// starts is wedged (see [`boot`]). In 167 TCG boots beside one or two other
+/// starts is wedged (see [`boot()`]). In 167 TCG boots beside one or two other
 /// VMs on 2 cores, the longest pause before the guest command was 13.5 s (in
 /// a boot that took 44 s), mostly while udev settled; a boot that wedged
 /// after SMP bring-up stayed silent for 9 minutes.

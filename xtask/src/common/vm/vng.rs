@@ -1,4 +1,4 @@
-//! The `vng` invocation: its arguments for a [`VmSpec`](super::VmSpec) and
+//! The `vng` invocation: its arguments for a [`VmSpec`] and
 //! the command that runs it.
 
 use std::ffi::OsString;

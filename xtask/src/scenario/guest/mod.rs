@@ -2,7 +2,7 @@
 //! scenario of a plan in the VM (the guest sees the host's files, so this
 //! is the same binary), and `xtask guest-worker` is the workload it starts.
 //!
-//! The runner only measures and records (a [`Trace`] per run, as JSON);
+//! The runner only measures and records (a [`Trace`](crate::scenario::trace::Trace) per run, as JSON);
 //! every judgement is made on the host.
 
 use std::path::PathBuf;

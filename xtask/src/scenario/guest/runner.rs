@@ -1,5 +1,5 @@
 //! Running one scenario in the VM: its workers, phases, ballots and
-//! samples, recorded into a [`Trace`](crate::scenario::trace::Trace).
+//! samples, recorded into a [`Trace`].
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
