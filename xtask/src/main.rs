@@ -3,6 +3,22 @@
 //! `main` only dispatches; each command lives in its own module. The xtask
 //! never links the BPF skeleton: it drives the `scx_ballot` binary as a
 //! process, the way a user would.
+//!
+//! Where things are:
+//!
+//! - `host/`: the commands run on the developer's machine (or in CI):
+//!   `test`, `vm-test` and its suites, `run`, `bench`, `soak`,
+//!   `vm-boot-soak`, `browser-test`, `kernel`, `deps`;
+//! - `guest/`: what runs next to the scheduler, in the VM or on a sched_ext
+//!   host: the bench's workloads, the live demo, and what they share;
+//! - `scenario/`: the scenario suite, both sides of it: the files, the
+//!   in-VM runner, and the judge and its snapshots;
+//! - `vote_load/`: the voting server's load generator, a command of its own
+//!   and a library for the bench;
+//! - `common/`: what both sides use: booting a VM and scanning its console
+//!   (`vm/`, with `vm-check`), the HTTP client, building the scheduler,
+//!   process groups;
+//! - `tidy.rs`: checks on the workspace's sources (tests only).
 
 mod common;
 mod guest;
