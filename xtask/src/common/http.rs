@@ -101,4 +101,50 @@ mod tests {
         let garbled = Answer { head: "nonsense".into(), body: String::new() };
         assert_eq!(garbled.status(), None);
     }
+
+    /// A server that reads one request (head and `len` bytes of body),
+    /// answers `answer` and closes; it hands back what it read.
+    fn one_shot(answer: &'static str, len: usize) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let addr = listener.local_addr().expect("the port's address");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("a connection");
+            let mut got = Vec::new();
+            let mut byte = [0u8; 1];
+            while !got.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).expect("the request's head");
+                got.push(byte[0]);
+            }
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).expect("the request's body");
+            got.extend(body);
+            s.write_all(answer.as_bytes()).expect("the answer");
+            String::from_utf8(got).expect("a text request")
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn a_request_is_sent_whole_and_its_answer_split() {
+        let (addr, server) = one_shot("HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}", 7);
+        let answer = send(addr, "POST", "/votes", "Content-Length: 7\r\n", "{\"a\":1}", Duration::from_secs(5))
+            .expect("an answer");
+        assert_eq!(answer.status(), Some(201));
+        assert_eq!(answer.body, "{}");
+        assert_eq!(
+            server.join().expect("the server thread"),
+            format!(
+                "POST /votes HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{{\"a\":1}}"
+            )
+        );
+    }
+
+    #[test]
+    fn an_answer_without_a_blank_line_is_not_http() {
+        let (addr, server) = one_shot("garbage", 0);
+        let failure = send(addr, "GET", "/votes", "", "", Duration::from_secs(5)).expect_err("not HTTP");
+        assert!(matches!(&failure, Failure::NotHttp(text) if text == "garbage"), "{failure:?}");
+        assert_eq!(failure.to_string(), "an HTTP answer without a body");
+        server.join().expect("the server thread");
+    }
 }
