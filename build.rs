@@ -2,9 +2,9 @@
 //! turns `bpf/intf.h` into Rust types (`bpf_intf.rs`), both in `OUT_DIR`.
 //!
 //! The BPF compiler is `$BPF_CLANG` when set; otherwise the first clang of
-//! version 18 or newer found on `PATH` (see `xtask/src/clang.rs`).
+//! version 18 or newer found on `PATH` (see `xtask/src/common/clang.rs`).
 
-#[path = "xtask/src/clang.rs"]
+#[path = "xtask/src/common/clang.rs"]
 mod clang;
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Guest side of the port check (`cargo xtask vm-test port`): scx_rlfifo from
-# crates.io, ported by the guide (xtask/src/port.rs builds it), runs here.
+# crates.io, ported by the guide (xtask/src/host/vm_test/port.rs builds it), runs here.
 #
 # Usage: port.sh SCX_RLFIFO_BINARY OUT_DIR STRESS_SECS
 #

@@ -3,30 +3,29 @@
 //! `main` only dispatches; each command lives in its own module. The xtask
 //! never links the BPF skeleton: it drives the `scx_ballot` binary as a
 //! process, the way a user would.
+//!
+//! Where things are:
+//!
+//! - `host/`: the commands run on the developer's machine (or in CI):
+//!   `test`, `vm-test` and its suites, `run`, `bench`, `soak`,
+//!   `vm-boot-soak`, `browser-test`, `kernel`, `deps`;
+//! - `guest/`: what runs next to the scheduler, in the VM or on a sched_ext
+//!   host: the bench's workloads, the live demo, and what they share;
+//! - `scenario/`: the scenario suite, both sides of it: the files, the
+//!   in-VM runner, and the judge and its snapshots;
+//! - `vote_load/`: the voting server's load generator, a command of its own
+//!   and a library for the bench;
+//! - `common/`: what both sides use: booting a VM and scanning its console
+//!   (`vm/`, with `vm-check`), the HTTP client, building the scheduler,
+//!   process groups;
+//! - `tidy.rs`: checks on the workspace's sources (tests only).
 
-mod bench;
-mod bench_guest;
-mod boot_soak;
-mod browser;
-mod clang;
-mod compile;
-mod demo;
-mod deps;
-mod election_suite;
-mod facts;
-mod first_light;
-mod framework;
+mod common;
 mod guest;
-mod kernel;
-mod kernel_lock;
-mod port;
-mod reap;
-mod run;
+mod host;
 mod scenario;
-mod soak;
-mod test;
-mod vm;
-mod vm_test;
+#[cfg(test)]
+mod tidy;
 mod vote_load;
 
 use std::path::{Path, PathBuf};
@@ -50,36 +49,36 @@ struct Cli {
 enum Cmd {
     /// Run every test: the workspace's unit tests, the browser test, then
     /// the VM tests.
-    Test(test::TestCmd),
+    Test(host::test::TestCmd),
     /// Boot a sched_ext kernel in a VM and check, in it, who got the CPU.
-    VmTest(vm_test::VmTestCmd),
+    VmTest(host::vm_test::VmTestCmd),
     /// A live election: scx_ballot with the election policy, its voting
     /// server and demo candidates, on this host if its kernel has sched_ext,
     /// otherwise in the VM (port forwarded); Ctrl-C stops it.
-    Run(run::RunCmd),
+    Run(host::run::RunCmd),
     /// Obtain the VM kernel (or check one) against kernel-config/.
-    Kernel(kernel::KernelCmd),
+    Kernel(host::kernel::KernelCmd),
     /// Install the host packages and tools for building and VM tests.
-    Deps(deps::DepsCmd),
+    Deps(host::deps::DepsCmd),
     /// Boot the VM once with a tiny guest command (no scheduler).
-    VmCheck(vm::VmCheckCmd),
+    VmCheck(common::vm::VmCheckCmd),
     /// Rounds of stress-ng (cpu, vm, fork, exec, switch, affinity) for every
     /// policy in partial and full mode, the election under a vote storm, the
     /// scheduler SIGKILLed in every third round; ejections, shell latency
     /// and lost votes per policy and mode (target/soak/).
-    Soak(soak::SoakCmd),
+    Soak(host::soak::SoakCmd),
     /// Boot the VM many times with a trivial command and count the boots
     /// that wedge, per set of extra kernel boot options.
-    VmBootSoak(boot_soak::BootSoakCmd),
+    VmBootSoak(host::boot_soak::BootSoakCmd),
     /// Check the ballot page in headless Chromium against
     /// `scx_ballot --no-sched`; saves target/browser-test/ballot.png.
-    BrowserTest(browser::BrowserTestCmd),
+    BrowserTest(host::browser::BrowserTestCmd),
     /// (In the VM) run the scenarios of a plan; used by `vm-test`.
     #[command(hide = true)]
     GuestScenarios(scenario::guest::GuestScenariosCmd),
     /// Scheduling cost and vote latency of each configuration, side by side,
     /// in one VM run (target/bench/).
-    Bench(bench::BenchCmd),
+    Bench(host::bench::BenchCmd),
     /// Judge scenario runs already recorded (no VM): `rejudge DIR --runs N`.
     #[command(hide = true)]
     Rejudge(scenario::RejudgeCmd),
@@ -96,13 +95,13 @@ enum Cmd {
     VoteLoad(vote_load::VoteLoadCmd),
     /// (In the VM) the bench's workloads; used by `bench`.
     #[command(hide = true)]
-    GuestBench(bench_guest::GuestBenchCmd),
+    GuestBench(guest::bench::GuestBenchCmd),
     /// (In the VM) a scenario workload process; used by `guest-scenarios`.
     #[command(hide = true)]
     GuestWorker(scenario::guest::GuestWorkerCmd),
     /// (On a sched_ext host or in the VM) the live election; used by `run`.
     #[command(hide = true)]
-    Demo(demo::DemoCmd),
+    Demo(guest::demo::DemoCmd),
 }
 
 fn main() -> Result<()> {

@@ -1,0 +1,128 @@
+//! What the commands that run next to the scheduler share (the scenario
+//! runner and the bench inside the VM, the live demo there or on a sched_ext
+//! host): the sched_ext state, starting a scheduler and waiting until it is
+//! attached, stopping it, and a request to its voting server (through
+//! [`crate::common::http`]).
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::common::http;
+
+const STATE: &str = "/sys/kernel/sched_ext/state";
+
+/// `/sys/kernel/sched_ext/state`, or `absent`.
+pub fn state() -> String {
+    std::fs::read_to_string(STATE).map(|s| s.trim().to_string()).unwrap_or_else(|_| "absent".into())
+}
+
+/// Waits until the sched_ext state is `want`; false after `within`.
+pub fn wait_state(want: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while state() != want {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+pub fn online_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// The running kernel's release.
+pub fn uname_r() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// `bin`, bounded in time: `timeout` stops it with SIGINT (and SIGKILL 10 s
+/// later) after `secs`, and forwards our SIGINT to it.
+pub fn bounded(bin: &Path, secs: u64) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--foreground", "--preserve-status", "-s", "INT", "-k", "10", &secs.to_string()]).arg(bin);
+    cmd
+}
+
+/// A scheduler process we started.
+pub struct Scheduler {
+    pub child: Child,
+}
+
+impl Scheduler {
+    /// Runs `cmd` with its output in `log`, and waits until sched_ext is
+    /// enabled: at most `attach`, or until `interrupted` is raised.
+    pub fn start(mut cmd: Command, log: &Path, attach: Duration, interrupted: Option<&AtomicBool>) -> Result<Scheduler> {
+        let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting the scheduler")?;
+        let mut sched = Scheduler { child };
+        let deadline = Instant::now() + attach;
+        while state() != "enabled" {
+            if let Some(status) = sched.child.try_wait()? {
+                bail!("the scheduler exited while starting ({status}); see {}", log.display());
+            }
+            if Instant::now() > deadline || interrupted.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                sched.stop();
+                bail!("the scheduler did not attach within {} s (sched_ext state {})", attach.as_secs(), state());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(sched)
+    }
+
+    /// SIGINT, then up to 30 s for it to exit, then SIGKILL. Its exit
+    /// status, or None when it had to be killed.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Waits up to `within` for the voting server at `addr` to answer.
+pub fn wait_api(addr: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        match api(addr, "GET", "/votes", None) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => bail!("the voting server does not answer on {addr}: {e:#}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// One request to the voting server at `addr`; the body of a 2xx answer as
+/// JSON.
+pub fn api(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not an address"))?;
+    let body = body.unwrap_or("");
+    let headers = format!("Content-Length: {}\r\n", body.len());
+    let answer = http::send(sock, method, path, &headers, body, Duration::from_secs(10))?;
+    let status: u16 = answer.status().context("an HTTP answer without a status")?;
+    let payload = &answer.body;
+    if !(200..300).contains(&status) {
+        bail!("{method} {path}: HTTP {status}: {payload}");
+    }
+    serde_json::from_str(payload).with_context(|| format!("{method} {path}: the answer is not JSON: {payload}"))
+}

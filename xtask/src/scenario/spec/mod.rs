@@ -1,0 +1,240 @@
+//! Scenario files (`vm/scenarios/*.toml`): parsing and validation on the
+//! host. A file becomes a [`Scenario`], which is also what the guest runner
+//! reads (as JSON), so both sides agree on one shape.
+//!
+//! Every error names the file, the line and the field.
+
+use serde::{Deserialize, Serialize};
+
+mod file;
+
+pub use file::load_dir;
+
+/// What a worker process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Spins without pause: always wants a CPU.
+    Burner,
+    /// Interactive: runs `run_ms` of CPU time, sleeps `sleep_ms`, again.
+    Sleepy,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Burner => "burner",
+            Kind::Sleepy => "sleepy",
+        }
+    }
+}
+
+/// How a candidate's worker joins it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Join {
+    /// Started with `scx_ballot exec --candidate NAME` (the environment
+    /// marker; works before the candidate is registered).
+    #[default]
+    Exec,
+    /// Started with `scx_ballot exec`, then added as a PID member through
+    /// the admin API (the member leaves the ballot when the process exits).
+    Pid,
+}
+
+/// How a scheduling policy is chosen for the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    #[default]
+    Election,
+    Fifo,
+    Vruntime,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Election => "election",
+            Policy::Fifo => "fifo",
+            Policy::Vruntime => "vruntime",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Winner,
+    Proportional,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Winner => "winner",
+            Mode::Proportional => "proportional",
+        }
+    }
+}
+
+/// A group of identical worker processes: a candidate's, or outsiders
+/// (normal fair-class tasks).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// `candidate/kind` or `outsider/kind`: how the group is named in
+    /// tables and snapshots.
+    pub id: String,
+    /// None for outsiders.
+    pub candidate: Option<String>,
+    pub kind: Kind,
+    pub count: Count,
+    pub join: Join,
+    pub run_ms: u32,
+    pub sleep_ms: u32,
+}
+
+/// How many processes a group has: fixed, or per guest CPU (so the
+/// contention is the same whatever the number of vCPUs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Count {
+    Fixed(u32),
+    PerCpu(u32),
+}
+
+impl Count {
+    pub fn resolve(self, cpus: u32) -> u32 {
+        match self {
+            Count::Fixed(n) => n,
+            Count::PerCpu(n) => n * cpus,
+        }
+    }
+}
+
+/// How many processes of a candidate a step stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stop {
+    Some(u32),
+    All,
+}
+
+/// One timed phase: its steps happen at its start, then the runner lets
+/// the scheduler settle and measures for `seconds`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub seconds: f64,
+    pub settle_ms: u64,
+    /// Votes cast at the start of the phase, per candidate.
+    pub votes: Vec<(String, u32)>,
+    /// Candidates registered (admin API) at the start of the phase.
+    pub register: Vec<String>,
+    /// Candidates removed (admin API) at the start of the phase.
+    pub remove: Vec<String>,
+    /// Worker processes of a candidate stopped at the start of the phase.
+    pub stop: Vec<(String, Stop)>,
+}
+
+/// scx_ballot's `--min-share` when none is given, in percent.
+pub const DEFAULT_MIN_SHARE: f64 = 5.0;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub policy: Policy,
+    pub mode: Mode,
+    /// Percent, winner mode.
+    pub min_share: Option<f64>,
+    /// Candidates in the candidates file at start, in file order.
+    pub candidates: Vec<String>,
+    pub groups: Vec<Group>,
+    pub phases: Vec<Phase>,
+    /// A deliberately broken policy (`--debug-mutant`), for the regression
+    /// controls; None for a normal run.
+    #[serde(default)]
+    pub mutant: Option<String>,
+    /// The min share (percent) given to the scheduler instead of
+    /// `min_share`, for a regression control: the snapshot is still judged
+    /// against `min_share`. None for a normal run.
+    #[serde(default)]
+    pub scheduler_min_share: Option<f64>,
+    /// Winner mode: the losers are held to their minimum share of the
+    /// machine even with a CPU idle (scx_ballot `--cap`); their shares are
+    /// then judged as parts of the machine, not of the candidates' CPU.
+    #[serde(default)]
+    pub cap: bool,
+    /// A regression control runs without the file's `cap`.
+    #[serde(default)]
+    pub scheduler_no_cap: bool,
+}
+
+impl Scenario {
+    /// The name of one run: the scenario, then the mutant and the
+    /// scheduler's min share if any (`landslide@fifo`,
+    /// `landslide@min-share-20`).
+    pub fn run_name(&self) -> String {
+        let mut name = self.name.clone();
+        if let Some(m) = &self.mutant {
+            name += &format!("@{m}");
+        }
+        if let Some(m) = self.scheduler_min_share {
+            name += &format!("@min-share-{m}");
+        }
+        if self.scheduler_no_cap {
+            name += "@no-cap";
+        }
+        name
+    }
+
+    /// Whether the scheduler runs with something else than the file says
+    /// (a regression control, or `--mutant`).
+    pub fn altered(&self) -> bool {
+        self.mutant.is_some() || self.scheduler_min_share.is_some() || self.scheduler_no_cap
+    }
+
+    /// How the scheduler's run differs from the file (empty: it does not).
+    pub fn alteration(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(m) = &self.mutant {
+            parts.push(format!("--debug-mutant {m}"));
+        }
+        if let Some(m) = self.scheduler_min_share {
+            parts.push(format!("--min-share {m}"));
+        }
+        if self.scheduler_no_cap {
+            parts.push("without --cap".into());
+        }
+        parts.join(" ")
+    }
+
+    /// The share (percent) each losing class is expected to keep in
+    /// winner mode: `min_share`, or the scheduler's default of 5.
+    pub fn expected_min_share(&self) -> f64 {
+        self.min_share.unwrap_or(DEFAULT_MIN_SHARE)
+    }
+
+    /// Whether the scheduler runs with `--cap`.
+    pub fn cap_arg(&self) -> bool {
+        self.cap && !self.scheduler_no_cap
+    }
+
+    /// The min share (percent) to give the scheduler, if any.
+    pub fn min_share_arg(&self) -> Option<f64> {
+        self.scheduler_min_share.or(self.min_share)
+    }
+
+    /// Phase count × (settle + measure), in seconds, without the
+    /// scheduler's start.
+    pub fn seconds(&self) -> f64 {
+        self.phases.iter().map(|p| p.seconds + p.settle_ms as f64 / 1000.0).sum()
+    }
+}
+
+// ---- the file format -------------------------------------------------
+
+#[cfg(test)]
+mod tests;
