@@ -25,7 +25,7 @@ const MAX_LINES: usize = 500;
 /// they may shrink (lower the number, or drop the entry once under the
 /// limit) but not grow. All are in the scheduler's own `src/`, which is
 /// being split up; `xtask/` has no entry and gets none. An entry for a file
-/// that no longer exists is ignored.
+/// that no longer exists is ignored (so drop it when a file is split).
 const LONG_FILES: &[(&str, usize)] = &[
     ("src/cli.rs", 555),
     ("src/election/membership/tests.rs", 634),
@@ -33,7 +33,6 @@ const LONG_FILES: &[(&str, usize)] = &[
     ("src/ballot/mod.rs", 755),
     ("src/ballot/store.rs", 775),
     ("src/bpf.rs", 959),
-    ("src/server/http.rs", 1204),
     ("src/server/tests.rs", 1222),
     ("src/policy/election.rs", 1278),
 ];

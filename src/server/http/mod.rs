@@ -37,6 +37,7 @@ use super::ApiError;
 mod conn;
 mod event_loop;
 mod parse;
+mod streams;
 
 use conn::{response_bytes, start_closing, stream_bytes};
 use parse::{head_end, parse_head, reason};
