@@ -27,8 +27,9 @@ pub const EVENT_CANDIDATES: &str = "candidates";
 /// The stream event carrying the [`Schedule`], sent once a second.
 pub const EVENT_SCHEDULE: &str = "schedule";
 
-/// The policies `--policy` offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The policies `--policy` offers (a scenario file's `policy`, `election`
+/// when it names none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyName {
@@ -38,6 +39,7 @@ pub enum PolicyName {
     Vruntime,
     /// The CPU follows the votes: candidates' processes get CPU by the
     /// standing of the election (see --mode).
+    #[default]
     Election,
 }
 
@@ -52,13 +54,14 @@ impl PolicyName {
     }
 }
 
-/// How the election turns votes into CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How the election turns votes into CPU (`winner` when not given).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The leader's tasks go first; every other candidate gets a bounded
     /// minimum.
+    #[default]
     Winner,
     /// CPU shares in proportion to votes + 1.
     Proportional,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use scx_ballot_api::{Candidate, Schedule, Tally};
 use crate::guest::scheduler::{Scheduler, api as api_at, online_cpus, state, uname_r};
 
 #[derive(Args, Debug)]
@@ -109,8 +110,8 @@ impl DemoCmd {
         let deadline = Instant::now() + Duration::from_secs(90);
         let local = self.listen.replace("0.0.0.0", "127.0.0.1");
         let names: Vec<String> = loop {
-            match api_at(&local, "GET", "/candidates", None) {
-                Ok(v) => break v.as_array().map(|a| a.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect()).unwrap_or_default(),
+            match api_at::<Vec<Candidate>>(&local, "GET", "/candidates", None) {
+                Ok(v) => break v.into_iter().map(|c| c.name).collect(),
                 Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
                 Err(e) => bail!("the voting server does not answer on {local}: {e:#}"),
             }
@@ -160,8 +161,8 @@ impl DemoCmd {
 
 /// `t=12s  blue 3 votes 94.8% CPU | red 1 vote 4.9% CPU | leader blue  [enabled]`
 fn live_line(t: u64, addr: &str) -> String {
-    let votes = api_at(addr, "GET", "/votes", None);
-    let schedule = api_at(addr, "GET", "/schedule", None);
+    let votes = api_at::<Tally>(addr, "GET", "/votes", None);
+    let schedule = api_at::<Schedule>(addr, "GET", "/schedule", None);
     let (votes, schedule) = match (votes, schedule) {
         (Ok(v), Ok(s)) => (v, s),
         (Err(e), _) | (_, Err(e)) => return format!("t={t}s  voting server: {e:#}"),
@@ -169,16 +170,13 @@ fn live_line(t: u64, addr: &str) -> String {
     format!("t={t}s  {}  [{}]", format_line(&votes, &schedule), state())
 }
 
-pub fn format_line(votes: &serde_json::Value, schedule: &serde_json::Value) -> String {
+pub fn format_line(votes: &Tally, schedule: &Schedule) -> String {
     let mut parts = Vec::new();
-    if let Some(tally) = votes["votes"].as_object() {
-        for (name, n) in tally {
-            let n = n.as_u64().unwrap_or(0);
-            let share = schedule["candidates"][name.as_str()]["share"].as_f64().unwrap_or(0.0);
-            parts.push(format!("{name} {n} vote{} {:.1}% CPU", if n == 1 { "" } else { "s" }, share * 100.0));
-        }
+    for (name, &n) in &votes.votes {
+        let share = schedule.candidates.get(name).map_or(0.0, |s| s.share);
+        parts.push(format!("{name} {n} vote{} {:.1}% CPU", if n == 1 { "" } else { "s" }, share * 100.0));
     }
-    let leader = votes["leader"].as_str().unwrap_or("none");
+    let leader = votes.leader.as_deref().unwrap_or("none");
     format!("{} | leader {leader}", parts.join(" | "))
 }
 
@@ -188,8 +186,11 @@ mod tests {
 
     #[test]
     fn the_live_line_shows_tally_share_and_leader() {
-        let votes = serde_json::json!({"votes": {"blue": 3, "red": 1}, "leader": "blue", "generation": 4});
-        let schedule = serde_json::json!({"candidates": {"blue": {"share": 0.948, "cpu_ns": 1}, "red": {"share": 0.049, "cpu_ns": 1}}});
+        let votes: Tally = serde_json::from_value(serde_json::json!({"votes": {"blue": 3, "red": 1}, "leader": "blue", "generation": 4}))
+            .expect("a tally");
+        let schedule: Schedule = serde_json::from_value(serde_json::json!({"window_ms": 1000, "leader": "blue", "pids": {},
+            "candidates": {"blue": {"share": 0.948, "cpu_ns": 1}, "red": {"share": 0.049, "cpu_ns": 1}}}))
+            .expect("a schedule");
         assert_eq!(format_line(&votes, &schedule), "blue 3 votes 94.8% CPU | red 1 vote 4.9% CPU | leader blue");
     }
 }

@@ -4,6 +4,7 @@
 //! attached, stopping it, and a request to its voting server (through
 //! [`crate::common::http`]).
 
+use scx_ballot_api::Tally;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,7 +105,7 @@ impl Scheduler {
 pub fn wait_api(addr: &str, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        match api(addr, "GET", "/votes", None) {
+        match api::<Tally>(addr, "GET", "/votes", None) {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > deadline => bail!("the voting server does not answer on {addr}: {e:#}"),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -112,9 +113,10 @@ pub fn wait_api(addr: &str, within: Duration) -> Result<()> {
     }
 }
 
-/// One request to the voting server at `addr`; the body of a 2xx answer as
-/// JSON.
-pub fn api(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
+/// One request to the voting server at `addr`; the body of a 2xx answer,
+/// read as the API's type for it (`scx_ballot_api`), so a field the server
+/// renamed fails here, named.
+pub fn api<T: serde::de::DeserializeOwned>(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<T> {
     let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not an address"))?;
     let body = body.unwrap_or("");
     let headers = format!("Content-Length: {}\r\n", body.len());
@@ -124,5 +126,6 @@ pub fn api(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<s
     if !(200..300).contains(&status) {
         bail!("{method} {path}: HTTP {status}: {payload}");
     }
-    serde_json::from_str(payload).with_context(|| format!("{method} {path}: the answer is not JSON: {payload}"))
+    serde_json::from_str(payload)
+        .with_context(|| format!("{method} {path}: the answer is not the API's {}: {payload}", std::any::type_name::<T>()))
 }

@@ -64,7 +64,7 @@ pub struct PhaseRecord {
     /// Whether the worker was alive over the whole window.
     pub alive: Vec<bool>,
     /// `GET /votes` after the phase's steps (election only).
-    pub tally: Option<serde_json::Value>,
+    pub tally: Option<scx_ballot_api::Tally>,
     /// `/sys/kernel/sched_ext/state` at the end of the window.
     pub state: String,
     /// How soon a new leader's burners got the CPU after the vote; only in

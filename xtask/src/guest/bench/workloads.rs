@@ -306,9 +306,9 @@ impl Bench<'_> {
                     // starting within the request's millisecond or two would
                     // count too (the loser runs about once per 100 ms).
                     let before = runs(mine);
-                    let tally = api_at(API, "POST", "/votes", Some(&body))?;
+                    let tally: scx_ballot_api::Tally = api_at(API, "POST", "/votes", Some(&body))?;
                     let acked = Instant::now();
-                    if tally["leader"].as_str() != Some(name) {
+                    if tally.leader.as_deref() != Some(name) {
                         continue;
                     }
                     while runs(mine) == before {

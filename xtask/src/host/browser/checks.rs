@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{PHONE, NARROW_PHONE, SCALE, PAGE_WAIT, STREAM_WAIT, QUIET};
 use super::run::Run;
-use super::server::{get_json, request, post_vote};
+use super::server::{get_tally, request, post_vote};
 
 /// What the page shows, as the test reads it: the hooks the page gives its
 /// elements (`data-candidate`, `data-tally`, ...), which feed it follows
@@ -113,9 +113,9 @@ impl Run<'_> {
             PAGE_WAIT,
             |s| s["tally"] == json!({"blue": "1", "red": "0"}) && s["message"]["state"] == "ok",
         )?;
-        let tally = get_json(addr, "/votes")?;
-        if tally["votes"] != json!({"blue": 1, "red": 0}) || tally["leader"] != "blue" {
-            bail!("the page shows blue 1, red 0, but GET /votes answers {tally}");
+        let tally = get_tally(addr)?;
+        if tally.votes != votes(1, 0) || tally.leader.as_deref() != Some("blue") {
+            bail!("the page shows blue 1, red 0, but GET /votes answers {tally:?}");
         }
         let state = cdp.wait_until("blue to be marked as the leader", PAGE_WAIT, |s| {
             s["leader"] == "blue" && s["standing"].as_str().is_some_and(|t| t.contains("blue"))
@@ -171,9 +171,9 @@ impl Run<'_> {
                         .is_some_and(|t| t.contains("429") && t.contains(" s before voting again"))
             },
         )?;
-        let tally = get_json(addr, "/votes")?;
-        if tally["votes"] != json!({"blue": 1, "red": 0}) {
-            bail!("a refused vote changed the tally: GET /votes answers {tally}");
+        let tally = get_tally(addr)?;
+        if tally.votes != votes(1, 0) {
+            bail!("a refused vote changed the tally: GET /votes answers {tally:?}");
         }
         println!(
             "  ok: a second vote within the interval shows {:?}",
@@ -248,9 +248,9 @@ impl Run<'_> {
                     && busy(&s["share"]["blue"])
             },
         )?;
-        let tally = get_json(addr, "/votes")?;
-        if tally["votes"] != json!({"blue": 2, "red": 0}) {
-            bail!("after the restart on the same journal GET /votes answers {tally}");
+        let tally = get_tally(addr)?;
+        if tally.votes != votes(2, 0) {
+            bail!("after the restart on the same journal GET /votes answers {tally:?}");
         }
         println!(
             "  ok: after a restart on the same port and journal the page recovered with the journal's \
@@ -343,4 +343,9 @@ pub(super) fn png_size(png: &[u8]) -> Option<(u32, u32)> {
     }
     let word = |at: usize| Some(u32::from_be_bytes(png.get(at..at + 4)?.try_into().ok()?));
     Some((word(16)?, word(20)?))
+}
+
+/// Blue's and red's votes, as a tally holds them.
+fn votes(blue: u64, red: u64) -> std::collections::BTreeMap<String, u64> {
+    [("blue".to_owned(), blue), ("red".to_owned(), red)].into()
 }

@@ -99,6 +99,12 @@ pub(super) fn get_json(addr: SocketAddr, path: &str) -> Result<Value> {
     request(addr, "GET", path)
 }
 
+/// `GET /votes`, read as the API's tally.
+pub(super) fn get_tally(addr: SocketAddr) -> Result<scx_ballot_api::Tally> {
+    let v = get_json(addr, "/votes")?;
+    serde_json::from_value(v.clone()).with_context(|| format!("GET /votes answered {v}, not a tally"))
+}
+
 /// `method path` (no body) to the voting server: the JSON of a 200 answer.
 pub(super) fn request(addr: SocketAddr, method: &str, path: &str) -> Result<Value> {
     send(addr, method, path, "", "")

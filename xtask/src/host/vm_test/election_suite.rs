@@ -62,10 +62,11 @@ pub fn proportional(f: &CaseFacts) -> Vec<String> {
     v.problems
 }
 
-/// The tally part of a `GET /votes` body: the votes and the leader.
-fn tally(body: &str) -> Option<(serde_json::Value, serde_json::Value)> {
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    Some((v.get("votes")?.clone(), v.get("leader")?.clone()))
+/// The votes and the leader of a `GET /votes` body (its generation grows
+/// with every change, a restart included).
+fn tally(body: &str) -> Option<(std::collections::BTreeMap<String, u64>, Option<String>)> {
+    let t: scx_ballot_api::Tally = serde_json::from_str(body).ok()?;
+    Some((t.votes, t.leader))
 }
 
 pub fn durable(f: &CaseFacts) -> Vec<String> {
@@ -77,7 +78,7 @@ pub fn durable(f: &CaseFacts) -> Vec<String> {
     let before = f.get("tally_before_kill").and_then(tally);
     let after = f.get("tally_after_restart").and_then(tally);
     match (&before, &after) {
-        (Some(b), Some(a)) if a == b && b.0.get("blue").and_then(|x| x.as_u64()) == Some(30) => {}
+        (Some(b), Some(a)) if a == b && b.0.get("blue").copied() == Some(30) => {}
         _ => {
             v.fail(format!(
                 "the tally did not survive SIGKILL and restart: before {:?}, after {:?}",

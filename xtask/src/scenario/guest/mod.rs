@@ -5,6 +5,7 @@
 //! The runner only measures and records (a [`Trace`](crate::scenario::trace::Trace) per run, as JSON);
 //! every judgement is made on the host.
 
+use scx_ballot_api::Tally;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -173,15 +174,14 @@ struct Ballots {
     last: Vec<u64>,
     /// (when, the leader it names, every burner's CPU time then).
     answers: Vec<(Instant, Option<String>, Vec<u64>)>,
-    /// The last answer, while every answer carried the tally.
-    tally: Option<serde_json::Value>,
-    complete: bool,
+    /// The last answer.
+    tally: Option<Tally>,
 }
 
 impl Ballots {
     fn new(burners: Vec<(i32, String)>) -> Self {
         let last = vec![0; burners.len()];
-        Ballots { burners, last, answers: Vec::new(), tally: None, complete: true }
+        Ballots { burners, last, answers: Vec::new(), tally: None }
     }
 
     fn read(&mut self) -> &[u64] {
@@ -193,19 +193,17 @@ impl Ballots {
         &self.last
     }
 
-    fn answer(&mut self, answer: serde_json::Value) {
+    fn answer(&mut self, answer: Tally) {
         let at = Instant::now();
         let cpu = self.read().to_vec();
-        let leader = answer.get("leader").and_then(|l| l.as_str()).map(str::to_string);
-        self.complete &= answer.get("leader").is_some();
-        self.tally = self.complete.then_some(answer);
+        let leader = answer.leader.clone();
+        self.tally = Some(answer);
         self.answers.push((at, leader, cpu));
     }
 
     /// Keeps only `tally`, read now, as the answer to time from.
-    fn restart(&mut self, tally: serde_json::Value) {
+    fn restart(&mut self, tally: Tally) {
         self.answers.clear();
-        self.complete = true;
         self.answer(tally);
     }
 }

@@ -1,6 +1,7 @@
 //! Running one scenario in the VM: its workers, phases, ballots and
 //! samples, recorded into a [`Trace`].
 
+use scx_ballot_api::Tally;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,7 +73,7 @@ impl<'a> Runner<'a> {
             // time a change of leader from the answer that made it.
             let mut ballots = Ballots::new(if self.scenario.policy == Policy::Election { self.candidate_burners() } else { Vec::new() });
             for name in &phase.register {
-                let answer = api("POST", "/candidates", Some(&serde_json::json!({ "name": name, "members": [] }).to_string()))
+                let answer: Tally = api("POST", "/candidates", Some(&serde_json::json!({ "name": name, "members": [] }).to_string()))
                     .with_context(|| format!("registering {name}"))?;
                 ballots.answer(answer);
                 self.event("register", name.clone());
@@ -81,13 +82,13 @@ impl<'a> Runner<'a> {
                 for i in 0..*n {
                     let voter = format!("{}-{}-{cand}-{i}", self.trace.run, phase.name.replace(' ', "_"));
                     let body = serde_json::json!({ "candidate": cand, "voter": voter }).to_string();
-                    let answer = api("POST", "/votes", Some(&body)).with_context(|| format!("voting for {cand}"))?;
+                    let answer: Tally = api("POST", "/votes", Some(&body)).with_context(|| format!("voting for {cand}"))?;
                     ballots.answer(answer);
                 }
                 self.event("votes", format!("{cand} +{n}"));
             }
             for name in &phase.remove {
-                let answer = api("DELETE", &format!("/candidates/{name}"), None).with_context(|| format!("removing {name}"))?;
+                let answer: Tally = api("DELETE", &format!("/candidates/{name}"), None).with_context(|| format!("removing {name}"))?;
                 ballots.answer(answer);
                 self.event("remove", name.clone());
             }
@@ -101,17 +102,17 @@ impl<'a> Runner<'a> {
             } else {
                 if ballots.tally.is_none() {
                     // An answer without the tally: time from the last one.
-                    let tally = api("GET", "/votes", None).context("reading the tally")?;
+                    let tally: Tally = api("GET", "/votes", None).context("reading the tally")?;
                     ballots.restart(tally);
                 }
                 self.time_to_effect(leader.as_deref(), ballots)
             };
             let tally = match self.scenario.policy {
-                Policy::Election => Some(api("GET", "/votes", None).context("reading the tally")?),
+                Policy::Election => Some(api::<Tally>("GET", "/votes", None).context("reading the tally")?),
                 _ => None,
             };
             if let Some(t) = &tally {
-                leader = t.get("leader").and_then(|l| l.as_str()).map(str::to_string);
+                leader = t.leader.clone();
             }
             // The settling time counts from the end of the steps; timing the
             // effect may use it up, never the measured window.
@@ -186,9 +187,9 @@ impl<'a> Runner<'a> {
     fn time_to_effect(&mut self, before: Option<&str>, mut b: Ballots) -> Option<Effect> {
         let s = self.scenario;
         let tally = b.tally.take()?;
-        let after = tally.get("leader").and_then(|l| l.as_str());
+        let after = tally.leader.as_deref();
         let leader = new_leader(before, after)?.to_string();
-        let votes = |c: &str| tally.get("votes").and_then(|v| v.get(c)).and_then(|n| n.as_u64());
+        let votes = |c: &str| tally.votes.get(c).copied();
         let running = |c: &str| {
             self.procs.iter().zip(&self.trace.workers).any(|(p, w)| {
                 let g = &s.groups[p.group];
@@ -262,7 +263,7 @@ impl<'a> Runner<'a> {
 
     fn start_scheduler(&mut self) -> Result<()> {
         let s = self.scenario;
-        let mut args: Vec<String> = vec!["--stats".into(), "1".into(), "--policy".into(), s.policy.name().into()];
+        let mut args: Vec<String> = vec!["--stats".into(), "1".into(), "--policy".into(), s.policy.as_str().into()];
         if s.policy == crate::scenario::spec::Policy::Election {
             let file = self.dir.join("candidates.toml");
             let mut text = String::new();
@@ -270,7 +271,7 @@ impl<'a> Runner<'a> {
                 text += &format!("[[candidate]]\nname = \"{c}\"\n\n");
             }
             std::fs::write(&file, text)?;
-            args.extend(["--mode".into(), s.mode.name().into(), "--listen".into(), API.into()]);
+            args.extend(["--mode".into(), s.mode.as_str().into(), "--listen".into(), API.into()]);
             args.extend(["--candidates".into(), file.display().to_string()]);
             if let Some(m) = s.min_share_arg() {
                 args.extend(["--min-share".into(), m.to_string()]);
@@ -289,7 +290,7 @@ impl<'a> Runner<'a> {
         if s.policy == crate::scenario::spec::Policy::Election {
             wait_api(API, Duration::from_secs(30))?;
         }
-        self.event("attached", format!("policy {}", s.policy.name()));
+        self.event("attached", format!("policy {}", s.policy.as_str()));
         Ok(())
     }
 
@@ -324,7 +325,7 @@ impl<'a> Runner<'a> {
         self.trace.workers.push(Worker { group: group.id.clone(), index, pid, started_ms, stopped_ms: None });
         if let (Some(c), Join::Pid) = (&group.candidate, group.join) {
             let body = serde_json::json!({ "kind": "pid", "pid": pid }).to_string();
-            api("POST", &format!("/candidates/{c}/members"), Some(&body))
+            api::<Tally>("POST", &format!("/candidates/{c}/members"), Some(&body))
                 .with_context(|| format!("adding pid {pid} to {c}"))?;
         }
         Ok(())
@@ -395,6 +396,6 @@ impl<'a> Runner<'a> {
 }
 
 /// One request to the guest's voting server.
-fn api(method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
+fn api<T: serde::de::DeserializeOwned>(method: &str, path: &str, body: Option<&str>) -> Result<T> {
     crate::guest::scheduler::api(API, method, path, body)
 }

@@ -24,6 +24,7 @@
 //! Group sizes can be per CPU, so these fractions do not depend on the
 //! number of vCPUs.
 
+use scx_ballot_api::Tally;
 use std::fmt::Write as _;
 
 use super::spec::{Kind, Mode, Policy, Scenario};
@@ -146,8 +147,8 @@ pub struct PhaseTable {
 }
 
 /// The leader named by a phase's tally.
-fn leader_of(tally: Option<&serde_json::Value>) -> Option<&str> {
-    tally?.get("leader")?.as_str()
+fn leader_of(tally: Option<&Tally>) -> Option<&str> {
+    tally?.leader.as_deref()
 }
 
 /// The per-phase tables of a trace.
@@ -225,15 +226,11 @@ pub fn tables(s: &Scenario, t: &Trace) -> Vec<PhaseTable> {
     out
 }
 
-fn tally_text(tally: Option<&serde_json::Value>) -> String {
+fn tally_text(tally: Option<&Tally>) -> String {
     let Some(t) = tally else { return "no election".into() };
-    let votes: Vec<String> = t
-        .get("votes")
-        .and_then(|v| v.as_object())
-        .map(|m| m.iter().filter(|(_, n)| n.as_u64() != Some(0)).map(|(k, n)| format!("{k} {n}")).collect())
-        .unwrap_or_default();
-    let leader = t.get("leader").and_then(|l| l.as_str()).unwrap_or("none");
-    let candidates = t.get("votes").and_then(|v| v.as_object()).map(|m| m.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    let votes: Vec<String> = t.votes.iter().filter(|(_, n)| **n != 0).map(|(k, n)| format!("{k} {n}")).collect();
+    let leader = t.leader.as_deref().unwrap_or("none");
+    let candidates = t.votes.keys().cloned().collect::<Vec<_>>().join(", ");
     format!(
         "votes: {}; leader: {leader}; candidates: {}",
         if votes.is_empty() { "none".into() } else { votes.join(", ") },
@@ -248,8 +245,8 @@ pub fn snapshot(s: &Scenario, t: &Trace) -> String {
     let _ = writeln!(
         out,
         "policy: {}, mode: {}{}",
-        s.policy.name(),
-        s.mode.name(),
+        s.policy.as_str(),
+        s.mode.as_str(),
         s.min_share.map(|m| format!(", min share {m}%")).unwrap_or_default()
     );
     if s.cap {

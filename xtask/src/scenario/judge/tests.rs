@@ -53,7 +53,7 @@ fn trace(cpu_ms: [u64; 4]) -> Trace {
             wait_ns: vec![0; 4],
             runs: vec![1; 4],
             alive: vec![true; 4],
-            tally: Some(serde_json::json!({"votes": {"blue": 3, "red": 0}, "leader": "blue", "generation": 4})),
+            tally: Some(serde_json::from_value(serde_json::json!({"votes": {"blue": 3, "red": 0}, "leader": "blue", "generation": 4})).expect("a tally")),
             state: "enabled".into(),
             effect: None,
         }],
@@ -99,7 +99,7 @@ fn a_change_in_behaviour_changes_the_snapshot() {
 }
 
 fn no_leader(mut t: Trace) -> Trace {
-    t.phases[0].tally = Some(serde_json::json!({"votes": {"blue": 0, "red": 0}, "leader": null, "generation": 2}));
+    t.phases[0].tally = Some(serde_json::from_value(serde_json::json!({"votes": {"blue": 0, "red": 0}, "leader": null, "generation": 2})).expect("a tally"));
     t
 }
 

@@ -42,42 +42,10 @@ pub enum Join {
     Pid,
 }
 
-/// How a scheduling policy is chosen for the run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    #[default]
-    Election,
-    Fifo,
-    Vruntime,
-}
-
-impl Policy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Policy::Election => "election",
-            Policy::Fifo => "fifo",
-            Policy::Vruntime => "vruntime",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    #[default]
-    Winner,
-    Proportional,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Winner => "winner",
-            Mode::Proportional => "proportional",
-        }
-    }
-}
+/// The scheduling policy and the election's mode: the names the scheduler's
+/// command line and API use (`scx_ballot_api`), so a scenario file cannot
+/// name one the scheduler does not know.
+pub use scx_ballot_api::{Mode, PolicyName as Policy};
 
 /// A group of identical worker processes: a candidate's, or outsiders
 /// (normal fair-class tasks).
