@@ -8,7 +8,7 @@ use xshell::{Shell, cmd};
 
 use crate::common::clang;
 use crate::host::deps;
-use crate::project_root;
+use crate::{cache_dir, project_root};
 
 /// The clang for the BPF build, after making sure the build packages are
 /// installed.
@@ -26,4 +26,23 @@ pub fn build_scheduler(sh: &Shell) -> Result<PathBuf> {
         .run()
         .context("building scx_ballot")?;
     Ok(project_root().join("target/release/scx_ballot"))
+}
+
+/// `cargo install NAME` into the cache (once); its binary.
+pub fn install_scx(sh: &Shell, name: &str) -> Result<PathBuf> {
+    let root = cache_dir().join("scx");
+    let bin = root.join("bin").join(name);
+    if bin.exists() {
+        return Ok(bin);
+    }
+    println!(
+        "==> installing {name} from crates.io into {} (once; several minutes)",
+        root.display()
+    );
+    let clang = bpf_clang(sh)?;
+    cmd!(sh, "cargo install --locked --root {root} {name}")
+        .env("BPF_CLANG", clang)
+        .run()
+        .with_context(|| format!("cargo install {name}"))?;
+    Ok(bin)
 }

@@ -13,8 +13,10 @@
 //! given another min share than the file declares, must come out different
 //! from its snapshot, or the suite fails.
 
+pub mod ab;
 pub mod guest;
 pub mod judge;
+pub mod page;
 pub mod render;
 pub mod spec;
 pub mod trace;
@@ -67,8 +69,60 @@ pub struct Selection {
     pub mutant: Option<String>,
 }
 
+/// The schedulers workload scenarios run under when `--scheduler` names
+/// none: the kernel's own and scx_ballot's two general policies (all built
+/// here, so CI needs nothing from elsewhere).
+pub const DEFAULT_UNDER: &[&str] = &["eevdf", "fifo", "vruntime"];
+
+/// Upstream schedulers' arguments for partial mode (only SCHED_EXT tasks,
+/// which is what the workers are); one not listed runs as it starts.
+const PARTIAL_ARGS: &[(&str, &[&str])] = &[("scx_rustland", &["--partial"]), ("scx_lavd", &["--partial"])];
+
+/// What `--scheduler NAME` names: `eevdf`; a policy of scx_ballot; an
+/// `scx_*` scheduler from crates.io (installed into the cache once); or the
+/// path of a sched_ext binary.
+pub fn resolve_under(sh: &xshell::Shell, name: &str) -> Result<spec::Under> {
+    use spec::{Policy, Under};
+    Ok(match name {
+        "eevdf" => Under::Eevdf,
+        "fifo" => Under::Ballot(Policy::Fifo),
+        "vruntime" => Under::Ballot(Policy::Vruntime),
+        "election" => Under::Ballot(Policy::Election),
+        path if path.contains('/') => {
+            let p = std::fs::canonicalize(path).with_context(|| format!("--scheduler {path}: no such file"))?;
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("scheduler").to_string();
+            Under::Binary { name, path: p.display().to_string(), args: Vec::new() }
+        }
+        scx if scx.starts_with("scx_") && scx.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+            let bin = crate::common::compile::install_scx(sh, scx)?;
+            let args = PARTIAL_ARGS.iter().find(|(n, _)| *n == scx).map(|(_, a)| a.iter().map(|s| s.to_string()).collect()).unwrap_or_default();
+            Under::Binary { name: scx.to_string(), path: bin.display().to_string(), args }
+        }
+        other => bail!(
+            "--scheduler {other:?}: give eevdf, fifo, vruntime or election (scx_ballot's policies), a scheduler of the scx project on crates.io (scx_rustland, scx_bpfland, scx_lavd, ...), or the path of a sched_ext binary"
+        ),
+    })
+}
+
 impl Selection {
-    pub fn new(mut scenarios: Vec<Scenario>, mutant: Option<String>) -> Self {
+    #[cfg(test)]
+    pub fn new(scenarios: Vec<Scenario>, mutant: Option<String>) -> Self {
+        Self::under(scenarios, mutant, &[spec::Under::Eevdf])
+    }
+
+    /// The selection with every workload scenario once per scheduler of
+    /// `unders`; a mutant and the controls apply to elections only.
+    pub fn under(scenarios: Vec<Scenario>, mutant: Option<String>, unders: &[spec::Under]) -> Self {
+        let mut scenarios: Vec<Scenario> = scenarios
+            .into_iter()
+            .flat_map(|s| {
+                if s.workload {
+                    unders.iter().map(|u| Scenario { under: Some(u.clone()), ..s.clone() }).collect()
+                } else {
+                    vec![s]
+                }
+            })
+            .collect();
         let controls = if mutant.is_some() {
             Vec::new()
         } else {
@@ -86,6 +140,7 @@ impl Selection {
                 .collect()
         };
         if let Some(m) = &mutant {
+            scenarios.retain(|s| !s.workload);
             scenarios.iter_mut().for_each(|s| s.mutant = Some(m.clone()));
         }
         Selection { scenarios, controls, mutant }
@@ -97,8 +152,13 @@ impl Selection {
         (self.scenarios.iter().map(per).sum::<f64>() * repeat as f64 + self.controls.iter().map(per).sum::<f64>()) as u64
     }
 
-    pub fn write_plan(&self, out: &Path, repeat: u32) -> Result<PathBuf> {
-        let plan = guest::Plan { repeat, scenarios: self.scenarios.clone(), controls: self.controls.clone() };
+    pub fn write_plan(&self, out: &Path, repeat: u32, kernel_config: Option<&Path>) -> Result<PathBuf> {
+        let plan = guest::Plan {
+            repeat,
+            scenarios: self.scenarios.clone(),
+            controls: self.controls.clone(),
+            kernel_config: kernel_config.map(Path::to_path_buf),
+        };
         std::fs::create_dir_all(out)?;
         let path = out.join("plan.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&plan)?).with_context(|| format!("writing {}", path.display()))?;
@@ -207,13 +267,13 @@ pub fn judge_runs(sel: &Selection, out: &Path, repeat: u32) -> Vec<RunResult> {
         result.scheduler_log = t.scheduler_log.clone();
         let text = judge::snapshot(s, &t);
         let _ = std::fs::write(dir.join("snapshot.txt"), &text);
-        let stored = stored_snapshot(&s.name);
+        let stored = stored_snapshot(&s.snapshot_name());
         result.verdict = if let Some(e) = &t.error {
             Verdict::Broken(e.clone())
         } else if !s.altered() && iteration == 1 {
             // Through insta once per scenario: its diff, and `.snap.new`
             // for review where updates are allowed.
-            match (insta_matches(&s.name, &text), stored) {
+            match (insta_matches(&s.snapshot_name(), &text), stored) {
                 (true, _) => Verdict::Matches,
                 (false, None) => Verdict::New,
                 (false, Some(_)) => Verdict::Differs,
@@ -269,7 +329,7 @@ pub fn report(sel: &Selection, results: &[RunResult], repeat: u32) -> Vec<String
                     "control {run}: the scheduler run with {} produced the same snapshot as the real one: the scenario cannot tell them apart",
                     s.alteration()
                 ),
-                (Verdict::New, true) => format!("control {run}: no stored snapshot of {} to compare with", s.name),
+                (Verdict::New, true) => format!("control {run}: no stored snapshot of {} to compare with", s.snapshot_name()),
                 (Verdict::New, false) => format!(
                     "{run} (run {}): no snapshot stored yet; accept it with `cargo insta review` (or INSTA_UPDATE=always)",
                     r.iteration
@@ -340,9 +400,26 @@ mod tests {
 
     #[test]
     fn every_scenario_has_a_stored_snapshot() {
-        for s in load().unwrap() {
-            assert!(stored_snapshot(&s.name).is_some(), "vm/scenarios/snapshots/{}.snap is missing", s.name);
+        let sh = xshell::Shell::new().unwrap();
+        let unders: Vec<spec::Under> = DEFAULT_UNDER.iter().map(|n| resolve_under(&sh, n).unwrap()).collect();
+        for s in Selection::under(load().unwrap(), None, &unders).scenarios {
+            let name = s.snapshot_name();
+            assert!(stored_snapshot(&name).is_some(), "vm/scenarios/snapshots/{name}.snap is missing");
         }
+    }
+
+    #[test]
+    fn a_workload_scenario_runs_once_per_scheduler_and_an_election_once() {
+        let all = load().unwrap();
+        let unders = [spec::Under::Eevdf, spec::Under::Ballot(spec::Policy::Fifo)];
+        let sel = Selection::under(all.clone(), None, &unders);
+        let workloads = all.iter().filter(|s| s.workload).count();
+        assert!(workloads >= 4, "{workloads} workload scenarios");
+        assert_eq!(sel.scenarios.len(), all.len() + workloads);
+        assert!(sel.scenarios.iter().any(|s| s.run_name() == "nice-levels@fifo"));
+        assert!(sel.scenarios.iter().any(|s| s.run_name() == "landslide"));
+        let broken = Selection::under(all, Some("fifo".into()), &unders);
+        assert!(broken.scenarios.iter().all(|s| !s.workload && s.mutant.is_some()));
     }
 }
 

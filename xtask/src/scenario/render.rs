@@ -62,7 +62,7 @@ pub fn svg(t: &Trace) -> String {
     let top = 46.0;
     let end_ms = t.samples.last().map(|s| s.t_ms).unwrap_or(1).max(1) as f64;
     let x = |ms: u64| left + (ms as f64 / end_ms) * (width - left - 10.0);
-    let height = top + lane_h * t.workers.len() as f64 + 40.0;
+    let height = top + lane_h * t.workers.len() as f64 + 84.0;
     let colours = colours(t);
     let mut s = String::new();
     let _ = writeln!(
@@ -113,15 +113,58 @@ pub fn svg(t: &Trace) -> String {
             esc(&e.detail)
         );
     }
+    axis(&mut s, end_ms, bottom + 10.0, &x);
+    legend(&mut s, t, &colours, bottom + 44.0);
     let _ = writeln!(
         s,
         r#"<text x="8" y="{:.1}">shade: share of one CPU per {} ms; dashes: phase starts; bars: measured windows; triangles: votes and ballot changes ({})</text>"#,
-        bottom + 24.0,
+        bottom + 68.0,
         t.sample_ms,
         esc(&t.events.iter().filter(|e| e.kind == "votes").map(|e| e.detail.clone()).collect::<Vec<_>>().join(", "))
     );
     s.push_str("</svg>\n");
     s
+}
+
+/// A time axis under the lanes: a tick and its second every 1, 2, 5, 10,
+/// ... s, at most 15 of them.
+fn axis(s: &mut String, end_ms: f64, y: f64, x: &dyn Fn(u64) -> f64) {
+    let step_ms = [1000u64, 2000, 5000, 10_000, 20_000, 30_000, 60_000, 120_000, 300_000, 600_000]
+        .into_iter()
+        .find(|step| end_ms / *step as f64 <= 15.0)
+        .unwrap_or(600_000);
+    let _ = writeln!(s, r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#555"/>"##, x(0), x(end_ms as u64));
+    let mut ms = 0;
+    while ms as f64 <= end_ms {
+        let tx = x(ms);
+        let _ = writeln!(s, r##"<line x1="{tx:.1}" y1="{y:.1}" x2="{tx:.1}" y2="{:.1}" stroke="#555"/>"##, y + 4.0);
+        let _ = writeln!(s, r#"<text x="{tx:.1}" y="{:.1}" text-anchor="middle">{} s</text>"#, y + 15.0, ms / 1000);
+        ms += step_ms;
+    }
+}
+
+/// The legend: each group's colour, and what the shades mean.
+fn legend(s: &mut String, t: &Trace, colours: &[&str], y: f64) {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for (w, c) in t.workers.iter().zip(colours) {
+        let owner = w.group.split('/').next().unwrap_or("").to_string();
+        if !seen.iter().any(|(o, _)| *o == owner) {
+            seen.push((owner, c));
+        }
+    }
+    let mut lx = 8.0;
+    for (owner, c) in &seen {
+        let _ = writeln!(s, r#"<rect x="{lx:.1}" y="{:.1}" width="10" height="10" fill="{c}"/>"#, y - 9.0);
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{y:.1}">{}</text>"#, lx + 14.0, esc(owner));
+        lx += 24.0 + 7.0 * owner.len() as f64;
+    }
+    lx += 16.0;
+    for frac in [0.25, 0.5, 1.0] {
+        let _ = writeln!(s, r##"<rect x="{lx:.1}" y="{:.1}" width="10" height="10" fill="#111" fill-opacity="{frac}"/>"##, y - 9.0);
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{y:.1}">{:.0}%</text>"#, lx + 14.0, frac * 100.0);
+        lx += 50.0;
+    }
+    let _ = writeln!(s, r#"<text x="{lx:.1}" y="{y:.1}">of one CPU</text>"#);
 }
 
 /// Chrome trace-event format (JSON object form), microsecond timestamps.
@@ -189,6 +232,18 @@ mod tests {
         assert!(s.contains("blue/burner #1") && s.contains("outsider/burner #1"));
         assert!(s.contains("blue +3"));
         assert!(s.contains(OUTSIDER) && s.contains(PALETTE[0]));
+        // A time axis and a legend of colours and shades.
+        assert!(s.contains(">0 s</text>"), "{s}");
+        assert!(s.contains(">blue</text>") && s.contains(">outsider</text>") && s.contains("of one CPU"), "{s}");
+    }
+
+    #[test]
+    fn the_axis_ticks_at_most_fifteen_times() {
+        let mut s = String::new();
+        axis(&mut s, 64_000.0, 10.0, &|ms| ms as f64 / 100.0);
+        let ticks = s.matches(" s</text>").count();
+        assert_eq!(ticks, 13, "{s}"); // every 5 s: 0..=60
+        assert!(s.contains(">60 s</text>"));
     }
 
     #[test]

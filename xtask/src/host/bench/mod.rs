@@ -9,19 +9,18 @@
 //! Timings are reported, never asserted: the command fails only when a
 //! configuration crashes or is ejected.
 
-use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
-use xshell::{Shell, cmd};
+use xshell::Shell;
 
 use crate::guest::bench::{Config, Plan, Raw};
 use crate::common::vm::VmOpts;
 use crate::host::vm_test::{fresh_dir, path_arg};
 use crate::common::{compile, vm};
 use crate::host::deps;
-use crate::{cache_dir, project_root};
+use crate::project_root;
 
 mod report;
 
@@ -72,7 +71,7 @@ impl BenchCmd {
                 ("scx_rustland", Some(vec!["--partial".to_string()])),
                 ("scx_rlfifo", None),
             ] {
-                let binary = install_scx(sh, name)?;
+                let binary = compile::install_scx(sh, name)?;
                 configs.push(Config {
                     name: name.into(),
                     binary: Some(binary),
@@ -185,25 +184,6 @@ impl BenchCmd {
         }
         Ok(())
     }
-}
-
-/// `cargo install NAME` into the cache (once); its binary.
-fn install_scx(sh: &Shell, name: &str) -> Result<PathBuf> {
-    let root = cache_dir().join("scx");
-    let bin = root.join("bin").join(name);
-    if bin.exists() {
-        return Ok(bin);
-    }
-    println!(
-        "==> installing {name} from crates.io into {} (once; several minutes)",
-        root.display()
-    );
-    let clang = compile::bpf_clang(sh)?;
-    cmd!(sh, "cargo install --locked --root {root} {name}")
-        .env("BPF_CLANG", clang)
-        .run()
-        .with_context(|| format!("cargo install {name}"))?;
-    Ok(bin)
 }
 
 #[cfg(test)]

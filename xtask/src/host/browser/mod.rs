@@ -23,7 +23,10 @@
 //!   recovers, with the journal's tally, and follows the stream again.
 //!
 //! Then it saves a screenshot at a phone's size in
-//! `target/browser-test/ballot.png`. Every process it starts (scx_ballot,
+//! `target/browser-test/ballot.png`. Last, it opens an example of the VM
+//! scenarios' report page (`report.html`, made from made-up runs) from disk
+//! and checks its timelines, A/B table, snapshot diff and links
+//! (`target/browser-test/report.png`). Every process it starts (scx_ballot,
 //! Chromium and its children, two stand-in member processes) runs in a
 //! process group of its own, killed when the test ends, fails, panics or is
 //! interrupted. Everything listens on 127.0.0.1 only.
@@ -45,6 +48,7 @@ mod server;
 mod cdp;
 mod run;
 mod checks;
+mod report;
 
 use run::run_test;
 

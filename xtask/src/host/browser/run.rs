@@ -80,7 +80,10 @@ pub(super) fn run_test(bin: &Path, chromium: &Path, out: &Path) -> Result<PathBu
     };
     let result = run.start_server("127.0.0.1:0").and_then(|()| {
         run.launch_browser(chromium)?;
-        run.check()
+        let shot = run.check()?;
+        let report = run.check_report()?;
+        println!("scenario report page screenshot: {}", report.display());
+        Ok(shot)
     });
     match result {
         Ok(shot) => {

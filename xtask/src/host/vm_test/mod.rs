@@ -64,6 +64,19 @@ pub struct VmTestCmd {
     #[arg(long, value_parser = ["fifo", "ignore-votes"])]
     pub mutant: Option<String>,
 
+    /// The schedulers the workload scenarios (the `[[group]]` ones, with
+    /// no election) run under, each with a snapshot of its own
+    /// (`NAME@SCHEDULER.snap`): `eevdf` (no sched_ext scheduler), `fifo`,
+    /// `vruntime` or `election` (scx_ballot's policies), a scheduler of
+    /// the scx project on crates.io (`scx_rustland`, `scx_bpfland`,
+    /// `scx_lavd`, ...: installed into target/xtask/scx once, several
+    /// minutes), or the path of any sched_ext binary (run with no
+    /// arguments). Partial-mode schedulers get the workers, which are
+    /// SCHED_EXT; full-mode ones schedule everything. Election scenarios
+    /// always run under scx_ballot's election.
+    #[arg(long, value_delimiter = ',', default_values_t = scenario::DEFAULT_UNDER.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub scheduler: Vec<String>,
+
     /// What to run: suite names (`first-light`, `framework`, `port`,
     /// `soak`, `election`, `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
     /// e.g. `landslide`). Everything when none is given.
@@ -120,7 +133,19 @@ impl VmTestCmd {
         };
         let (tools, kernel, accel) = self.vm.prepare(sh)?;
 
-        let selection = scenario::Selection::new(chosen, self.mutant.clone());
+        let mut unders = if suites.contains(&Suite::Scenarios) {
+            self.scheduler.iter().map(|n| scenario::resolve_under(sh, n)).collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        if let Some(s) = chosen.iter().find(|s| s.workload && !s.expect.is_empty())
+            && !unders.is_empty()
+            && !unders.contains(&scenario::spec::Under::Eevdf)
+        {
+            println!("==> {} compares with EEVDF ([[expect]]): running it under eevdf too", s.name);
+            unders.insert(0, scenario::spec::Under::Eevdf);
+        }
+        let selection = scenario::Selection::under(chosen, self.mutant.clone(), &unders);
         let out = fresh_dir(&project_root().join("target/vm-test"))?;
         if let Some(ported) = &ported {
             // The guest finds it in the suite's folder.
@@ -130,7 +155,7 @@ impl VmTestCmd {
         }
         let scenario_out = out.join(Suite::Scenarios.dir_name());
         if suites.contains(&Suite::Scenarios) {
-            selection.write_plan(&scenario_out, self.repeat)?;
+            selection.write_plan(&scenario_out, self.repeat, kernel.config.as_deref())?;
         }
         let mut spec = self.vm.spec(kernel, accel, "vm/guest-tests.sh", &out);
         let scenario_secs = if suites.contains(&Suite::Scenarios) { selection.estimate_secs(self.repeat) } else { 0 };
@@ -243,6 +268,19 @@ impl VmTestCmd {
         if suites.contains(&Suite::Scenarios) {
             let results = scenario::judge_runs(&selection, &scenario_out, self.repeat);
             let mut problems = scenario::report(&selection, &results, self.repeat);
+            let (ab, unmet) = scenario::ab::compare(&selection.scenarios, &scenario_out);
+            if !ab.is_empty() {
+                let ab = format!(
+                    "A/B against EEVDF (first run of each; share: part of the groups' CPU time, wait: mean run-queue wait per wake-up):\n{ab}"
+                );
+                println!("\n{ab}");
+                let _ = std::fs::write(scenario_out.join("ab.txt"), &ab);
+            }
+            problems.extend(unmet);
+            match scenario::page::write(&selection, &results, &ab, &scenario_out) {
+                Ok(page) => println!("\nreport (timelines side by side, diffs, A/B): {}", page.display()),
+                Err(e) => problems.push(format!("the report page: {e:#}")),
+            }
             if let Some(differs) = &spec.kernel.differs {
                 // Every snapshot failure says it: the kernel may be the cause.
                 for p in problems.iter_mut().filter(|p| p.contains("snapshot differs")) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::scenario::spec::{Group, Join, Kind, Policy, Scenario, Stop};
+use crate::scenario::spec::{Group, Join, Kind, Scenario, Stop, Under};
 use crate::scenario::trace::{Effect, Event, PhaseRecord, Sample, Trace, Worker};
 use crate::guest::scheduler::{Scheduler, bounded, state as sched_state, wait_api, wait_state};
 
@@ -71,7 +71,7 @@ impl<'a> Runner<'a> {
             self.event("phase", phase.name.clone());
             // The candidates' burners' CPU time at each ballot answer, to
             // time a change of leader from the answer that made it.
-            let mut ballots = Ballots::new(if self.scenario.policy == Policy::Election { self.candidate_burners() } else { Vec::new() });
+            let mut ballots = Ballots::new(if self.scenario.is_election() { self.candidate_burners() } else { Vec::new() });
             for name in &phase.register {
                 let answer: Tally = api("POST", "/candidates", Some(&serde_json::json!({ "name": name, "members": [] }).to_string()))
                     .with_context(|| format!("registering {name}"))?;
@@ -97,7 +97,7 @@ impl<'a> Runner<'a> {
                 self.event("stop", format!("{cand}: {n} worker(s)"));
             }
             let steps_done = Instant::now();
-            let effect = if ballots.answers.is_empty() || self.scenario.policy != Policy::Election {
+            let effect = if ballots.answers.is_empty() || !self.scenario.is_election() {
                 None
             } else {
                 if ballots.tally.is_none() {
@@ -107,9 +107,9 @@ impl<'a> Runner<'a> {
                 }
                 self.time_to_effect(leader.as_deref(), ballots)
             };
-            let tally = match self.scenario.policy {
-                Policy::Election => Some(api::<Tally>("GET", "/votes", None).context("reading the tally")?),
-                _ => None,
+            let tally = match self.scenario.is_election() {
+                true => Some(api::<Tally>("GET", "/votes", None).context("reading the tally")?),
+                false => None,
             };
             if let Some(t) = &tally {
                 leader = t.leader.clone();
@@ -263,6 +263,9 @@ impl<'a> Runner<'a> {
 
     fn start_scheduler(&mut self) -> Result<()> {
         let s = self.scenario;
+        if let Some(under) = &s.under {
+            return self.start_under(under);
+        }
         let mut args: Vec<String> = vec!["--stats".into(), "1".into(), "--policy".into(), s.policy.as_str().into()];
         if s.policy == crate::scenario::spec::Policy::Election {
             let file = self.dir.join("candidates.toml");
@@ -294,8 +297,46 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    /// A workload scenario's scheduler: none for EEVDF, scx_ballot with a
+    /// policy, or another sched_ext binary; attached once sched_ext says
+    /// `enabled`.
+    fn start_under(&mut self, under: &Under) -> Result<()> {
+        let (bin, args): (&Path, Vec<String>) = match under {
+            Under::Eevdf => {
+                self.event("attached", "none: EEVDF".into());
+                return Ok(());
+            }
+            Under::Ballot(p) => (self.bin, vec!["--stats".into(), "1".into(), "--policy".into(), p.as_str().into()]),
+            Under::Binary { path, args, .. } => (Path::new(path), args.clone()),
+        };
+        let mut cmd = bounded(bin, 600);
+        cmd.args(&args);
+        self.sched = Some(Scheduler::start(cmd, &self.dir.join("scheduler.log"), Duration::from_secs(90), None)?);
+        let ops = std::fs::read_to_string("/sys/kernel/sched_ext/root/ops").unwrap_or_default();
+        self.event("attached", format!("{} ({})", under.name(), ops.trim()));
+        Ok(())
+    }
+
     fn spawn_worker(&mut self, gi: usize, group: &Group) -> Result<()> {
         let mut cmd = match (&group.candidate, group.join) {
+            // A workload group's workers are SCHED_EXT (whoever schedules
+            // them), at the group's nice level, on its CPUs.
+            (None, _) if self.scenario.workload => {
+                let mut cmd = match group.cpus.iter().max() {
+                    None => Command::new("nice"),
+                    Some(&top) if top >= self.cpus => {
+                        bail!("group {}: CPU {top} is not in this machine's {} (run with more --cpus)", group.id, self.cpus)
+                    }
+                    Some(_) => {
+                        let list: Vec<String> = group.cpus.iter().map(u32::to_string).collect();
+                        let mut cmd = Command::new("taskset");
+                        cmd.args(["--cpu-list", &list.join(","), "nice"]);
+                        cmd
+                    }
+                };
+                cmd.args(["-n", &group.nice.to_string()]).arg(self.bin).args(["exec", "--"]).arg(self.me);
+                cmd
+            }
             (None, _) => Command::new(self.me),
             (Some(c), Join::Exec) => {
                 let mut cmd = Command::new(self.bin);

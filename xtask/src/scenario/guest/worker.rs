@@ -1,5 +1,5 @@
 //! `xtask guest-worker`: one scenario workload process (burner, sleepy,
-//! ticker).
+//! forker, ticker).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,9 +9,10 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct GuestWorkerCmd {
-    /// burner: spins; sleepy: runs run_ms, sleeps sleep_ms; ticker: wakes
-    /// every millisecond and records how late (for `--report`).
-    #[arg(long, value_parser = ["burner", "sleepy", "ticker"])]
+    /// burner: spins; sleepy: runs run_ms, sleeps sleep_ms; forker: starts
+    /// `true` and waits for it, again and again (a fork/exit storm); ticker:
+    /// wakes every millisecond and records how late (for `--report`).
+    #[arg(long, value_parser = ["burner", "sleepy", "forker", "ticker"])]
     kind: String,
     /// Burner: stop after this many million rounds of work (fixed work).
     #[arg(long)]
@@ -36,6 +37,15 @@ impl GuestWorkerCmd {
         let mut x = 0u64;
         if self.kind == "ticker" {
             return ticker(end, self.report.as_deref());
+        }
+        if self.kind == "forker" {
+            while Instant::now() < end {
+                // A child that cannot start (out of processes) is retried.
+                if let Ok(mut child) = std::process::Command::new("true").spawn() {
+                    let _ = child.wait();
+                }
+            }
+            return Ok(());
         }
         let mut rounds = 0u64;
         while Instant::now() < end && self.iterations.is_none_or(|n| rounds < n) {

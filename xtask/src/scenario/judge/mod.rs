@@ -22,7 +22,8 @@
 //! [`super::trace::Effect`]), in coarse buckets.
 //!
 //! Group sizes can be per CPU, so these fractions do not depend on the
-//! number of vCPUs.
+//! number of vCPUs. A workload scenario (no election) has its own table:
+//! see [`workload`].
 
 use scx_ballot_api::Tally;
 use std::fmt::Write as _;
@@ -240,6 +241,9 @@ fn tally_text(tally: Option<&Tally>) -> String {
 
 /// The snapshot text: only what is stable from run to run.
 pub fn snapshot(s: &Scenario, t: &Trace) -> String {
+    if s.workload {
+        return workload::snapshot(s, t);
+    }
     let mut out = String::new();
     let _ = writeln!(out, "{}", s.description);
     let _ = writeln!(
@@ -296,6 +300,9 @@ pub fn snapshot(s: &Scenario, t: &Trace) -> String {
 
 /// The measured table, with numbers, for the summary and for failures.
 pub fn numbers(s: &Scenario, t: &Trace) -> String {
+    if s.workload {
+        return workload::numbers(s, t);
+    }
     let mut out = String::new();
     for (i, table) in tables(s, t).iter().enumerate() {
         let _ = writeln!(out, "    phase {} \"{}\" ({} s, {}), state {}", i + 1, table.name, table.seconds, table.tally, table.state);
@@ -333,6 +340,8 @@ pub fn numbers(s: &Scenario, t: &Trace) -> String {
     }
     out
 }
+
+pub mod workload;
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,8 @@ fn scenario() -> Scenario {
         join: Join::Exec,
         run_ms: 2,
         sleep_ms: 8,
+        nice: 0,
+        cpus: Vec::new(),
     };
     Scenario {
         name: "t".into(),
@@ -33,6 +35,9 @@ fn scenario() -> Scenario {
         scheduler_min_share: None,
         cap: false,
         scheduler_no_cap: false,
+        workload: false,
+        under: None,
+        expect: Vec::new(),
     }
 }
 

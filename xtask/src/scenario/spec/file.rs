@@ -8,24 +8,49 @@ use anyhow::{Result, bail};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Kind, Join, Policy, Mode, Group, Count, Stop, Phase, Scenario};
+use super::{Count, Expect, Group, Join, Kind, Mode, Phase, Policy, Scenario, Stop};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     description: String,
-    #[serde(default)]
-    policy: Policy,
-    #[serde(default)]
-    mode: Mode,
+    policy: Option<Spanned<Policy>>,
+    mode: Option<Spanned<Mode>>,
     min_share: Option<Spanned<f64>>,
     cap: Option<Spanned<bool>>,
     #[serde(default)]
     candidate: Vec<Spanned<CandidateFile>>,
     #[serde(default)]
     outsider: Vec<Spanned<WorkerFile>>,
+    /// Workload groups: a scenario without an election.
+    #[serde(default)]
+    group: Vec<Spanned<GroupFile>>,
     #[serde(default)]
     phase: Vec<Spanned<PhaseFile>>,
+    /// Workload scenarios: expectations against EEVDF in the same boot.
+    #[serde(default)]
+    expect: Vec<Spanned<ExpectFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectFile {
+    group: String,
+    wait_vs_eevdf: Option<f64>,
+    share_vs_eevdf: Option<f64>,
+    #[serde(default)]
+    schedulers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupFile {
+    name: Spanned<String>,
+    /// The workers' nice level.
+    #[serde(default)]
+    nice: i32,
+    #[serde(default)]
+    workers: Vec<Spanned<WorkerFile>>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +79,8 @@ struct WorkerFile {
     join: Join,
     run_ms: Option<u32>,
     sleep_ms: Option<u32>,
+    /// Workload groups: the CPUs the workers may run on (all when absent).
+    cpus: Option<Vec<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +182,29 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
         anyhow::anyhow!("{shown}:{line} (field `{field}`): {what}")
     };
 
+    let workload = !file.group.is_empty();
+    let policy = file.policy.as_ref().map_or(Policy::default(), |p| *p.get_ref());
+    let mode = file.mode.as_ref().map_or(Mode::default(), |m| *m.get_ref());
+    if workload {
+        // A workload scenario runs under any scheduler: no election in it.
+        let election_fields = [
+            (file.policy.as_ref().map(Spanned::span), "policy"),
+            (file.mode.as_ref().map(Spanned::span), "mode"),
+            (file.min_share.as_ref().map(Spanned::span), "min_share"),
+            (file.cap.as_ref().map(Spanned::span), "cap"),
+            (file.candidate.first().map(Spanned::span), "candidate"),
+            (file.outsider.first().map(Spanned::span), "outsider"),
+        ];
+        for (span, field) in election_fields {
+            if let Some(span) = span {
+                return Err(err(
+                    span,
+                    field,
+                    format!("a scenario with [[group]]s runs under any scheduler (vm-test --scheduler) and has no election: `{field}` does not belong in it"),
+                ));
+            }
+        }
+    }
     if let Some(share) = &file.min_share {
         let v = *share.get_ref();
         if !(v > 0.0 && v <= 50.0) {
@@ -163,7 +213,7 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
     }
     if let Some(cap) = &file.cap
         && *cap.get_ref()
-        && (file.policy != Policy::Election || file.mode != Mode::Winner)
+        && (policy != Policy::Election || mode != Mode::Winner)
     {
         return Err(err(cap.span(), "cap", "cap holds the losers of an election in winner mode only".to_string()));
     }
@@ -186,7 +236,7 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
         }
         if c.registered { candidates.push(cname.clone()) } else { unregistered.push(cname.clone()) }
         for w in &c.workers {
-            let g = group(w, Some(cname), &err)?;
+            let g = group(w, Some(cname), cname, &err)?;
             if g.join == Join::Pid && !c.registered {
                 return Err(err(w.span(), "join", format!("candidate {cname:?} is not registered at start, so its workers cannot join by pid")));
             }
@@ -197,20 +247,44 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
         }
     }
     for w in &file.outsider {
-        let g = group(w, None, &err)?;
+        let g = group(w, None, "outsider", &err)?;
         if groups.iter().any(|x| x.id == g.id) {
             return Err(err(w.span(), "kind", format!("two outsider groups of {} workers", g.kind.name())));
         }
         groups.push(g);
     }
+    for g in &file.group {
+        let g = g.get_ref();
+        let gname = g.name.get_ref();
+        if !valid_name(gname) {
+            return Err(err(g.name.span(), "name", format!("{gname:?} is not a group name (1..=64 of A-Z a-z 0-9 _ . -)")));
+        }
+        if groups.iter().any(|x| x.id.split('/').next() == Some(gname.as_str())) {
+            return Err(err(g.name.span(), "name", format!("group {gname:?} is declared twice")));
+        }
+        if !(-20..=19).contains(&g.nice) {
+            return Err(err(g.name.span(), "nice", format!("group {gname:?}: nice {} is not in -20..=19", g.nice)));
+        }
+        if g.workers.is_empty() {
+            return Err(err(g.name.span(), "workers", format!("group {gname:?} has no workers")));
+        }
+        for w in &g.workers {
+            let mut grp = group(w, None, gname, &err)?;
+            grp.nice = g.nice;
+            if groups.iter().any(|x| x.id == grp.id) {
+                return Err(err(w.span(), "kind", format!("group {gname:?} has two sets of {} workers", grp.kind.name())));
+            }
+            groups.push(grp);
+        }
+    }
     if groups.is_empty() {
-        bail!("{shown}: no candidate or outsider workers: there is nothing to measure");
+        bail!("{shown}: no candidate, outsider or group workers: there is nothing to measure");
     }
     if file.phase.is_empty() {
         bail!("{shown}: no [[phase]]: there is nothing to measure");
     }
 
-    let election = file.policy == Policy::Election;
+    let election = !workload && policy == Policy::Election;
     let mut known: Vec<String> = candidates.clone();
     let mut phases = Vec::new();
     for p in &file.phase {
@@ -226,6 +300,9 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
             return Err(err(at.clone(), "settle_ms", format!("phase {:?}: {} ms is over 30000", p.name, p.settle_ms)));
         }
         let changes_ballot = !p.votes.is_empty() || !p.register.is_empty() || !p.remove.is_empty();
+        if workload && (changes_ballot || !p.stop.is_empty()) {
+            return Err(err(at.clone(), "votes", format!("phase {:?}: a scenario with [[group]]s has no election: its phases only run and measure", p.name)));
+        }
         if changes_ballot && !election {
             return Err(err(at.clone(), "votes", format!("phase {:?} votes or changes candidates, which needs policy = \"election\"", p.name)));
         }
@@ -271,11 +348,12 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
             stop,
         });
     }
+    let expect = expectations(&file.expect, workload, &groups, &err)?;
     Ok(Scenario {
         name: name.to_string(),
         description: file.description.trim().to_string(),
-        policy: file.policy,
-        mode: file.mode,
+        policy,
+        mode,
         min_share: file.min_share.map(|s| *s.get_ref()),
         candidates,
         groups,
@@ -284,17 +362,66 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
         scheduler_min_share: None,
         cap: file.cap.as_ref().is_some_and(|c| *c.get_ref()),
         scheduler_no_cap: false,
+        workload,
+        under: None,
+        expect,
     })
 }
 
+/// The `[[expect]]`s of a workload scenario, checked against its groups.
+fn expectations(
+    list: &[Spanned<ExpectFile>],
+    workload: bool,
+    groups: &[Group],
+    err: &dyn Fn(std::ops::Range<usize>, &str, String) -> anyhow::Error,
+) -> Result<Vec<Expect>> {
+    let mut out = Vec::new();
+    for e in list {
+        let at = e.span();
+        let e = e.get_ref();
+        if !workload {
+            return Err(err(at, "expect", "[[expect]] compares a [[group]] with EEVDF: it is for scenarios with [[group]]s".into()));
+        }
+        let mine: Vec<&Group> = groups.iter().filter(|g| g.id.split('/').next() == Some(e.group.as_str())).collect();
+        if mine.is_empty() {
+            return Err(err(at, "group", format!("[[expect]]: no [[group]] named {:?}", e.group)));
+        }
+        if e.wait_vs_eevdf.is_none() && e.share_vs_eevdf.is_none() {
+            return Err(err(at, "group", "[[expect]] needs `wait_vs_eevdf` and/or `share_vs_eevdf`".into()));
+        }
+        for (field, v) in [("wait_vs_eevdf", e.wait_vs_eevdf), ("share_vs_eevdf", e.share_vs_eevdf)] {
+            if let Some(v) = v
+                && !(v > 0.0 && v <= 100.0)
+            {
+                return Err(err(at.clone(), field, format!("{v} is not a ratio in (0, 100]")));
+            }
+        }
+        if e.wait_vs_eevdf.is_some() && !mine.iter().any(|g| g.kind == Kind::Sleepy) {
+            return Err(err(at, "wait_vs_eevdf", format!("group {:?} has no sleepy workers: it has no wake-up wait to compare", e.group)));
+        }
+        if e.schedulers.iter().any(|s| s == "eevdf") {
+            return Err(err(at, "schedulers", "EEVDF is the baseline: it is not compared with itself".into()));
+        }
+        out.push(Expect {
+            group: e.group.clone(),
+            wait_vs_eevdf: e.wait_vs_eevdf,
+            share_vs_eevdf: e.share_vs_eevdf,
+            schedulers: e.schedulers.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// One set of workers of `owner` (a candidate, `outsider`, or a workload
+/// group's name).
 fn group(
     w: &Spanned<WorkerFile>,
     candidate: Option<&String>,
+    owner: &str,
     err: &dyn Fn(std::ops::Range<usize>, &str, String) -> anyhow::Error,
 ) -> Result<Group> {
     let at = w.span();
     let w = w.get_ref();
-    let owner = candidate.map(String::as_str).unwrap_or("outsider");
     let count = match (w.count, w.per_cpu) {
         (Some(n), None) if (1..=64).contains(&n) => Count::Fixed(n),
         (None, Some(n)) if (1..=16).contains(&n) => Count::PerCpu(n),
@@ -303,14 +430,31 @@ fn group(
         _ => return Err(err(at.clone(), "count", format!("{owner}: `count` must be in 1..=64 and `per_cpu` in 1..=16"))),
     };
     if candidate.is_none() && w.join != Join::Exec {
-        return Err(err(at.clone(), "join", "outsiders join no candidate".into()));
+        return Err(err(at.clone(), "join", format!("{owner}: only a candidate's workers join one")));
     }
     let (run_ms, sleep_ms) = match w.kind {
         Kind::Burner if w.run_ms.is_some() || w.sleep_ms.is_some() => {
             return Err(err(at.clone(), "run_ms", format!("{owner}: burners never sleep; run_ms and sleep_ms are for sleepy workers")));
         }
         Kind::Burner => (0, 0),
+        Kind::Forker if w.run_ms.is_some() || w.sleep_ms.is_some() => {
+            return Err(err(at.clone(), "run_ms", format!("{owner}: forkers never sleep; run_ms and sleep_ms are for sleepy workers")));
+        }
+        Kind::Forker => (0, 0),
         Kind::Sleepy => (w.run_ms.unwrap_or(2), w.sleep_ms.unwrap_or(8)),
+    };
+    let cpus = match (&w.cpus, candidate.is_some() || owner == "outsider") {
+        (None, _) => Vec::new(),
+        (Some(_), true) => return Err(err(at.clone(), "cpus", format!("{owner}: `cpus` (affinity) is for the workers of a [[group]]"))),
+        (Some(c), false) if c.is_empty() || c.iter().any(|&x| x >= 64) => {
+            return Err(err(at.clone(), "cpus", format!("{owner}: `cpus` lists CPU numbers 0..=63, at least one")));
+        }
+        (Some(c), false) => {
+            let mut c = c.clone();
+            c.sort_unstable();
+            c.dedup();
+            c
+        }
     };
     if w.kind == Kind::Sleepy && !((1..=1000).contains(&run_ms) && (1..=10_000).contains(&sleep_ms)) {
         return Err(err(at.clone(), "run_ms", format!("{owner}: run_ms must be in 1..=1000 and sleep_ms in 1..=10000")));
@@ -323,6 +467,8 @@ fn group(
         join: w.join,
         run_ms,
         sleep_ms,
+        nice: 0,
+        cpus,
     })
 }
 

@@ -18,6 +18,9 @@ pub enum Kind {
     Burner,
     /// Interactive: runs `run_ms` of CPU time, sleeps `sleep_ms`, again.
     Sleepy,
+    /// A fork storm: starts a process that exits at once (`true`), waits
+    /// for it, and again, as fast as it can.
+    Forker,
 }
 
 impl Kind {
@@ -25,6 +28,7 @@ impl Kind {
         match self {
             Kind::Burner => "burner",
             Kind::Sleepy => "sleepy",
+            Kind::Forker => "forker",
         }
     }
 }
@@ -61,6 +65,12 @@ pub struct Group {
     pub join: Join,
     pub run_ms: u32,
     pub sleep_ms: u32,
+    /// The workers' nice level (workload groups; 0 otherwise).
+    #[serde(default)]
+    pub nice: i32,
+    /// The CPUs its workers may run on (workload groups); empty for any.
+    #[serde(default)]
+    pub cpus: Vec<u32>,
 }
 
 /// How many processes a group has: fixed, or per guest CPU (so the
@@ -106,6 +116,30 @@ pub struct Phase {
     pub stop: Vec<(String, Stop)>,
 }
 
+/// The scheduler a workload scenario runs under (`vm-test --scheduler`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Under {
+    /// No sched_ext scheduler: the kernel's own (EEVDF).
+    Eevdf,
+    /// scx_ballot with this policy (partial mode).
+    Ballot(Policy),
+    /// Another sched_ext scheduler: a binary (its path, which the guest
+    /// sees as the host does) with its arguments.
+    Binary { name: String, path: String, args: Vec<String> },
+}
+
+impl Under {
+    /// How runs and snapshots name it (`eevdf`, `fifo`, `scx_rustland`).
+    pub fn name(&self) -> String {
+        match self {
+            Under::Eevdf => "eevdf".into(),
+            Under::Ballot(p) => p.as_str().into(),
+            Under::Binary { name, .. } => name.clone(),
+        }
+    }
+}
+
 /// scx_ballot's `--min-share` when none is given, in percent.
 pub const DEFAULT_MIN_SHARE: f64 = 5.0;
 
@@ -138,6 +172,32 @@ pub struct Scenario {
     /// A regression control runs without the file's `cap`.
     #[serde(default)]
     pub scheduler_no_cap: bool,
+    /// A workload scenario (`[[group]]`s, no election): it runs under any
+    /// scheduler, and has a snapshot per scheduler.
+    #[serde(default)]
+    pub workload: bool,
+    /// The scheduler of this run of a workload scenario.
+    #[serde(default)]
+    pub under: Option<Under>,
+    /// A workload scenario's expectations against EEVDF.
+    #[serde(default)]
+    pub expect: Vec<Expect>,
+}
+
+/// What a workload scenario expects of a group under a scheduler, relative
+/// to the same group under EEVDF in the same boot (`[[expect]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Expect {
+    /// A `[[group]]`'s name (all its workers).
+    pub group: String,
+    /// Its sleepy workers' mean wake-up wait is at most this many times
+    /// EEVDF's.
+    pub wait_vs_eevdf: Option<f64>,
+    /// Its part of the groups' CPU time is at least this many times
+    /// EEVDF's.
+    pub share_vs_eevdf: Option<f64>,
+    /// The schedulers it applies to; every one but EEVDF when empty.
+    pub schedulers: Vec<String>,
 }
 
 impl Scenario {
@@ -145,7 +205,7 @@ impl Scenario {
     /// scheduler's min share if any (`landslide@fifo`,
     /// `landslide@min-share-20`).
     pub fn run_name(&self) -> String {
-        let mut name = self.name.clone();
+        let mut name = self.snapshot_name();
         if let Some(m) = &self.mutant {
             name += &format!("@{m}");
         }
@@ -156,6 +216,21 @@ impl Scenario {
             name += "@no-cap";
         }
         name
+    }
+
+    /// The name of its snapshot: the scenario's, and for a workload
+    /// scenario the scheduler's after an `@` (`nice-levels@eevdf`).
+    pub fn snapshot_name(&self) -> String {
+        match &self.under {
+            Some(u) => format!("{}@{}", self.name, u.name()),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Whether it runs an election (scx_ballot's election policy with a
+    /// voting server), not a workload under some scheduler.
+    pub fn is_election(&self) -> bool {
+        !self.workload && self.policy == Policy::Election
     }
 
     /// Whether the scheduler runs with something else than the file says

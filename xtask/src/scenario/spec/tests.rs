@@ -98,3 +98,55 @@ fn the_shipped_scenarios_parse() {
     let all = load_dir(&dir).unwrap();
     assert!(all.len() >= 9, "{} scenarios", all.len());
 }
+
+const WORKLOAD: &str = r#"
+description = "no election"
+
+[[group]]
+name = "interactive"
+nice = -2
+workers = [{ kind = "sleepy", count = 1, cpus = [1, 0, 1] }]
+
+[[group]]
+name = "burners"
+workers = [{ kind = "burner", per_cpu = 2 }]
+
+[[phase]]
+name = "run"
+
+[[expect]]
+group = "interactive"
+wait_vs_eevdf = 2.0
+schedulers = ["vruntime"]
+"#;
+
+#[test]
+fn a_workload_file_parses_with_nice_affinity_and_expectations() {
+    let s = p(WORKLOAD).unwrap();
+    assert!(s.workload && !s.is_election());
+    assert_eq!((s.groups[0].id.as_str(), s.groups[0].nice, s.groups[0].cpus.clone()), ("interactive/sleepy", -2, vec![0, 1]));
+    assert!(s.groups[1].cpus.is_empty());
+    assert_eq!(s.expect.len(), 1);
+    assert_eq!((s.expect[0].wait_vs_eevdf, s.expect[0].schedulers.clone()), (Some(2.0), vec!["vruntime".to_string()]));
+}
+
+#[test]
+fn a_workload_file_refuses_election_keys_and_bad_expectations() {
+    let e = error_of(&WORKLOAD.replace("description = \"no election\"", "description = \"x\"\nmode = \"winner\""));
+    assert!(e.contains(":3 (field `mode`)") && e.contains("no election"), "{e}");
+    let e = error_of(&WORKLOAD.replace("group = \"interactive\"\nwait", "group = \"nobody\"\nwait"));
+    assert!(e.contains("no [[group]] named \"nobody\""), "{e}");
+    let e = error_of(&WORKLOAD.replace("group = \"interactive\"\nwait_vs_eevdf", "group = \"burners\"\nwait_vs_eevdf"));
+    assert!(e.contains("no sleepy workers"), "{e}");
+    let e = error_of(&WORKLOAD.replace("wait_vs_eevdf = 2.0", "wait_vs_eevdf = -1.0"));
+    assert!(e.contains("(field `wait_vs_eevdf`)") && e.contains("not a ratio"), "{e}");
+    let e = error_of(&WORKLOAD.replace("schedulers = [\"vruntime\"]", "schedulers = [\"eevdf\"]"));
+    assert!(e.contains("baseline"), "{e}");
+    let e = error_of(&WORKLOAD.replace("cpus = [1, 0, 1]", "cpus = []"));
+    assert!(e.contains("(field `cpus`)"), "{e}");
+    // Affinity and expectations are for workload groups only.
+    let e = error_of(&GOOD.replace("per_cpu = 2 }", "per_cpu = 2, cpus = [0] }"));
+    assert!(e.contains(":7 (field `cpus`)"), "{e}");
+    let e = error_of(&format!("{GOOD}\n[[expect]]\ngroup = \"blue\"\nshare_vs_eevdf = 1.0\n"));
+    assert!(e.contains("(field `expect`)"), "{e}");
+}
