@@ -129,3 +129,29 @@ pub fn api<T: serde::de::DeserializeOwned>(addr: &str, method: &str, path: &str,
     serde_json::from_str(payload)
         .with_context(|| format!("{method} {path}: the answer is not the API's {}: {payload}", std::any::type_name::<T>()))
 }
+
+/// libbpf fills a BPF program's `CONFIG_*` externs from
+/// `/boot/config-$(uname -r)` or `/proc/config.gz`. In the VM `/boot` is the
+/// host's (read-only, without the booted kernel's config), so a scheduler
+/// that uses them (scx_lavd, scx_bpfland) fails to load with EINVAL: this
+/// mounts a small tmpfs on the guest's `/boot` holding that config.
+pub fn provide_kconfig(config: Option<&Path>, say: &dyn Fn(&str)) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let want = std::path::PathBuf::from(format!("/boot/config-{}", release.trim()));
+    if want.exists() || Path::new("/proc/config.gz").exists() {
+        return;
+    }
+    let Some(config) = config else {
+        say("no config of the booted kernel is known: a scheduler whose BPF reads CONFIG_* values will fail to load");
+        return;
+    };
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "scx-boot", "/boot"]).status();
+    match mounted.map_err(anyhow::Error::from).and_then(|st| {
+        anyhow::ensure!(st.success(), "mount exited with {st}");
+        std::fs::copy(config, &want)?;
+        Ok(())
+    }) {
+        Ok(()) => say(&format!("{} holds the booted kernel's config (for libbpf's CONFIG_* externs)", want.display())),
+        Err(e) => say(&format!("could not provide {} ({e:#}): a scheduler whose BPF reads CONFIG_* values will fail to load", want.display())),
+    }
+}

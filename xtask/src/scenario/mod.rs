@@ -6,7 +6,11 @@
 //! - [`guest`]: the runner and workload inside the VM.
 //! - [`trace`]: what a run records (raw JSON under `target/`).
 //! - [`judge`]: what is stable about a run: the snapshot text.
+//! - [`judge`]`::workload`: the snapshot of a workload scenario (no
+//!   election), run under any scheduler.
+//! - [`ab`]: workload runs beside their run under EEVDF, and `[[expect]]`s.
 //! - [`render`]: an SVG timeline and a Perfetto trace per run.
+//! - [`page`]: the report page of a whole run (`report.html`).
 //!
 //! Regression controls run with the scenarios: a scenario run against a
 //! deliberately broken election (`--debug-mutant`), or with the scheduler
@@ -53,8 +57,22 @@ pub const CONTROLS: &[(&str, Alter)] = &[
     ("cap", Alter::NoCap),
 ];
 
+/// Where `--scenarios DIR` put the scenario files, if it did.
+static SCENARIO_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Takes the scenario files (and their `snapshots/`) from `dir` instead of
+/// `vm/scenarios`: a scheduler project keeps its own next to its code.
+pub fn use_scenario_dir(dir: &Path) -> Result<()> {
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("--scenarios {}: no such folder", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("--scenarios {}: not a folder", dir.display());
+    }
+    let _ = SCENARIO_DIR.set(dir);
+    Ok(())
+}
+
 pub fn scenario_dir() -> PathBuf {
-    project_root().join("vm/scenarios")
+    SCENARIO_DIR.get().cloned().unwrap_or_else(|| project_root().join("vm/scenarios"))
 }
 
 pub fn snapshot_dir() -> PathBuf {

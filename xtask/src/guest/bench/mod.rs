@@ -77,6 +77,10 @@ pub struct Plan {
     /// Viewers following `GET /events` beside the voters in the room load.
     #[serde(default)]
     pub room_viewers: u32,
+    /// The booted kernel's config on the host, for schedulers whose BPF
+    /// reads `CONFIG_*` values (scx_bpfland).
+    #[serde(default)]
+    pub kernel_config: Option<PathBuf>,
 }
 
 /// Raw results of one configuration.
@@ -146,6 +150,9 @@ impl GuestBenchCmd {
                 ..Default::default()
             })
             .collect();
+        if plan.configs.iter().any(|c| c.binary.is_some() && !c.ballot) {
+            crate::guest::scheduler::provide_kconfig(plan.kernel_config.as_deref(), &say);
+        }
         // Round-robin: every configuration once per round, so that a burst
         // of host noise lands on one run of several configurations rather
         // than on all the runs of one.

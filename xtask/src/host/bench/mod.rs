@@ -36,7 +36,7 @@ pub struct BenchCmd {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeat: u32,
 
-    /// Also measure scx_rustland and scx_rlfifo, installed from crates.io
+    /// Also measure scx_rustland, scx_rlfifo and scx_bpfland, installed from crates.io
     /// into the project's cache (`cargo install`, several minutes the first
     /// time).
     #[arg(long)]
@@ -66,10 +66,13 @@ impl BenchCmd {
             configs.push(Config::ballot(&bin, p));
         }
         if self.compare {
-            // scx_rustland has --partial; scx_rlfifo always takes every task.
+            // scx_rustland has --partial; scx_rlfifo and scx_bpfland (all
+            // BPF: the limit a user-space policy can come near) always take
+            // every task.
             for (name, partial) in [
                 ("scx_rustland", Some(vec!["--partial".to_string()])),
                 ("scx_rlfifo", None),
+                ("scx_bpfland", None),
             ] {
                 let binary = compile::install_scx(sh, name)?;
                 configs.push(Config {
@@ -93,6 +96,7 @@ impl BenchCmd {
             vote_secs: 3,
             vote_connections: 16,
             room_viewers: ROOM_VIEWERS,
+            kernel_config: kernel.config.clone(),
         };
         let plan_path = out.join("plan.json");
         std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;

@@ -77,6 +77,12 @@ pub struct VmTestCmd {
     #[arg(long, value_delimiter = ',', default_values_t = scenario::DEFAULT_UNDER.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub scheduler: Vec<String>,
 
+    /// Scenario files (`*.toml`) and their snapshots (`DIR/snapshots/`)
+    /// from DIR instead of vm/scenarios: a scheduler project keeps its own
+    /// scenarios and snapshots in its repository.
+    #[arg(long, value_name = "DIR")]
+    pub scenarios: Option<std::path::PathBuf>,
+
     /// What to run: suite names (`first-light`, `framework`, `port`,
     /// `soak`, `election`, `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
     /// e.g. `landslide`). Everything when none is given.
@@ -123,6 +129,9 @@ struct Check {
 
 impl VmTestCmd {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if let Some(dir) = &self.scenarios {
+            scenario::use_scenario_dir(dir)?;
+        }
         let all_scenarios = scenario::load()?;
         let (suites, chosen) = self.select(&all_scenarios)?;
         let bin = compile::build_scheduler(sh)?;

@@ -6,7 +6,7 @@
 //! every judgement is made on the host.
 
 use scx_ballot_api::Tally;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::scenario::spec::{Mode, Scenario, Under};
 use crate::guest::scheduler::online_cpus;
 
+mod cgroup;
 mod runner;
 mod worker;
 
@@ -70,7 +71,7 @@ impl GuestScenariosCmd {
         let me = std::env::current_exe().context("locating the xtask binary")?;
         let cpus = online_cpus();
         if plan.scenarios.iter().any(|s| matches!(s.under, Some(Under::Binary { .. }))) {
-            provide_kconfig(plan.kernel_config.as_deref());
+            crate::guest::scheduler::provide_kconfig(plan.kernel_config.as_deref(), &say);
         }
         let runs = (1..=plan.repeat)
             .flat_map(|i| plan.scenarios.iter().map(move |s| (i, s)))
@@ -91,32 +92,6 @@ impl GuestScenariosCmd {
             std::fs::write(&path, serde_json::to_vec_pretty(&trace)?).with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
-    }
-}
-
-/// libbpf fills a BPF program's `CONFIG_*` externs from
-/// `/boot/config-$(uname -r)` or `/proc/config.gz`. In the VM `/boot` is the
-/// host's (read-only, without the booted kernel's config), so a scheduler
-/// that uses them (scx_lavd, scx_bpfland) fails to load with EINVAL: this
-/// mounts a small tmpfs on the guest's `/boot` holding that config.
-fn provide_kconfig(config: Option<&Path>) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let want = PathBuf::from(format!("/boot/config-{}", release.trim()));
-    if want.exists() || Path::new("/proc/config.gz").exists() {
-        return;
-    }
-    let Some(config) = config else {
-        say("no config of the booted kernel is known: a scheduler whose BPF reads CONFIG_* values will fail to load");
-        return;
-    };
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "scx-boot", "/boot"]).status();
-    match mounted.map_err(anyhow::Error::from).and_then(|st| {
-        anyhow::ensure!(st.success(), "mount exited with {st}");
-        std::fs::copy(config, &want)?;
-        Ok(())
-    }) {
-        Ok(()) => say(&format!("{} holds the booted kernel's config (for libbpf's CONFIG_* externs)", want.display())),
-        Err(e) => say(&format!("could not provide {} ({e:#}): a scheduler whose BPF reads CONFIG_* values will fail to load", want.display())),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::cgroup::Cgroups;
 use crate::scenario::spec::{Group, Join, Kind, Scenario, Stop, Under};
 use crate::scenario::trace::{Effect, Event, PhaseRecord, Sample, Trace, Worker};
 use crate::guest::scheduler::{Scheduler, bounded, state as sched_state, wait_api, wait_state};
@@ -28,6 +29,7 @@ pub(super) struct Runner<'a> {
     start: Instant,
     sched: Option<Scheduler>,
     procs: Vec<Running>,
+    cgroups: Cgroups,
     pub(super) trace: Trace,
 }
 
@@ -42,7 +44,7 @@ impl<'a> Runner<'a> {
             scheduler_log: dir.join("scheduler.log").display().to_string(),
             ..Default::default()
         };
-        Runner { scenario, cpus, bin, me, dir, start: Instant::now(), sched: None, procs: Vec::new(), trace }
+        Runner { scenario, cpus, bin, me, dir, start: Instant::now(), sched: None, procs: Vec::new(), cgroups: Cgroups::default(), trace }
     }
 
     fn now_ms(&self) -> u64 {
@@ -59,6 +61,7 @@ impl<'a> Runner<'a> {
             bail!("a sched_ext scheduler is still loaded before the scenario (state {})", sched_state());
         }
         self.start_scheduler()?;
+        self.cgroups = Cgroups::create(&self.scenario.groups)?;
         for (gi, group) in self.scenario.groups.iter().enumerate() {
             for _ in 0..group.count.resolve(self.cpus) {
                 self.spawn_worker(gi, group)?;
@@ -362,6 +365,7 @@ impl<'a> Runner<'a> {
         let pid = child.id() as i32;
         let index = self.procs.iter().filter(|p| p.group == gi).count() as u32 + 1;
         self.procs.push(Running { child, group: gi });
+        self.cgroups.join(group, pid)?;
         let started_ms = self.now_ms();
         self.trace.workers.push(Worker { group: group.id.clone(), index, pid, started_ms, stopped_ms: None });
         if let (Some(c), Join::Pid) = (&group.candidate, group.join) {
@@ -426,6 +430,7 @@ impl<'a> Runner<'a> {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
+        self.cgroups.remove();
         if let Some(mut sched) = self.sched.take() {
             // SIGINT to `timeout`, which forwards it to scx_ballot.
             self.trace.scheduler_exit = sched.stop().and_then(|s| s.code());

@@ -16,6 +16,7 @@ fn scenario() -> Scenario {
         sleep_ms: 8,
         nice: 0,
         cpus: Vec::new(),
+        cgroup_weight: None,
     };
     Scenario {
         name: "t".into(),

@@ -7,10 +7,17 @@
 //!   level (the kernel's table: 1024 at nice 0, 1.25 times less per level)
 //!   and wants at most one CPU (a burner or forker) or its duty cycle (a
 //!   sleepy worker); what a capped worker leaves goes to the others, and
-//!   workers pinned to some CPUs (`cpus`) share those CPUs.
+//!   workers pinned to some CPUs (`cpus`) share those CPUs. With cgroups
+//!   (`cgroup_weight`), the split is first between the cgroups by their
+//!   `cpu.weight`, then among each cgroup's workers.
 //!   Buckets: `nothing` (under 0.5% of the CPU time), `< 0.5x`,
 //!   `0.5-0.8x`, `fair` (0.8 to 1.25), `1.25-2x`, `> 2x`.
-//! - `served`: sleepy workers, as in the election scenarios.
+//! - `served`: sleepy workers: the part of their duty cycle they got,
+//!   coarser than in the election scenarios (`nothing`, `starved` under
+//!   30%, `served`): how long a waking worker waits is the `wake-up wait`
+//!   column's, and a scheduler that makes it wait a slice or two (`fifo`
+//!   serves 55 to 62% of a 2-in-10 ms cycle beside burners) sits on the
+//!   election buckets' 60% line from run to run.
 //! - `wake-up wait`: sleepy workers: mean run-queue wait per time they ran
 //!   (`/proc/PID/schedstat`), in coarse buckets.
 //! - `runs/s`: forkers: times they got on a CPU per second and per
@@ -19,12 +26,14 @@
 
 use std::fmt::Write as _;
 
-use super::{SERVED, bucket};
+use super::bucket;
 use crate::scenario::spec::{Kind, Scenario};
 use crate::scenario::trace::Trace;
 
 /// `vs fair` buckets: (lower bound of the ratio, name).
 const VS_FAIR: &[(f64, &str)] = &[(0.0, "< 0.5x"), (0.5, "0.5-0.8x"), (0.8, "fair"), (1.25, "1.25-2x"), (2.0, "> 2x")];
+/// `served` buckets: (lower bound in percent of the duty cycle, name).
+const SERVED: &[(f64, &str)] = &[(0.0, "nothing"), (0.5, "starved"), (30.0, "served")];
 /// Under this part of all the CPU time a group got nothing.
 const NOTHING_PCT: f64 = 0.5;
 /// `wake-up wait` buckets: (upper bound in milliseconds, name).
@@ -102,6 +111,75 @@ pub fn fair_split(cpus: usize, workers: &[Want]) -> Vec<f64> {
     alloc
 }
 
+/// Weighted max-min fair split of `capacity` CPUs among (weight, most it
+/// can use), with no affinity: each gets `min(cap, level * weight)`.
+fn fluid_split(capacity: f64, workers: &[(f64, f64)]) -> Vec<f64> {
+    let mut alloc = vec![0.0; workers.len()];
+    let mut open: Vec<usize> = (0..workers.len()).filter(|&i| workers[i].0 > 0.0 && workers[i].1 > 0.0).collect();
+    let mut left = capacity;
+    while !open.is_empty() && left > 1e-9 {
+        let level = left / open.iter().map(|&i| workers[i].0).sum::<f64>();
+        let capped: Vec<usize> = open.iter().copied().filter(|&i| workers[i].1 <= level * workers[i].0).collect();
+        if capped.is_empty() {
+            for &i in &open {
+                alloc[i] = level * workers[i].0;
+            }
+            break;
+        }
+        for &i in &capped {
+            alloc[i] = workers[i].1;
+            left -= workers[i].1;
+        }
+        open.retain(|i| !capped.contains(i));
+    }
+    alloc
+}
+
+/// The fair split with cgroups (the kernel's group scheduling): at the top,
+/// each cgroup weighs its `cpu.weight` (100 as much as a nice-0 task) and
+/// can use at most what its workers can; workers outside a cgroup compete
+/// with them as themselves; each cgroup's part is then split among its
+/// workers by their own weights. `cgroup[i]`: worker i's cgroup (index,
+/// cpu.weight).
+pub fn cgroup_split(cpus: usize, workers: &[Want], cgroup: &[Option<(usize, u32)>]) -> Vec<f64> {
+    let mut top: Vec<(f64, f64)> = Vec::new();
+    // Per top-level entity: a cgroup index, or a lone worker.
+    let mut entity: Vec<Result<usize, usize>> = Vec::new();
+    for (i, w) in workers.iter().enumerate() {
+        match cgroup[i] {
+            None => {
+                top.push((w.weight, w.cap.min(1.0)));
+                entity.push(Err(i));
+            }
+            Some((c, weight)) => match entity.iter().position(|e| *e == Ok(c)) {
+                Some(at) => top[at].1 += w.cap.min(1.0),
+                None => {
+                    top.push((weight as f64 * 1024.0 / 100.0, w.cap.min(1.0)));
+                    entity.push(Ok(c));
+                }
+            },
+        }
+    }
+    for t in &mut top {
+        t.1 = t.1.min(cpus as f64);
+    }
+    let shares = fluid_split(cpus as f64, &top);
+    let mut alloc = vec![0.0; workers.len()];
+    for (e, share) in entity.iter().zip(shares) {
+        match e {
+            Err(i) => alloc[*i] = share,
+            Ok(c) => {
+                let members: Vec<usize> = (0..workers.len()).filter(|&i| cgroup[i].map(|(x, _)| x) == Some(*c)).collect();
+                let inner: Vec<(f64, f64)> = members.iter().map(|&i| (workers[i].weight, workers[i].cap.min(1.0))).collect();
+                for (&i, a) in members.iter().zip(fluid_split(share, &inner)) {
+                    alloc[i] = a;
+                }
+            }
+        }
+    }
+    alloc
+}
+
 /// One group in one phase.
 struct Row {
     group: String,
@@ -122,6 +200,8 @@ fn rows(s: &Scenario, t: &Trace, pi: usize) -> Vec<Row> {
     let window_ms = p.end_ms.saturating_sub(p.measure_start_ms).max(1) as f64;
     let mut out = Vec::new();
     let mut wants: Vec<Want> = Vec::new();
+    let mut cgroups: Vec<Option<(usize, u32)>> = Vec::new();
+    let owners: Vec<&str> = s.groups.iter().map(|g| g.id.split('/').next().unwrap_or("")).collect();
     let mut owner: Vec<usize> = Vec::new();
     for (gi, g) in s.groups.iter().enumerate() {
         let idx: Vec<usize> = t.workers.iter().enumerate().filter(|(_, w)| w.group == g.id).map(|(i, _)| i).collect();
@@ -135,6 +215,8 @@ fn rows(s: &Scenario, t: &Trace, pi: usize) -> Vec<Row> {
         for _ in 0..alive {
             let cpus = g.cpus.iter().filter(|&&c| c < 64).fold(0u64, |m, &c| m | 1 << c);
             wants.push(Want { weight: nice_weight(g.nice), cap: duty, cpus });
+            // One cgroup per `[[group]]`: indexed by its first worker set.
+            cgroups.push(g.cgroup_weight.map(|w| (owners.iter().position(|o| *o == owners[gi]).unwrap_or(gi), w)));
             owner.push(gi);
         }
         let per_proc = if alive == 0 { 0.0 } else { cpu_ns as f64 / 1e6 / window_ms / alive as f64 * 100.0 };
@@ -150,7 +232,11 @@ fn rows(s: &Scenario, t: &Trace, pi: usize) -> Vec<Row> {
             runs_per_s: if alive == 0 { 0.0 } else { runs as f64 / (window_ms / 1000.0) / alive as f64 },
         });
     }
-    let alloc = fair_split(t.cpus.max(1) as usize, &wants);
+    let alloc = if cgroups.iter().any(Option::is_some) {
+        cgroup_split(t.cpus.max(1) as usize, &wants, &cgroups)
+    } else {
+        fair_split(t.cpus.max(1) as usize, &wants)
+    };
     let alloc_total: f64 = alloc.iter().sum();
     let cpu_total: f64 = out.iter().map(|r| r.cpu_ms).sum();
     for (gi, r) in out.iter_mut().enumerate() {
@@ -310,6 +396,25 @@ mod tests {
         // A sleeper pinned beside a burner on the same CPU.
         let c = fair_split(2, &[want(1.0, 0.2, 2), want(1.0, 1.0, 2), want(1.0, 1.0, 0)]);
         assert!((c[0] - 0.2).abs() < 1e-9 && (c[1] - 0.8).abs() < 1e-9 && (c[2] - 1.0).abs() < 1e-9, "{c:?}");
+    }
+
+    #[test]
+    fn cgroups_split_first_by_their_weight_then_among_their_workers() {
+        let burner = want(1024.0, 1.0, 0);
+        // Four burners in a cgroup of weight 400, four in one of 100, on
+        // 2 CPUs: 80% and 20%, evenly inside each.
+        let cg: Vec<Option<(usize, u32)>> = (0..8).map(|i| Some(if i < 4 { (0, 400) } else { (1, 100) })).collect();
+        let a = cgroup_split(2, &[burner; 8], &cg);
+        assert!(a[..4].iter().all(|x| (x - 0.4).abs() < 1e-9) && a[4..].iter().all(|x| (x - 0.1).abs() < 1e-9), "{a:?}");
+        // A cgroup with one burner cannot use more than one CPU: the rest
+        // goes to the other.
+        let cg = [Some((0, 900)), Some((1, 100)), Some((1, 100))];
+        let b = cgroup_split(2, &[burner; 3], &cg);
+        assert!((b[0] - 1.0).abs() < 1e-9 && (b[1] - 0.5).abs() < 1e-9, "{b:?}");
+        // A worker outside any cgroup competes with the cgroups as itself.
+        let cg = [None, Some((0, 100)), Some((0, 100))];
+        let c = cgroup_split(1, &[burner; 3], &cg);
+        assert!((c[0] - 0.5).abs() < 1e-9 && (c[1] - 0.25).abs() < 1e-9, "{c:?}");
     }
 
     #[test]

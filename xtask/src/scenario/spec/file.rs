@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Count, Expect, Group, Join, Kind, Mode, Phase, Policy, Scenario, Stop};
+use super::{Count, Group, Join, Kind, Mode, Phase, Policy, Scenario, Stop};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,18 +29,9 @@ struct File {
     phase: Vec<Spanned<PhaseFile>>,
     /// Workload scenarios: expectations against EEVDF in the same boot.
     #[serde(default)]
-    expect: Vec<Spanned<ExpectFile>>,
+    expect: Vec<Spanned<super::expect::ExpectFile>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExpectFile {
-    group: String,
-    wait_vs_eevdf: Option<f64>,
-    share_vs_eevdf: Option<f64>,
-    #[serde(default)]
-    schedulers: Vec<String>,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +40,8 @@ struct GroupFile {
     /// The workers' nice level.
     #[serde(default)]
     nice: i32,
+    /// The cpu.weight of a cgroup of the group's own (1..=10000).
+    cgroup_weight: Option<u32>,
     #[serde(default)]
     workers: Vec<Spanned<WorkerFile>>,
 }
@@ -268,9 +261,18 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
         if g.workers.is_empty() {
             return Err(err(g.name.span(), "workers", format!("group {gname:?} has no workers")));
         }
+        if let Some(w) = g.cgroup_weight
+            && !(1..=10_000).contains(&w)
+        {
+            return Err(err(g.name.span(), "cgroup_weight", format!("group {gname:?}: cgroup_weight {w} is not in 1..=10000 (cpu.weight's range)")));
+        }
         for w in &g.workers {
             let mut grp = group(w, None, gname, &err)?;
             grp.nice = g.nice;
+            grp.cgroup_weight = g.cgroup_weight;
+            if g.cgroup_weight.is_some() && !grp.cpus.is_empty() {
+                return Err(err(w.span(), "cpus", format!("group {gname:?}: `cpus` and `cgroup_weight` together are not modelled; use one")));
+            }
             if groups.iter().any(|x| x.id == grp.id) {
                 return Err(err(w.span(), "kind", format!("group {gname:?} has two sets of {} workers", grp.kind.name())));
             }
@@ -348,7 +350,7 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
             stop,
         });
     }
-    let expect = expectations(&file.expect, workload, &groups, &err)?;
+    let expect = super::expect::expectations(&file.expect, workload, &groups, &err)?;
     Ok(Scenario {
         name: name.to_string(),
         description: file.description.trim().to_string(),
@@ -368,49 +370,6 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
     })
 }
 
-/// The `[[expect]]`s of a workload scenario, checked against its groups.
-fn expectations(
-    list: &[Spanned<ExpectFile>],
-    workload: bool,
-    groups: &[Group],
-    err: &dyn Fn(std::ops::Range<usize>, &str, String) -> anyhow::Error,
-) -> Result<Vec<Expect>> {
-    let mut out = Vec::new();
-    for e in list {
-        let at = e.span();
-        let e = e.get_ref();
-        if !workload {
-            return Err(err(at, "expect", "[[expect]] compares a [[group]] with EEVDF: it is for scenarios with [[group]]s".into()));
-        }
-        let mine: Vec<&Group> = groups.iter().filter(|g| g.id.split('/').next() == Some(e.group.as_str())).collect();
-        if mine.is_empty() {
-            return Err(err(at, "group", format!("[[expect]]: no [[group]] named {:?}", e.group)));
-        }
-        if e.wait_vs_eevdf.is_none() && e.share_vs_eevdf.is_none() {
-            return Err(err(at, "group", "[[expect]] needs `wait_vs_eevdf` and/or `share_vs_eevdf`".into()));
-        }
-        for (field, v) in [("wait_vs_eevdf", e.wait_vs_eevdf), ("share_vs_eevdf", e.share_vs_eevdf)] {
-            if let Some(v) = v
-                && !(v > 0.0 && v <= 100.0)
-            {
-                return Err(err(at.clone(), field, format!("{v} is not a ratio in (0, 100]")));
-            }
-        }
-        if e.wait_vs_eevdf.is_some() && !mine.iter().any(|g| g.kind == Kind::Sleepy) {
-            return Err(err(at, "wait_vs_eevdf", format!("group {:?} has no sleepy workers: it has no wake-up wait to compare", e.group)));
-        }
-        if e.schedulers.iter().any(|s| s == "eevdf") {
-            return Err(err(at, "schedulers", "EEVDF is the baseline: it is not compared with itself".into()));
-        }
-        out.push(Expect {
-            group: e.group.clone(),
-            wait_vs_eevdf: e.wait_vs_eevdf,
-            share_vs_eevdf: e.share_vs_eevdf,
-            schedulers: e.schedulers.clone(),
-        });
-    }
-    Ok(out)
-}
 
 /// One set of workers of `owner` (a candidate, `outsider`, or a workload
 /// group's name).
@@ -469,6 +428,7 @@ fn group(
         sleep_ms,
         nice: 0,
         cpus,
+        cgroup_weight: None,
     })
 }
 

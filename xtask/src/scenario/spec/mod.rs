@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod expect;
 mod file;
 
 pub use file::load_dir;
@@ -71,6 +72,10 @@ pub struct Group {
     /// The CPUs its workers may run on (workload groups); empty for any.
     #[serde(default)]
     pub cpus: Vec<u32>,
+    /// Workload groups: the `cpu.weight` of a cgroup v2 holding all the
+    /// `[[group]]`'s workers (None: they stay in the root cgroup).
+    #[serde(default)]
+    pub cgroup_weight: Option<u32>,
 }
 
 /// How many processes a group has: fixed, or per guest CPU (so the

@@ -109,6 +109,7 @@ workers = [{ kind = "sleepy", count = 1, cpus = [1, 0, 1] }]
 
 [[group]]
 name = "burners"
+cgroup_weight = 300
 workers = [{ kind = "burner", per_cpu = 2 }]
 
 [[phase]]
@@ -126,6 +127,7 @@ fn a_workload_file_parses_with_nice_affinity_and_expectations() {
     assert!(s.workload && !s.is_election());
     assert_eq!((s.groups[0].id.as_str(), s.groups[0].nice, s.groups[0].cpus.clone()), ("interactive/sleepy", -2, vec![0, 1]));
     assert!(s.groups[1].cpus.is_empty());
+    assert_eq!((s.groups[0].cgroup_weight, s.groups[1].cgroup_weight), (None, Some(300)));
     assert_eq!(s.expect.len(), 1);
     assert_eq!((s.expect[0].wait_vs_eevdf, s.expect[0].schedulers.clone()), (Some(2.0), vec!["vruntime".to_string()]));
 }
@@ -144,6 +146,10 @@ fn a_workload_file_refuses_election_keys_and_bad_expectations() {
     assert!(e.contains("baseline"), "{e}");
     let e = error_of(&WORKLOAD.replace("cpus = [1, 0, 1]", "cpus = []"));
     assert!(e.contains("(field `cpus`)"), "{e}");
+    let e = error_of(&WORKLOAD.replace("cgroup_weight = 300", "cgroup_weight = 0"));
+    assert!(e.contains("(field `cgroup_weight`)") && e.contains("1..=10000"), "{e}");
+    let e = error_of(&WORKLOAD.replace("kind = \"burner\", per_cpu = 2", "kind = \"burner\", per_cpu = 2, cpus = [0]"));
+    assert!(e.contains("not modelled"), "{e}");
     // Affinity and expectations are for workload groups only.
     let e = error_of(&GOOD.replace("per_cpu = 2 }", "per_cpu = 2, cpus = [0] }"));
     assert!(e.contains(":7 (field `cpus`)"), "{e}");
