@@ -127,6 +127,10 @@ fn wait_ratio(x: f64, base: f64) -> f64 {
 /// (all but EEVDF when it names none) that ran.
 fn expectation(out: &mut String, problems: &mut Vec<String>, base: &str, e: &Expect, cols: &[Column], baseline: &Column) {
     let applies = |c: &&Column| c.under != BASELINE && (e.schedulers.is_empty() || e.schedulers.contains(&c.under));
+    if !cols.iter().any(|c| applies(&c)) {
+        // None of the schedulers it binds ran.
+        return;
+    }
     for pi in 0..baseline.phases.len() {
         let phase = if baseline.phases.len() > 1 { format!(" (phase {})", pi + 1) } else { String::new() };
         if let Some(limit) = e.wait_vs_eevdf {
@@ -192,9 +196,14 @@ mod tests {
         assert!(out.contains("vruntime 2.50 ms (1.25x) ok"), "{out}");
         // Named schedulers only.
         let only = Expect { schedulers: vec!["vruntime".into()], ..e };
-        let mut problems = Vec::new();
-        expectation(&mut String::new(), &mut problems, "s", &only, &cols, &cols[0]);
+        let (mut out, mut problems) = (String::new(), Vec::new());
+        expectation(&mut out, &mut problems, "s", &only, &cols, &cols[0]);
         assert!(problems.is_empty(), "{problems:?}");
+        // One that binds no scheduler that ran says nothing.
+        let none = Expect { schedulers: vec!["scx_lavd".into()], ..only };
+        let mut out = String::new();
+        expectation(&mut out, &mut problems, "s", &none, &cols, &cols[0]);
+        assert!(out.is_empty() && problems.is_empty(), "{out}");
     }
 
     #[test]
