@@ -68,11 +68,18 @@ impl ProcFacts for ProcDir<'_> {
         let found = match read_environ(&self.dir) {
             Environ::Read(found) => found,
             // Empty or unreadable in two scans in a row: an empty
-            // environment, or one this scan may not read (an exec sets up
-            // the new one at once). Once only, it may be a read in the
-            // middle of an exec (the memory being switched): not cached,
-            // or a member read then would stay unaffiliated for good.
-            Environ::Empty | Environ::Unreadable if self.env.empty_last.contains(&self.key) => None,
+            // environment, or one this scan may not read. Still not
+            // cached: two scans asked for at once (a nudge) can both fall
+            // inside one exec, which under emulation takes milliseconds,
+            // and a member cached then stayed unaffiliated for good (one
+            // of a candidate's workers in a class of its own, at its own
+            // minimum share, a run in five or eight). Read again next scan.
+            Environ::Empty | Environ::Unreadable if self.env.empty_last.contains(&self.key) => {
+                self.env.empty_now.insert(self.key.clone());
+                return None;
+            }
+            // Once only, it may be a read in the middle of an exec (the
+            // memory being switched): the process is left out of this scan.
             Environ::Empty | Environ::Unreadable => {
                 self.env.empty_now.insert(self.key.clone());
                 self.mid_exec = true;
