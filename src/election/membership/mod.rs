@@ -47,6 +47,8 @@ mod rules;
 mod shares;
 mod tracker;
 #[cfg(test)]
+mod environ_tests;
+#[cfg(test)]
 mod tests;
 
 pub use nudge::Nudge;

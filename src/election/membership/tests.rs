@@ -470,7 +470,7 @@ fn an_unreadable_environment_is_no_exec() {
 
 /// A fake /proc/PID folder: `environ` (`None`: unreadable, a folder)
 /// and the environ of its threads, by tid.
-fn fake_proc(
+pub(super) fn fake_proc(
     dir: &Path,
     pid: i32,
     environ: Option<&[u8]>,
@@ -492,7 +492,7 @@ fn fake_proc(
 
 /// What the scan's marker lookup of the process at `dir` finds in one
 /// scan: (marker, in the middle of an exec).
-fn marker_in_scan(dir: &Path, env: &mut EnvState) -> (Option<String>, bool) {
+pub(super) fn marker_in_scan(dir: &Path, env: &mut EnvState) -> (Option<String>, bool) {
     let key = (7, 100, "burn".to_string());
     let mut facts = ProcDir {
         dir: dir.to_path_buf(),
@@ -522,19 +522,6 @@ fn a_process_without_its_main_thread_is_no_exec() {
     let mut env = EnvState::default();
     assert_eq!(marker_in_scan(&dir, &mut env), (None, true));
     assert_eq!(marker_in_scan(&dir, &mut env), (None, false));
-}
-
-#[test]
-fn an_environment_empty_in_two_scans_is_read_again_later() {
-    let tmp = crate::ballot::store::tests::TempDir::new("environ-late");
-    // Two scans close together (a nudge) both inside one exec: empty.
-    let dir = fake_proc(tmp.path(), 7, Some(b""), &[]);
-    let mut env = EnvState::default();
-    assert_eq!(marker_in_scan(&dir, &mut env), (None, true));
-    assert_eq!(marker_in_scan(&dir, &mut env), (None, false));
-    // The exec done, the marker is there: the next scan finds it.
-    std::fs::write(dir.join("environ"), b"SCX_BALLOT_CANDIDATE=blue\0").expect("write");
-    assert_eq!(marker_in_scan(&dir, &mut env), (Some("blue".into()), false));
 }
 
 /// A process whose main thread has exited while another thread runs
