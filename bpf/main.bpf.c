@@ -652,6 +652,19 @@ int ballot_kick(struct kick_arg *arg)
 
 	if (arg->preempt && cpu >= 0) {
 		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
+		/*
+		 * The kick ends the slice of the task that is current there. A
+		 * task of ours that a higher class (this scheduler's own thread,
+		 * its voting server, any fair-class task in partial mode) took
+		 * the CPU from waits in the local queue instead, and would resume
+		 * with the rest of its slice (a lease of several) before the
+		 * policy's decision, which only a CPU running ops.dispatch()
+		 * drains. It goes back to the policy now.
+		 */
+		if (__COMPAT_has_generic_reenq() &&
+		    cpu < nr_online_cpus &&
+		    scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL_ON | cpu))
+			scx_bpf_dsq_reenq(SCX_DSQ_LOCAL_ON | cpu, 0);
 		return cpu;
 	}
 	if (cpu < 0) {

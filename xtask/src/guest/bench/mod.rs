@@ -18,6 +18,31 @@ mod workloads;
 
 const API: &str = "127.0.0.1:7447";
 
+/// One measurement of the bench; `--workloads` picks some.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// hackbench, partial and full mode.
+    Messaging,
+    /// Fixed CPU work split over twice as many processes as vCPUs.
+    Cpu,
+    /// How late a task that wakes every millisecond runs, beside burners.
+    Wake,
+    /// Election: from the acknowledged vote to the new leader on a CPU.
+    VoteEffect,
+    /// Election: votes/s in memory, with the room, and journaled.
+    Votes,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 5] =
+        [Workload::Messaging, Workload::Cpu, Workload::Wake, Workload::VoteEffect, Workload::Votes];
+}
+
+fn all_workloads() -> Vec<Workload> {
+    Workload::ALL.to_vec()
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// `eevdf`, `fifo`, `vruntime`, `election`, `scx_rustland`, ...
@@ -81,6 +106,15 @@ pub struct Plan {
     /// reads `CONFIG_*` values (scx_bpfland).
     #[serde(default)]
     pub kernel_config: Option<PathBuf>,
+    /// What is measured (all by default).
+    #[serde(default = "all_workloads")]
+    pub workloads: Vec<Workload>,
+}
+
+impl Plan {
+    fn wants(&self, w: Workload) -> bool {
+        self.workloads.contains(&w)
+    }
 }
 
 /// Raw results of one configuration.

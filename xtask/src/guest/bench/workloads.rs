@@ -13,7 +13,7 @@ use crate::guest::scheduler::{
 };
 use crate::vote_load::Load;
 
-use super::{API, Raw, add_footprint, Bench, Sched};
+use super::{API, Bench, Raw, Sched, Workload, add_footprint};
 
 impl Bench<'_> {
     fn start(&self, full: bool) -> Result<Option<Sched>> {
@@ -93,11 +93,16 @@ impl Bench<'_> {
         if has_partial {
             let sched = self.start(false)?;
             let on = sched.is_some();
-            raw.messaging_s.push(self.hackbench(on, g, l)?);
+            if self.plan.wants(Workload::Messaging) {
+                raw.messaging_s.push(self.hackbench(on, g, l)?);
+            }
             self.cpu_and_wake(on, i, raw)?;
             self.check(&sched)?;
-            if self.cfg.name == "election" {
+            if self.cfg.name == "election" && self.plan.wants(Workload::VoteEffect) {
                 raw.vote_effect_ms.extend(self.vote_effect()?);
+                self.check(&sched)?;
+            }
+            if self.cfg.name == "election" && self.plan.wants(Workload::Votes) {
                 let load = self.voters().run()?;
                 raw.votes_per_s.push(load.votes_per_s);
                 raw.vote_answer_p50_ms.push(load.p50_us / 1000.0);
@@ -113,7 +118,7 @@ impl Bench<'_> {
                 add_footprint(raw, s.footprint());
                 s.stop()?;
             }
-            if self.cfg.ballot && self.cfg.name == "election" {
+            if self.cfg.ballot && self.cfg.name == "election" && self.plan.wants(Workload::Votes) {
                 // The same voters against a journal: each vote on disk
                 // (the guest's virtio disk) before its answer.
                 let journal = self.out.join(format!("votes-{i}.journal"));
@@ -130,12 +135,16 @@ impl Bench<'_> {
         } else if i == 0 {
             raw.notes.push("partial mode: not measured (the scheduler has none); CPU work and wake-up latency in full mode".into());
         }
-        if self.cfg.binary.is_none() {
+        let full_mode_work = self.plan.wants(Workload::Messaging)
+            || (!has_partial && (self.plan.wants(Workload::Cpu) || self.plan.wants(Workload::Wake)));
+        if self.cfg.binary.is_none() || !full_mode_work {
             return Ok(());
         }
         // Full mode: every task of the guest is the scheduler's.
         let full = self.start(true)?;
-        raw.messaging_full_s.push(self.hackbench(false, g, l)?);
+        if self.plan.wants(Workload::Messaging) {
+            raw.messaging_full_s.push(self.hackbench(false, g, l)?);
+        }
         if !has_partial {
             self.cpu_and_wake(false, i, raw)?;
         }
@@ -152,10 +161,14 @@ impl Bench<'_> {
     /// CPU work and wake-up latency, run `i` (the scheduler's mode decides
     /// whose they are; `on` switches them to SCHED_EXT).
     fn cpu_and_wake(&self, on: bool, i: u32, raw: &mut Raw) -> Result<()> {
-        raw.cpu_s.push(self.cpu_work(on)?);
-        let (p50, p99) = self.wake_latency(on, i)?;
-        raw.wake_p50_us.push(p50);
-        raw.wake_p99_us.push(p99);
+        if self.plan.wants(Workload::Cpu) {
+            raw.cpu_s.push(self.cpu_work(on)?);
+        }
+        if self.plan.wants(Workload::Wake) {
+            let (p50, p99) = self.wake_latency(on, i)?;
+            raw.wake_p50_us.push(p50);
+            raw.wake_p99_us.push(p99);
+        }
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use clap::Args;
 use serde_json::json;
 use xshell::Shell;
 
-use crate::guest::bench::{Config, Plan, Raw};
+use crate::guest::bench::{Config, Plan, Raw, Workload};
 use crate::common::vm::VmOpts;
 use crate::host::vm_test::{fresh_dir, path_arg};
 use crate::common::{compile, vm};
@@ -48,6 +48,18 @@ pub struct BenchCmd {
     pub groups: u32,
     #[arg(long, default_value_t = 200)]
     pub loops: u32,
+
+    /// Only these measurements (comma-separated; all by default), e.g.
+    /// `--workloads vote-effect --configs election` to follow one number
+    /// while working on it.
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<Workload>,
+
+    /// Only these configurations, by name (comma-separated; all by
+    /// default): eevdf, fifo, vruntime, election, and with --compare
+    /// scx_rustland, scx_rlfifo, scx_bpfland.
+    #[arg(long, value_delimiter = ',')]
+    pub configs: Vec<String>,
 }
 
 /// Targets the issue names (reported against, never asserted).
@@ -84,6 +96,15 @@ impl BenchCmd {
                 });
             }
         }
+        if !self.configs.is_empty() {
+            let known: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+            if let Some(bad) = self.configs.iter().find(|n| !known.contains(n)) {
+                bail!("--configs: no configuration {bad:?} (this run has: {})", known.join(", "));
+            }
+            configs.retain(|c| self.configs.contains(&c.name));
+        }
+        let workloads =
+            if self.workloads.is_empty() { Workload::ALL.to_vec() } else { self.workloads.clone() };
         let (tools, kernel, accel) = self.vm.prepare(sh)?;
         let out = fresh_dir(&project_root().join("target/bench"))?;
         let plan = Plan {
@@ -97,6 +118,7 @@ impl BenchCmd {
             vote_connections: 16,
             room_viewers: ROOM_VIEWERS,
             kernel_config: kernel.config.clone(),
+            workloads,
         };
         let plan_path = out.join("plan.json");
         std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
