@@ -27,13 +27,11 @@ const MAX_LINES: usize = 500;
 /// being split up; `xtask/` has no entry and gets none. An entry for a file
 /// that no longer exists is ignored (so drop it when a file is split).
 const LONG_FILES: &[(&str, usize)] = &[
-    ("src/cli.rs", 555),
     ("src/election/membership/tests.rs", 634),
-    ("src/ballot/mod.rs", 755),
-    ("src/ballot/store.rs", 775),
+    ("src/ballot/store.rs", 513),
     ("src/bpf.rs", 959),
     ("src/server/tests.rs", 1222),
-    ("src/policy/election.rs", 1278),
+    ("src/policy/election.rs", 794),
 ];
 
 /// Files allowed unjustified `.unwrap()`s outside tests, with their count
