@@ -24,6 +24,8 @@ typedef long long s64;
 /*
  * dispatched_task.flags: put the task at the head of its CPU's local queue
  * and make that CPU give up the task it runs (the kernel's SCX_ENQ_PREEMPT).
+ * For BALLOT_CPU_ANY, user space instead asks ballot_kick to make room when
+ * no CPU is idle (the flag itself is not passed to the kernel).
  */
 #define BALLOT_ENQ_PREEMPT (1ULL << 32)
 

@@ -154,12 +154,16 @@ struct {
 #define STUCK_BEATS 2
 #define BALLOT_MAX_CPUS 512
 
-/* Per CPU: SCHED_EXT tasks started so far, and heartbeats without one. */
+/*
+ * Per CPU: SCHED_EXT tasks started so far, heartbeats without one, and when
+ * the task of ours it runs now started (0: none of ours runs there).
+ */
 struct cpu_progress {
 	u64 started;
 	u64 seen;
 	u32 beats;
 	u32 pad;
+	u64 running_since;
 };
 
 struct {
@@ -171,6 +175,8 @@ struct {
 
 /* Local queues given back to the policy because their CPU was taken. */
 u64 nr_reenqueued;
+/* Turns ended early for a decision that must not wait (preempt_longest). */
+u64 nr_wake_preempts;
 
 static __always_inline void count(u64 *counter)
 {
@@ -535,8 +541,10 @@ void BPF_STRUCT_OPS(ballot_running, struct task_struct *p)
 
 	if (!is_usersched_task(p))
 		__sync_fetch_and_add(&nr_running, 1);
-	if (prog)
+	if (prog) {
 		__sync_fetch_and_add(&prog->started, 1);
+		prog->running_since = is_usersched_task(p) ? 0 : scx_bpf_now();
+	}
 	if (tctx) {
 		tctx->start_ts = scx_bpf_now();
 		tctx->start_sum = p->se.sum_exec_runtime;
@@ -547,7 +555,11 @@ void BPF_STRUCT_OPS(ballot_stopping, struct task_struct *p, bool runnable)
 {
 	struct task_ctx *tctx = lookup_task_ctx(p);
 	u64 now = scx_bpf_now();
+	u32 cpu = bpf_get_smp_processor_id();
+	struct cpu_progress *prog = bpf_map_lookup_elem(&progress, &cpu);
 
+	if (prog)
+		prog->running_since = 0;
 	if (!is_usersched_task(p))
 		__sync_fetch_and_sub(&nr_running, 1);
 	if (tctx) {
@@ -637,12 +649,59 @@ int ballot_shared_depth(void *ctx)
 }
 
 /*
+ * A task of ours that has run less than this is not cut short for a waking
+ * one: a turn that short is no slice-long wait, and a workload that wakes
+ * all the time (hackbench) would otherwise preempt on every decision.
+ */
+#define WAKE_PREEMPT_MIN_RUN_NS (1000ULL * 1000)
+
+/*
+ * Ends the turn of the task of ours that has run longest on a CPU now, for a
+ * decision that must not wait for a slice to end; that CPU then runs
+ * ops.dispatch() and takes the decision from the shared queue. Returns that
+ * CPU, or -EBUSY when no task of ours has run WAKE_PREEMPT_MIN_RUN_NS yet.
+ */
+static s32 preempt_longest(void)
+{
+	struct cpu_progress *prog;
+	u64 now = scx_bpf_now(), oldest = 0;
+	s32 victim = -EBUSY;
+	u32 cpu;
+
+	bpf_for(cpu, 0, BALLOT_MAX_CPUS) {
+		if (cpu >= nr_online_cpus)
+			break;
+		prog = bpf_map_lookup_elem(&progress, &cpu);
+		if (!prog)
+			break;
+		if (!prog->running_since ||
+		    (s64)(now - prog->running_since) < (s64)WAKE_PREEMPT_MIN_RUN_NS)
+			continue;
+		if (!oldest || (s64)(prog->running_since - oldest) < 0) {
+			oldest = prog->running_since;
+			victim = cpu;
+		}
+	}
+	if (victim >= 0) {
+		scx_bpf_kick_cpu(victim, SCX_KICK_PREEMPT);
+		/* What waits in its local queue would run before the decision. */
+		if (__COMPAT_has_generic_reenq() &&
+		    scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL_ON | victim))
+			scx_bpf_dsq_reenq(SCX_DSQ_LOCAL_ON | victim, 0);
+		count(&nr_wake_preempts);
+	}
+	return victim;
+}
+
+/*
  * Wakes a CPU after user space queued decisions, so that it runs
  * ops.dispatch() and carries them out: @arg->cpu if it is idle (a CPU the
  * policy chose), or any idle CPU. With @arg->preempt, @arg->cpu gives up
  * the task it runs at once (its slice ends, so it goes back to the policy):
- * the standing changed and that CPU runs a class that lost weight. Run by
- * user space through BPF_PROG_TEST_RUN.
+ * the standing changed and that CPU runs a class that lost weight. With
+ * @arg->preempt and a negative @arg->cpu, a decision that must not wait for
+ * a slice to end was queued: when no CPU is idle, preempt_longest() makes
+ * room. Run by user space through BPF_PROG_TEST_RUN.
  */
 SEC("syscall")
 int ballot_kick(struct kick_arg *arg)
@@ -671,6 +730,9 @@ int ballot_kick(struct kick_arg *arg)
 		online = scx_bpf_get_online_cpumask();
 		cpu = scx_bpf_pick_idle_cpu(online, 0);
 		scx_bpf_put_cpumask(online);
+		/* None idle, and a decision must not wait: make room. */
+		if (cpu < 0 && arg->preempt)
+			return preempt_longest();
 	}
 	if (cpu >= 0)
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);

@@ -41,6 +41,11 @@ pub struct Metrics {
     /// after the BPF side drained it (none is lost).
     #[serde(default)]
     pub nr_retried_dispatches: u64,
+    /// Turns of running tasks ended early for decisions marked
+    /// [`RL_PREEMPT_CPU`](crate::sched::RL_PREEMPT_CPU) with no CPU chosen
+    /// and none idle (a waking task that should not wait for a slice).
+    #[serde(default)]
+    pub nr_wake_preempts: u64,
 }
 
 impl std::fmt::Display for Metrics {
@@ -48,7 +53,7 @@ impl std::fmt::Display for Metrics {
         write!(
             f,
             "cpus {} running {} queued {} backlog {} held {} | dispatches: user {} kernel {} \
-             cancel {} bounce {} failed {} congested {} rescued {} retried {}",
+             cancel {} bounce {} failed {} congested {} rescued {} retried {} wake-preempts {}",
             self.nr_online_cpus,
             self.nr_running,
             self.nr_queued_total,
@@ -61,7 +66,8 @@ impl std::fmt::Display for Metrics {
             self.nr_failed_dispatches,
             self.nr_sched_congested,
             self.nr_rescued,
-            self.nr_retried_dispatches
+            self.nr_retried_dispatches,
+            self.nr_wake_preempts
         )
     }
 }

@@ -3,14 +3,16 @@
 //! more for negative nice, less for positive), and the task with the least
 //! runs first, for a slice scaled by its weight (so a nice 10 task also gets
 //! shorter turns when it does run). A task that slept is placed no further back than one slice
-//! behind the current minimum, so sleeping earns a bounded head start.
+//! behind the current minimum, so sleeping earns a bounded head start; one
+//! that wakes behind every running task takes a CPU at once
+//! ([`RL_PREEMPT_CPU`]) rather than waiting for a slice to end.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
 
 use anyhow::Result;
 
-use crate::sched::{DispatchedTask, QueuedTask, RL_CPU_ANY};
+use crate::sched::{DispatchedTask, QueuedTask, RL_CPU_ANY, RL_PREEMPT_CPU};
 use crate::sched::{Dispatcher, Policy};
 
 /// Drop what we remember of a task not seen for this long (ns).
@@ -101,7 +103,13 @@ impl Policy for Vruntime {
             out.vtime = v;
             out.slice_ns = weighted_slice(self.slice_ns, task.weight);
             // The task's enqueue flags (`new` copies them) are not passed on.
-            out.flags = 0;
+            // A task waking behind every running one (it slept while they
+            // ran) does not wait for a slice to end: it is owed the CPU now.
+            out.flags = if task.wakeup && v < self.min_vruntime {
+                RL_PREEMPT_CPU
+            } else {
+                0
+            };
             d.dispatch_task(&out)?;
         }
         Ok(())
@@ -184,5 +192,35 @@ mod tests {
         let b = p.charge(&t);
         assert_eq!(a, first + 500);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn only_a_sleeper_waking_behind_the_runners_takes_a_cpu_at_once() {
+        let mut p = Vruntime::new(1_000);
+        let mut d = FakeDispatcher::default();
+        // Two burners run for a while: the clock moves on.
+        for round in 0..10u64 {
+            for pid in [1, 2] {
+                let start = round * 2_000;
+                d.queue.push_back(task(pid, 100, start, start + 1_000));
+            }
+            p.schedule(&mut d).unwrap();
+        }
+        assert!(d.dispatched.iter().all(|t| t.flags & RL_PREEMPT_CPU == 0));
+        d.dispatched.clear();
+        // A task that slept all along wakes; so does a burner (a wake-up
+        // after running its share is no reason to cut anyone short).
+        let mut sleeper = task(3, 100, 0, 0);
+        sleeper.wakeup = true;
+        let mut burner = task(1, 100, 20_000, 21_000);
+        burner.wakeup = true;
+        d.queue.extend([sleeper, burner]);
+        p.schedule(&mut d).unwrap();
+        let flags: Vec<(i32, bool)> = d
+            .dispatched
+            .iter()
+            .map(|t| (t.pid, t.flags & RL_PREEMPT_CPU != 0))
+            .collect();
+        assert_eq!(flags, [(3, true), (1, false)]);
     }
 }

@@ -14,7 +14,10 @@ use crate::bpf_intf;
 pub const RL_CPU_ANY: i32 = bpf_intf::ballot_consts_BALLOT_CPU_ANY;
 /// [`DispatchedTask::flags`]: the task goes to the head of its CPU's local
 /// queue and that CPU gives up the task it runs at once (the kernel's
-/// `SCX_ENQ_PREEMPT`; only with a CPU, not [`RL_CPU_ANY`]).
+/// `SCX_ENQ_PREEMPT`). With [`RL_CPU_ANY`], the task does not wait for a
+/// busy CPU's slice to end: when no CPU is idle, the task of ours that has
+/// run longest (at least 1 ms) gives way. For a task that should run before
+/// what runs now, such as a waking task behind burners.
 pub const RL_PREEMPT_CPU: u64 = bpf_intf::BALLOT_ENQ_PREEMPT;
 
 /// When the BPF side may put a waking task on an idle CPU without asking
