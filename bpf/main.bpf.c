@@ -649,6 +649,25 @@ int ballot_shared_depth(void *ctx)
 }
 
 /*
+ * Makes @cpu give up the task it runs at once: the kick ends the slice of
+ * the task that is current there. A task of ours that a higher class (this
+ * scheduler's own thread, its voting server, any fair-class task in partial
+ * mode) took the CPU from waits in the local queue instead, and would resume
+ * with the rest of its slice (a lease of several) before the policy's
+ * decision, which only a CPU running ops.dispatch() drains: it goes back to
+ * the policy now. Returns @cpu.
+ */
+static s32 preempt_cpu(s32 cpu)
+{
+	scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
+	if (__COMPAT_has_generic_reenq() &&
+	    cpu < nr_online_cpus &&
+	    scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL_ON | cpu))
+		scx_bpf_dsq_reenq(SCX_DSQ_LOCAL_ON | cpu, 0);
+	return cpu;
+}
+
+/*
  * A task of ours that has run less than this is not cut short for a waking
  * one: a turn that short is no slice-long wait, and a workload that wakes
  * all the time (hackbench) would otherwise preempt on every decision.
@@ -683,11 +702,7 @@ static s32 preempt_longest(void)
 		}
 	}
 	if (victim >= 0) {
-		scx_bpf_kick_cpu(victim, SCX_KICK_PREEMPT);
-		/* What waits in its local queue would run before the decision. */
-		if (__COMPAT_has_generic_reenq() &&
-		    scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL_ON | victim))
-			scx_bpf_dsq_reenq(SCX_DSQ_LOCAL_ON | victim, 0);
+		preempt_cpu(victim);
 		count(&nr_wake_preempts);
 	}
 	return victim;
@@ -709,23 +724,8 @@ int ballot_kick(struct kick_arg *arg)
 	const struct cpumask *online;
 	s32 cpu = arg->cpu;
 
-	if (arg->preempt && cpu >= 0) {
-		scx_bpf_kick_cpu(cpu, SCX_KICK_PREEMPT);
-		/*
-		 * The kick ends the slice of the task that is current there. A
-		 * task of ours that a higher class (this scheduler's own thread,
-		 * its voting server, any fair-class task in partial mode) took
-		 * the CPU from waits in the local queue instead, and would resume
-		 * with the rest of its slice (a lease of several) before the
-		 * policy's decision, which only a CPU running ops.dispatch()
-		 * drains. It goes back to the policy now.
-		 */
-		if (__COMPAT_has_generic_reenq() &&
-		    cpu < nr_online_cpus &&
-		    scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL_ON | cpu))
-			scx_bpf_dsq_reenq(SCX_DSQ_LOCAL_ON | cpu, 0);
-		return cpu;
-	}
+	if (arg->preempt && cpu >= 0)
+		return preempt_cpu(cpu);
 	if (cpu < 0) {
 		online = scx_bpf_get_online_cpumask();
 		cpu = scx_bpf_pick_idle_cpu(online, 0);
