@@ -1,7 +1,8 @@
 //! The live election behind `cargo xtask run`: `xtask demo` starts
 //! scx_ballot with the election policy and its voting server, CPU burners
 //! for each demo candidate, and prints a line a second with the tally and
-//! each candidate's CPU share, until its time is up, SIGINT/SIGTERM, or a
+//! each candidate's CPU share (and what the rest of the machine took: the
+//! scheduler's own threads, everything else), until its time is up, SIGINT/SIGTERM, or a
 //! stop file appears (how the host asks a VM to stop). Then it stops the
 //! workers and the scheduler and prints the scheduler's exit info.
 //!
@@ -73,6 +74,7 @@ impl DemoCmd {
         let (result, status) = match Scheduler::start(cmd, &log_path, Duration::from_secs(90), Some(&stop)) {
             Ok(mut sched) => {
                 let result = self.live(&mut sched.child, &mut workers, &stop, &stop_file, demo_file, cpus);
+                println!("demo: scx_ballot's CPU time by thread: {}", threads_cpu(sched.child.id()));
                 for w in &mut workers {
                     let _ = w.kill();
                     let _ = w.wait();
@@ -137,6 +139,7 @@ impl DemoCmd {
         println!("demo: Ctrl-C stops everything{}", if self.seconds > 0 { format!(" (or it stops by itself after {} s)", self.seconds) } else { String::new() });
         let start = Instant::now();
         let mut t = 0u64;
+        let mut usage = Usage::read(sched.id());
         loop {
             std::thread::sleep(Duration::from_millis(200));
             if stop.load(Ordering::Relaxed) || stop_file.exists() {
@@ -151,7 +154,19 @@ impl DemoCmd {
                 continue;
             }
             t = elapsed;
-            println!("{}", live_line(t, &local));
+            let now = Usage::read(sched.id());
+            let (line, candidates) = live_line(t, &local);
+            // What the candidates did not take: the scheduler process, and
+            // the rest (the kernel, this demo, the guest's own threads).
+            let rest = match (&usage, &now) {
+                (Some(a), Some(b)) => b
+                    .since(a, cpus)
+                    .map(|(s, busy)| format!("  (scheduler {s:.1}%, other {:.1}%)", (busy - s - candidates).max(0.0)))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            usage = now;
+            println!("{line}{rest}");
             if self.seconds > 0 && t >= self.seconds {
                 return Ok(());
             }
@@ -159,15 +174,78 @@ impl DemoCmd {
     }
 }
 
+/// The machine's busy time and the scheduler process's (all its threads:
+/// the policy loop, the voting server, the tracker), in clock ticks.
+struct Usage {
+    at: Instant,
+    busy: u64,
+    sched: u64,
+}
+
+/// utime + stime, in clock ticks, of a `/proc/.../stat` line.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the line.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `scx_ballot 3.10 s, membership 0.80 s, ...`: each thread's CPU time so
+/// far, most first (the policy loop is the process's first thread).
+fn threads_cpu(pid: u32) -> String {
+    let mut threads: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((comm.trim().to_string(), stat_ticks(&stat)?))
+        })
+        .collect();
+    threads.sort_by_key(|t| std::cmp::Reverse(t.1));
+    let parts: Vec<String> = threads.iter().map(|(n, t)| format!("{n} {:.2} s", *t as f64 / USER_HZ)).collect();
+    if parts.is_empty() { "unknown".into() } else { parts.join(", ") }
+}
+
+/// Clock ticks per second of `/proc/stat` and `/proc/PID/stat` (USER_HZ,
+/// 100 on every architecture sched_ext runs on).
+const USER_HZ: f64 = 100.0;
+
+impl Usage {
+    fn read(pid: u32) -> Option<Usage> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // cpu  user nice system idle iowait irq softirq steal ...
+        let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let busy = f.iter().take(8).sum::<u64>().checked_sub(*f.get(3)? + *f.get(4)?)?;
+        let sched = stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+        Some(Usage { at: Instant::now(), busy, sched })
+    }
+
+    /// The scheduler's share of the machine since `before`, and the share
+    /// of everything that is neither the scheduler nor idle, in percent.
+    /// The candidates are in the second; the caller takes them out.
+    fn since(&self, before: &Usage, cpus: u32) -> Option<(f64, f64)> {
+        let whole = self.at.duration_since(before.at).as_secs_f64() * USER_HZ * cpus as f64;
+        if whole <= 0.0 {
+            return None;
+        }
+        let pct = |a: u64, b: u64| a.saturating_sub(b) as f64 * 100.0 / whole;
+        Some((pct(self.sched, before.sched), pct(self.busy, before.busy)))
+    }
+}
+
 /// `t=12s  blue 3 votes 94.8% CPU | red 1 vote 4.9% CPU | leader blue  [enabled]`
-fn live_line(t: u64, addr: &str) -> String {
+/// and the candidates' CPU time together, in percent of the machine.
+fn live_line(t: u64, addr: &str) -> (String, f64) {
     let votes = api_at::<Tally>(addr, "GET", "/votes", None);
     let schedule = api_at::<Schedule>(addr, "GET", "/schedule", None);
     let (votes, schedule) = match (votes, schedule) {
         (Ok(v), Ok(s)) => (v, s),
-        (Err(e), _) | (_, Err(e)) => return format!("t={t}s  voting server: {e:#}"),
+        (Err(e), _) | (_, Err(e)) => return (format!("t={t}s  voting server: {e:#}"), 0.0),
     };
-    format!("t={t}s  {}  [{}]", format_line(&votes, &schedule), state())
+    let candidates = schedule.candidates.values().map(|s| s.share * 100.0).sum();
+    (format!("t={t}s  {}  [{}]", format_line(&votes, &schedule), state()), candidates)
 }
 
 pub fn format_line(votes: &Tally, schedule: &Schedule) -> String {
@@ -183,6 +261,13 @@ pub fn format_line(votes: &Tally, schedule: &Schedule) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_command_with_spaces_and_parentheses() {
+        let line = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 30 0 0 20 0 3 0 5 0 0";
+        assert_eq!(stat_ticks(line), Some(280));
+        assert_eq!(stat_ticks("42 (x) S 1"), None);
+    }
 
     #[test]
     fn the_live_line_shows_tally_share_and_leader() {

@@ -184,6 +184,16 @@ impl Selection {
     }
 }
 
+/// The snapshot a run on `cpus` vCPUs is compared with: `NAME@Ncpus` when
+/// the scenario keeps one for that size (a result that depends on the CPU
+/// count, such as how well a sleeper is served beside burners), otherwise
+/// `NAME`, the one for every size.
+pub fn snapshot_for(s: &Scenario, cpus: u32) -> String {
+    let name = s.snapshot_name();
+    let sized = format!("{name}@{cpus}cpus");
+    if snapshot_dir().join(format!("{sized}.snap")).exists() { sized } else { name }
+}
+
 /// The stored snapshot of a scenario, without insta's header.
 fn stored_snapshot(name: &str) -> Option<String> {
     let text = std::fs::read_to_string(snapshot_dir().join(format!("{name}.snap"))).ok()?;
@@ -217,6 +227,8 @@ pub struct RunResult {
     pub scheduler_log: String,
     pub wall_ms: u64,
     pub is_control: bool,
+    /// The snapshot it was compared with (see [`snapshot_for`]).
+    pub snapshot: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -269,6 +281,7 @@ pub fn judge_runs(sel: &Selection, out: &Path, repeat: u32) -> Vec<RunResult> {
             scheduler_log: dir.join("scheduler.log").display().to_string(),
             wall_ms: 0,
             is_control,
+            snapshot: s.snapshot_name(),
         };
         let t = match trace {
             Ok(t) => t,
@@ -281,17 +294,19 @@ pub fn judge_runs(sel: &Selection, out: &Path, repeat: u32) -> Vec<RunResult> {
         let _ = std::fs::write(&svg, render::svg(&t));
         let _ = std::fs::write(&perfetto, render::perfetto(&t).to_string());
         result.numbers = judge::numbers(s, &t);
+        let _ = std::fs::write(dir.join("numbers.txt"), &result.numbers);
         result.wall_ms = t.wall_ms;
         result.scheduler_log = t.scheduler_log.clone();
         let text = judge::snapshot(s, &t);
         let _ = std::fs::write(dir.join("snapshot.txt"), &text);
-        let stored = stored_snapshot(&s.snapshot_name());
+        result.snapshot = snapshot_for(s, t.cpus);
+        let stored = stored_snapshot(&result.snapshot);
         result.verdict = if let Some(e) = &t.error {
             Verdict::Broken(e.clone())
         } else if !s.altered() && iteration == 1 {
             // Through insta once per scenario: its diff, and `.snap.new`
             // for review where updates are allowed.
-            match (insta_matches(&s.snapshot_name(), &text), stored) {
+            match (insta_matches(&result.snapshot, &text), stored) {
                 (true, _) => Verdict::Matches,
                 (false, None) => Verdict::New,
                 (false, Some(_)) => Verdict::Differs,
@@ -414,6 +429,21 @@ mod tests {
         assert_eq!(sel.scenarios.len(), 1);
         assert!(sel.controls.is_empty());
         assert_eq!(sel.scenarios[0].run_name(), "landslide@fifo");
+    }
+
+    #[test]
+    fn a_snapshot_kept_for_one_cpu_count_is_used_at_that_count_only() {
+        let s = load().unwrap().into_iter().find(|s| s.name == "mixed-leader").unwrap();
+        assert_eq!(snapshot_for(&s, 4), "mixed-leader@4cpus");
+        assert_eq!(snapshot_for(&s, 2), "mixed-leader");
+        // Every sized snapshot belongs to a scenario.
+        let names: Vec<String> = load().unwrap().iter().map(|s| s.name.clone()).collect();
+        for e in std::fs::read_dir(snapshot_dir()).unwrap() {
+            let file = e.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some((base, _)) = file.strip_suffix("cpus.snap").and_then(|f| f.split_once('@')) {
+                assert!(names.iter().any(|n| n == base), "{file}: no scenario {base}");
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use super::spec::{Policy, Under};
 use super::trace::{Event, PhaseRecord, Sample, Trace, Worker};
-use super::{RunResult, Selection, Verdict, ab, judge, render, stored_snapshot};
+use super::{RunResult, Selection, Verdict, ab, judge, render, snapshot_for, stored_snapshot};
 
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#111}\
 h2{margin-top:2em;border-bottom:1px solid #ccc}\
@@ -101,7 +101,7 @@ fn render(title: &str, sel: &Selection, results: &[RunResult], ab: &str, out: &P
                 }
                 if r.verdict == Verdict::Differs && !r.is_control {
                     let got = std::fs::read_to_string(out.join(&dir).join("snapshot.txt")).unwrap_or_default();
-                    let stored = stored_snapshot(&s.snapshot_name()).unwrap_or_default();
+                    let stored = stored_snapshot(&r.snapshot).unwrap_or_default();
                     let _ = writeln!(h, "<p>snapshot diff (- stored, + this run):</p><pre class=\"diff\">{}</pre>", diff_html(&stored, &got));
                 }
                 h.push_str("</div>\n");
@@ -182,7 +182,8 @@ pub fn write_example(out: &Path) -> Result<PathBuf> {
         std::fs::write(&perfetto, render::perfetto(&t).to_string())?;
         let text = judge::snapshot(s, &t);
         std::fs::write(dir.join("snapshot.txt"), &text)?;
-        let verdict = match stored_snapshot(&s.snapshot_name()) {
+        let snapshot = snapshot_for(s, t.cpus);
+        let verdict = match stored_snapshot(&snapshot) {
             None => Verdict::New,
             Some(stored) if stored == text.trim_end() => Verdict::Matches,
             Some(_) => Verdict::Differs,
@@ -198,6 +199,7 @@ pub fn write_example(out: &Path) -> Result<PathBuf> {
             scheduler_log: String::new(),
             wall_ms: end_ms,
             is_control: false,
+            snapshot,
         });
     }
     let (table, _) = ab::compare(&sel.scenarios, out);
