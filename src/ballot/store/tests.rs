@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::identity::fill_identity;
 use super::*;
+use crate::election::procfs::{current_boot_id, proc_start_time};
 
 /// A fresh folder under the system temporary folder, removed on drop.
 pub(crate) struct TempDir(PathBuf);

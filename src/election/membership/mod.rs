@@ -47,8 +47,6 @@ mod rules;
 mod shares;
 mod tracker;
 #[cfg(test)]
-mod environ_tests;
-#[cfg(test)]
 mod tests;
 
 pub use nudge::Nudge;
