@@ -79,9 +79,10 @@ enum Cmd {
     /// Scheduling cost and vote latency of each configuration, side by side,
     /// in one VM run (target/bench/).
     Bench(host::bench::BenchCmd),
-    /// Judge scenario runs already recorded (no VM): `rejudge DIR --runs N`.
+    /// Judge scenario runs already recorded (no VM) and write their A/B table
+    /// and report page, as `vm-test scenarios` does: `rejudge DIR --runs N`.
     #[command(hide = true)]
-    Rejudge(scenario::RejudgeCmd),
+    Rejudge(scenario::rejudge::RejudgeCmd),
     /// Votes/s against a running voting server (e.g. `scx_ballot --no-sched`),
     /// with viewers beside the voters if asked.
     ///

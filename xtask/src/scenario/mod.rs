@@ -11,6 +11,8 @@
 //! - [`ab`]: workload runs beside their run under EEVDF, and `[[expect]]`s.
 //! - [`render`]: an SVG timeline and a Perfetto trace per run.
 //! - [`page`]: the report page of a whole run (`report.html`).
+//! - [`rejudge`]: `cargo xtask rejudge`, the judging of recorded runs
+//!   again, without a VM.
 //!
 //! Regression controls run with the scenarios: a scenario run against a
 //! deliberately broken election (`--debug-mutant`), or with the scheduler
@@ -21,6 +23,7 @@ pub mod ab;
 pub mod guest;
 pub mod judge;
 pub mod page;
+pub mod rejudge;
 pub mod render;
 pub mod spec;
 pub mod trace;
@@ -393,6 +396,27 @@ pub fn report(sel: &Selection, results: &[RunResult], repeat: u32) -> Vec<String
     problems
 }
 
+/// What follows the judging and the summary, in `vm-test scenarios` and
+/// in `rejudge`: the A/B table against EEVDF, printed and written to
+/// `out/ab.txt` (when any workload scenario ran under EEVDF and something
+/// else), and the report page `out/report.html`. Returns the problems:
+/// every `[[expect]]` not met, and a page that could not be written.
+pub fn write_ab_and_page(sel: &Selection, results: &[RunResult], out: &Path) -> Vec<String> {
+    let (table, mut problems) = ab::compare(&sel.scenarios, out);
+    if !table.is_empty() {
+        let ab = format!(
+            "A/B against EEVDF (first run of each; share: part of the groups' CPU time, wait: mean run-queue wait per wake-up):\n{table}"
+        );
+        println!("\n{ab}");
+        let _ = std::fs::write(out.join("ab.txt"), &ab);
+    }
+    match page::write(sel, results, &table, out) {
+        Ok(page) => println!("\nreport (timelines side by side, diffs, A/B): {}", page.display()),
+        Err(e) => problems.push(format!("the report page: {e:#}")),
+    }
+    problems
+}
+
 /// Picks the scenarios matching `filters` (substring of the name; all when
 /// a filter is `scenarios`). None when no filter names scenarios.
 pub fn select_scenarios(all: &[Scenario], filters: &[String]) -> Vec<Scenario> {
@@ -468,28 +492,5 @@ mod tests {
         assert!(sel.scenarios.iter().any(|s| s.run_name() == "landslide"));
         let broken = Selection::under(all, Some("fifo".into()), &unders);
         assert!(broken.scenarios.iter().all(|s| !s.workload && s.mutant.is_some()));
-    }
-}
-
-/// `xtask rejudge DIR --runs N`: judges scenario runs already recorded in
-/// DIR (e.g. after a VM run was cut short, or after changing the buckets),
-/// without booting anything. Controls are not judged.
-#[derive(clap::Args, Debug)]
-pub struct RejudgeCmd {
-    /// The scenario output folder (with plan.json), e.g. target/vm-test/scenarios.
-    dir: PathBuf,
-    /// How many runs of each scenario to judge (1..=N).
-    #[arg(long, default_value_t = 1)]
-    runs: u32,
-}
-
-impl RejudgeCmd {
-    pub fn run(self) -> Result<()> {
-        let plan: guest::Plan = serde_json::from_slice(&std::fs::read(self.dir.join("plan.json")).context("reading plan.json")?)
-            .context("parsing plan.json")?;
-        let sel = Selection { scenarios: plan.scenarios, controls: Vec::new(), mutant: None };
-        let results = judge_runs(&sel, &self.dir, self.runs);
-        let problems = report(&sel, &results, self.runs);
-        if problems.is_empty() { Ok(()) } else { bail!("{} run(s) differ or are missing", problems.len()) }
     }
 }

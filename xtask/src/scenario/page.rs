@@ -119,15 +119,56 @@ fn render(title: &str, sel: &Selection, results: &[RunResult], ab: &str, out: &P
 /// the page shows a diff). It goes through the same judging, A/B and page
 /// code as a real run, without a VM.
 pub fn write_example(out: &Path) -> Result<PathBuf> {
-    let base = super::load()?.into_iter().find(|s| s.name == "fair-burners").context("vm/scenarios/fair-burners.toml is missing")?;
-    let sel = Selection::under(vec![base], None, &[Under::Eevdf, Under::Ballot(Policy::Fifo)]);
+    let (sel, traces) = example_runs(0.7)?;
     let mut results = Vec::new();
-    for (i, s) in sel.scenarios.iter().enumerate() {
+    for (s, t) in sel.scenarios.iter().zip(&traces) {
         let run = s.run_name();
         let dir = out.join(format!("{run}.1"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let trace_path = dir.join("trace.json");
+        std::fs::write(&trace_path, serde_json::to_vec(t)?)?;
+        let svg = dir.join("timeline.svg");
+        std::fs::write(&svg, render::svg(t))?;
+        let perfetto = dir.join("perfetto.json");
+        std::fs::write(&perfetto, render::perfetto(t).to_string())?;
+        let text = judge::snapshot(s, t);
+        std::fs::write(dir.join("snapshot.txt"), &text)?;
+        let snapshot = snapshot_for(s, t.cpus);
+        let verdict = match stored_snapshot(&snapshot) {
+            None => Verdict::New,
+            Some(stored) if stored == text.trim_end() => Verdict::Matches,
+            Some(_) => Verdict::Differs,
+        };
+        results.push(RunResult {
+            run,
+            iteration: 1,
+            verdict,
+            numbers: judge::numbers(s, t),
+            svg,
+            perfetto,
+            trace_path,
+            scheduler_log: String::new(),
+            wall_ms: t.phases.last().map_or(0, |p| p.end_ms),
+            is_control: false,
+            snapshot,
+        });
+    }
+    let (table, _) = ab::compare(&sel.scenarios, out);
+    write_titled("Example report (made-up runs)", &sel, &results, &table, out)
+}
+
+/// The made-up runs of the example: `fair-burners` under EEVDF, where its
+/// two groups split 2 CPUs evenly, and under `fifo`, where the first group
+/// gets `fifo_part` of them (0.5: evenly too, so both runs match their
+/// snapshots). The selection and a trace per run of it, in its order.
+pub fn example_runs(fifo_part: f64) -> Result<(Selection, Vec<Trace>)> {
+    let base = super::load()?.into_iter().find(|s| s.name == "fair-burners").context("vm/scenarios/fair-burners.toml is missing")?;
+    let sel = Selection::under(vec![base], None, &[Under::Eevdf, Under::Ballot(Policy::Fifo)]);
+    let mut traces = Vec::new();
+    for (i, s) in sel.scenarios.iter().enumerate() {
         // Per group, the part of one CPU each worker gets: 2 CPUs shared
-        // by all, evenly under EEVDF, 70/30 in the other run.
+        // by all, evenly under EEVDF, `fifo_part` to the first group in
+        // the other run.
         let cpus = 2u32;
         let mut workers = Vec::new();
         for g in &s.groups {
@@ -140,7 +181,7 @@ pub fn write_example(out: &Path) -> Result<PathBuf> {
             .iter()
             .map(|w| {
                 let first = s.groups.first().is_some_and(|g| g.id == w.group);
-                let part = if i == 0 { 0.5 } else if first { 0.7 } else { 0.3 };
+                let part = if i == 0 { 0.5 } else if first { fifo_part } else { 1.0 - fifo_part };
                 part * cpus as f64 / per_group
             })
             .collect();
@@ -149,8 +190,8 @@ pub fn write_example(out: &Path) -> Result<PathBuf> {
             .map(|k| Sample { t_ms: k * 100, cpu_ns: frac.iter().map(|f| Some((f * (k * 100) as f64 * 1e6) as u64)).collect() })
             .collect();
         let window = (end_ms - 1000) as f64 * 1e6;
-        let t = Trace {
-            run: run.clone(),
+        traces.push(Trace {
+            run: s.run_name(),
             scenario: s.name.clone(),
             iteration: 1,
             cpus,
@@ -173,37 +214,9 @@ pub fn write_example(out: &Path) -> Result<PathBuf> {
             scheduler_exit: (i != 0).then_some(0),
             state_after: "disabled".into(),
             ..Default::default()
-        };
-        let trace_path = dir.join("trace.json");
-        std::fs::write(&trace_path, serde_json::to_vec(&t)?)?;
-        let svg = dir.join("timeline.svg");
-        std::fs::write(&svg, render::svg(&t))?;
-        let perfetto = dir.join("perfetto.json");
-        std::fs::write(&perfetto, render::perfetto(&t).to_string())?;
-        let text = judge::snapshot(s, &t);
-        std::fs::write(dir.join("snapshot.txt"), &text)?;
-        let snapshot = snapshot_for(s, t.cpus);
-        let verdict = match stored_snapshot(&snapshot) {
-            None => Verdict::New,
-            Some(stored) if stored == text.trim_end() => Verdict::Matches,
-            Some(_) => Verdict::Differs,
-        };
-        results.push(RunResult {
-            run,
-            iteration: 1,
-            verdict,
-            numbers: judge::numbers(s, &t),
-            svg,
-            perfetto,
-            trace_path,
-            scheduler_log: String::new(),
-            wall_ms: end_ms,
-            is_control: false,
-            snapshot,
         });
     }
-    let (table, _) = ab::compare(&sel.scenarios, out);
-    write_titled("Example report (made-up runs)", &sel, &results, &table, out)
+    Ok((sel, traces))
 }
 
 /// A line diff (longest common subsequence), as HTML lines marked `-` and

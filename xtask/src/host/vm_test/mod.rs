@@ -277,19 +277,7 @@ impl VmTestCmd {
         if suites.contains(&Suite::Scenarios) {
             let results = scenario::judge_runs(&selection, &scenario_out, self.repeat);
             let mut problems = scenario::report(&selection, &results, self.repeat);
-            let (ab, unmet) = scenario::ab::compare(&selection.scenarios, &scenario_out);
-            if !ab.is_empty() {
-                let ab = format!(
-                    "A/B against EEVDF (first run of each; share: part of the groups' CPU time, wait: mean run-queue wait per wake-up):\n{ab}"
-                );
-                println!("\n{ab}");
-                let _ = std::fs::write(scenario_out.join("ab.txt"), &ab);
-            }
-            problems.extend(unmet);
-            match scenario::page::write(&selection, &results, &ab, &scenario_out) {
-                Ok(page) => println!("\nreport (timelines side by side, diffs, A/B): {}", page.display()),
-                Err(e) => problems.push(format!("the report page: {e:#}")),
-            }
+            problems.extend(scenario::write_ab_and_page(&selection, &results, &scenario_out));
             if let Some(differs) = &spec.kernel.differs {
                 // Every snapshot failure says it: the kernel may be the cause.
                 for p in problems.iter_mut().filter(|p| p.contains("snapshot differs")) {
