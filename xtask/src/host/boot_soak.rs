@@ -18,24 +18,29 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::Shell;
 
-use crate::host::kernel::KernelChoice;
-use crate::common::vm::{self, Accel, VmOpts, VmOutcome, VmSpec};
+use crate::common::vm::{self, VmOpts, VmOutcome, VmSpec};
 use crate::host::vm_test;
 use crate::project_root;
 
+/// The VM options are [`VmOpts`]'s, as for every command that boots a VM,
+/// with two differences on purpose: its `--vm-timeout-secs` (a whole VM
+/// run, 900 s) is `--boot-timeout-secs` here, 240 s, since each boot is a
+/// VM run of its own whose guest command is `true`; and `--boot-stall-secs`
+/// may not be 0, the stall rule being what finds the wedges counted here.
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("vm_timeout_secs", |a| a
+        .long("boot-timeout-secs")
+        .value_name("BOOT_TIMEOUT_SECS")
+        .default_value("240")
+        .help("Bound on one boot, whatever happens, in seconds (each boot is one VM run: the other VM commands' --vm-timeout-secs, whose 900 s are for a whole test run)")),
+    mut_arg("boot_stall_secs", |a| a
+        .value_parser(clap::value_parser!(u64).range(1..))
+        .help("Console silence before the guest command that counts as a wedge, in seconds (at least 1); a wedged boot is counted, not retried")),
+)]
 pub struct BootSoakCmd {
-    /// Which kernel to boot (as for `vm-test`).
-    #[arg(long, default_value = "default")]
-    pub kernel: KernelChoice,
-
-    /// Force `kvm` or `tcg` instead of probing (same as SCX_BALLOT_KVM=1/0).
-    #[arg(long)]
-    pub accel: Option<Accel>,
-
-    /// Guest CPUs.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
+    #[command(flatten)]
+    pub vm: VmOpts,
 
     /// Boots per option set.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -47,14 +52,6 @@ pub struct BootSoakCmd {
     /// options of `vm-test`.
     #[arg(long = "cmdline-extra", value_name = "OPTIONS", allow_hyphen_values = true)]
     pub sets: Vec<String>,
-
-    /// Console silence before the guest command that counts as a wedge.
-    #[arg(long, default_value_t = vm::BOOT_STALL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
-    pub boot_stall_secs: u64,
-
-    /// Bound on one boot, whatever happens.
-    #[arg(long, default_value_t = 240)]
-    pub boot_timeout_secs: u64,
 
     /// Start no boot after this many minutes; what ran is reported.
     #[arg(long)]
@@ -159,21 +156,14 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
 
 impl BootSoakCmd {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let opts = VmOpts {
-            kernel: self.kernel.clone(),
-            accel: self.accel,
-            cpus: self.cpus,
-            vm_timeout_secs: self.boot_timeout_secs,
-            boot_stall_secs: self.boot_stall_secs,
-        };
-        let (tools, kernel, accel) = opts.prepare(sh)?;
+        let (tools, kernel, accel) = self.vm.prepare(sh)?;
         let out = vm_test::fresh_dir(
             &self
                 .out
                 .clone()
                 .unwrap_or_else(|| project_root().join("target/vm-boot-soak")),
         )?;
-        let mut base = opts.spec(kernel, accel, "true", &out);
+        let mut base = self.vm.spec(kernel, accel, "true", &out);
         // A bare command name: the guest's PATH finds it.
         base.script = PathBuf::from("true");
         base.rwdirs.clear();
@@ -200,8 +190,8 @@ impl BootSoakCmd {
              no console line for {} s before the guest command; sets: {}",
             self.boots,
             base.kernel.version,
-            self.cpus,
-            self.boot_stall_secs,
+            self.vm.cpus,
+            self.vm.boot_stall_secs,
             sets.iter()
                 .map(|s| s.label.as_str())
                 .collect::<Vec<_>>()
@@ -231,7 +221,7 @@ impl BootSoakCmd {
             let outcome = vm::boot_once(sh, &tools, &spec)?;
             let console = vm::read_console(&spec.console_log).unwrap_or_default();
             let record = record(set, &outcome, &console);
-            println!("    {}", describe(&record, self.cpus));
+            println!("    {}", describe(&record, self.vm.cpus));
             writeln!(
                 tsv,
                 "{}",
@@ -239,14 +229,14 @@ impl BootSoakCmd {
                     n + 1,
                     &sets[set].label,
                     &record,
-                    self.cpus,
+                    self.vm.cpus,
                     &spec.console_log.display().to_string()
                 )
             )?;
             records.push(record);
         }
 
-        let summary = summary(&sets, &records, self.cpus);
+        let summary = summary(&sets, &records, self.vm.cpus);
         println!("\n{summary}");
         std::fs::write(out.join("summary.md"), &summary)?;
         println!(
@@ -411,6 +401,24 @@ mod tests {
 
     fn lines(text: &str) -> Vec<String> {
         text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_vm_options_are_vm_opts_with_a_timeout_per_boot() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let argv = ["cargo-xtask", "vm-boot-soak"].into_iter().chain(args.iter().copied());
+            crate::Cli::try_parse_from(argv).map(|cli| match cli.cmd {
+                crate::Cmd::VmBootSoak(cmd) => cmd,
+                _ => unreachable!("vm-boot-soak parses as itself"),
+            })
+        };
+        let d = parse(&[]).unwrap();
+        assert_eq!((d.vm.vm_timeout_secs, d.vm.boot_stall_secs, d.vm.cpus, d.boots), (240, vm::BOOT_STALL.as_secs(), 2, 10));
+        let c = parse(&["--boot-timeout-secs", "60", "--boot-stall-secs", "30", "--cpus", "4", "--accel", "tcg"]).unwrap();
+        assert_eq!((c.vm.vm_timeout_secs, c.vm.boot_stall_secs, c.vm.cpus), (60, 30, 4));
+        assert!(parse(&["--boot-stall-secs", "0"]).is_err(), "the stall rule finds the wedges");
+        assert!(parse(&["--vm-timeout-secs", "60"]).is_err(), "one bound per boot, by its own name");
     }
 
     #[test]

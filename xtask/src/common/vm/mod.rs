@@ -28,7 +28,6 @@ mod runner;
 
 pub use opts::VmOpts;
 pub use check::VmCheckCmd;
-pub use accel::Accel;
 pub use boot::{VmSpec, VmOutcome, describe_stall, boot, boot_once};
 pub use console::{read_console, scan_console};
 
