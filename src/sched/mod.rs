@@ -146,6 +146,8 @@ pub fn run_with_metrics(
     stats: Option<Duration>,
     on_metrics: &mut dyn FnMut(Metrics),
 ) -> Result<UserExitInfo> {
+    // The loop never waits for its own log output (see `logger`).
+    let _deferred = crate::logger::defer_writes();
     let mut last_stats = Instant::now();
     let mut last_metrics = Instant::now();
     while !shutdown.load(Ordering::Relaxed) && !bpf.exited() {
