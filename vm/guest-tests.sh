@@ -20,7 +20,6 @@ for suite in "$@"; do
 	framework) "$here/framework.sh" "$BIN" "$OUT/$suite" "$STRESS" ;;
 	port) "$here/port.sh" "$OUT/$suite/scx_rlfifo" "$OUT/$suite" "$STRESS" ;;
 	soak) "$here/soak.sh" "$BIN" "$OUT/$suite" 1 8 ;;
-	election) "$here/election.sh" "$BIN" "$OUT/$suite" "$WINDOW" ;;
 	scenarios) "$XTASK" guest-scenarios "$OUT/$suite/plan.json" "$BIN" "$OUT/$suite" ;;
 	*) echo "unknown suite $suite"; exit 2 ;;
 	esac

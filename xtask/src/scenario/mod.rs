@@ -48,6 +48,8 @@ pub enum Alter {
     /// The scheduler without the file's `cap`: the losers take the idle
     /// CPUs.
     NoCap,
+    /// No votes journal: a restarted scheduler starts from no votes.
+    NoJournal,
 }
 
 /// (scenario, alteration) pairs run as regression controls whenever their
@@ -58,6 +60,7 @@ pub const CONTROLS: &[(&str, Alter)] = &[
     ("landslide", Alter::MinShare(20.0)),
     ("interactive", Alter::Mutant("fifo")),
     ("cap", Alter::NoCap),
+    ("restart", Alter::NoJournal),
 ];
 
 /// Where `--scenarios DIR` put the scenario files, if it did.
@@ -155,6 +158,7 @@ impl Selection {
                         Alter::Mutant(m) => s.mutant = Some(m.to_string()),
                         Alter::MinShare(m) => s.scheduler_min_share = Some(*m),
                         Alter::NoCap => s.scheduler_no_cap = true,
+                        Alter::NoJournal => s.scheduler_no_journal = true,
                     }
                     Some(s)
                 })

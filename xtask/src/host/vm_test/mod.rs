@@ -24,7 +24,6 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use xshell::Shell;
 
-pub mod election_suite;
 pub mod facts;
 pub mod first_light;
 pub mod framework;
@@ -84,7 +83,7 @@ pub struct VmTestCmd {
     pub scenarios: Option<std::path::PathBuf>,
 
     /// What to run: suite names (`first-light`, `framework`, `port`,
-    /// `soak`, `election`, `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
+    /// `soak`, `scenarios`) and/or parts of scenario names (`vm/scenarios/*.toml`,
     /// e.g. `landslide`). Everything when none is given.
     pub filters: Vec<String>,
 }
@@ -99,14 +98,11 @@ pub enum Suite {
     Port,
     /// The short form of `cargo xtask soak`.
     Soak,
-    /// Votes move the CPU: winner and proportional modes, durable tally.
-    Election,
     /// Scripted voting scenarios, snapshot-tested (`vm/scenarios/`).
     Scenarios,
 }
 
-const SUITES: [Suite; 6] =
-    [Suite::FirstLight, Suite::Framework, Suite::Port, Suite::Soak, Suite::Election, Suite::Scenarios];
+const SUITES: [Suite; 5] = [Suite::FirstLight, Suite::Framework, Suite::Port, Suite::Soak, Suite::Scenarios];
 
 impl Suite {
     fn dir_name(self) -> &'static str {
@@ -115,7 +111,6 @@ impl Suite {
             Suite::Framework => "framework",
             Suite::Port => "port",
             Suite::Soak => "soak",
-            Suite::Election => "election",
             Suite::Scenarios => "scenarios",
         }
     }
@@ -257,21 +252,6 @@ impl VmTestCmd {
                 soak::SHORT_SECS,
                 soak::table(&rounds).trim_end()
             ));
-        }
-
-        if suites.contains(&Suite::Election) {
-            let dir = out.join("election");
-            for (name, problems) in election_suite::judge(&dir) {
-                checks.push(Check { name, problems });
-            }
-            for phase in ["uncontested", "blue-leads", "red-leads", "proportional"] {
-                let facts = CaseFacts::parse(&std::fs::read_to_string(dir.join(format!("{phase}.result"))).unwrap_or_default());
-                summary.push(format!(
-                    "election {phase}: blue {} red {} (per mille of the burners' CPU time)",
-                    facts.get("blue_permille").unwrap_or("?"),
-                    facts.get("red_permille").unwrap_or("?")
-                ));
-            }
         }
 
         if suites.contains(&Suite::Scenarios) {

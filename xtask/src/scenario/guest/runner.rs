@@ -60,6 +60,8 @@ impl<'a> Runner<'a> {
         if sched_state() != "disabled" {
             bail!("a sched_ext scheduler is still loaded before the scenario (state {})", sched_state());
         }
+        // A journal left by an earlier run of the same name would replay.
+        let _ = std::fs::remove_file(self.journal());
         self.start_scheduler()?;
         self.cgroups = Cgroups::create(&self.scenario.groups)?;
         for (gi, group) in self.scenario.groups.iter().enumerate() {
@@ -72,6 +74,9 @@ impl<'a> Runner<'a> {
         for phase in &self.scenario.phases {
             let start_ms = self.now_ms();
             self.event("phase", phase.name.clone());
+            if phase.restart {
+                self.restart_scheduler()?;
+            }
             // The candidates' burners' CPU time at each ballot answer, to
             // time a change of leader from the answer that made it.
             let mut ballots = Ballots::new(if self.scenario.is_election() { self.candidate_burners() } else { Vec::new() });
@@ -285,6 +290,9 @@ impl<'a> Runner<'a> {
             if s.cap_arg() {
                 args.push("--cap".into());
             }
+            if s.phases.iter().any(|p| p.restart) && !s.scheduler_no_journal {
+                args.extend(["--votes-file".into(), self.journal().display().to_string()]);
+            }
             if let Some(m) = &s.mutant {
                 args.extend(["--debug-mutant".into(), m.clone()]);
             }
@@ -298,6 +306,34 @@ impl<'a> Runner<'a> {
         }
         self.event("attached", format!("policy {}", s.policy.as_str()));
         Ok(())
+    }
+
+    /// The votes journal of a scenario that restarts its scheduler.
+    fn journal(&self) -> std::path::PathBuf {
+        self.dir.join("votes.journal")
+    }
+
+    /// SIGKILLs the scheduler (the process `timeout` runs, not `timeout`),
+    /// waits until sched_ext has let go, and starts it again with the same
+    /// arguments, so on the same votes journal. Its output so far stays in
+    /// `scheduler.killed.log`.
+    fn restart_scheduler(&mut self) -> Result<()> {
+        let Some(mut sched) = self.sched.take() else { bail!("restart: no scheduler runs") };
+        let wrapper = sched.child.id();
+        let pid = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()))
+            .context("restart: finding the scheduler (the child of timeout)")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+            .context("restart: SIGKILL")?;
+        let _ = sched.child.wait();
+        if !wait_state("disabled", Duration::from_secs(30)) {
+            bail!("restart: sched_ext state is {} 30 s after SIGKILL, expected disabled", sched_state());
+        }
+        self.event("restart", format!("scheduler (pid {pid}) SIGKILLed"));
+        let log = self.dir.join("scheduler.log");
+        let _ = std::fs::rename(&log, self.dir.join("scheduler.killed.log"));
+        self.start_scheduler()
     }
 
     /// A workload scenario's scheduler: none for EEVDF, scx_ballot with a

@@ -260,7 +260,15 @@ pub fn snapshot(s: &Scenario, t: &Trace) -> String {
         let _ = writeln!(out, "error: {}", e.lines().next().unwrap_or(""));
     }
     for (i, table) in tables(s, t).iter().enumerate() {
-        let _ = writeln!(out, "\nphase {} \"{}\": {}", i + 1, table.name, table.tally);
+        let restarted = s.phases.get(i).is_some_and(|p| p.restart);
+        let _ = writeln!(
+            out,
+            "\nphase {} \"{}\"{}: {}",
+            i + 1,
+            table.name,
+            if restarted { " (scheduler SIGKILLed, started again)" } else { "" },
+            table.tally
+        );
         let _ = writeln!(out, "  {:<18} {:<15} {:<5} {:<8} cpu", "worker", "share", "rank", "served");
         for r in &table.rows {
             let share = r.share_bucket().unwrap_or("-");

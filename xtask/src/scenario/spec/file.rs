@@ -92,6 +92,8 @@ struct PhaseFile {
     remove: Vec<String>,
     #[serde(default)]
     stop: BTreeMap<String, StopFile>,
+    #[serde(default)]
+    restart: bool,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +307,9 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
         if workload && (changes_ballot || !p.stop.is_empty()) {
             return Err(err(at.clone(), "votes", format!("phase {:?}: a scenario with [[group]]s has no election: its phases only run and measure", p.name)));
         }
+        if p.restart && !election {
+            return Err(err(at.clone(), "restart", format!("phase {:?}: restart (SIGKILL, start again on the votes journal) needs policy = \"election\"", p.name)));
+        }
         if changes_ballot && !election {
             return Err(err(at.clone(), "votes", format!("phase {:?} votes or changes candidates, which needs policy = \"election\"", p.name)));
         }
@@ -348,6 +353,7 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
             register: p.register.clone(),
             remove: p.remove.clone(),
             stop,
+            restart: p.restart,
         });
     }
     let expect = super::expect::expectations(&file.expect, workload, &groups, &err)?;
@@ -364,6 +370,7 @@ pub fn parse(path: &Path, name: &str, text: &str) -> Result<Scenario> {
         scheduler_min_share: None,
         cap: file.cap.as_ref().is_some_and(|c| *c.get_ref()),
         scheduler_no_cap: false,
+        scheduler_no_journal: false,
         workload,
         under: None,
         expect,

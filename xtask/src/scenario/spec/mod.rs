@@ -119,6 +119,10 @@ pub struct Phase {
     pub remove: Vec<String>,
     /// Worker processes of a candidate stopped at the start of the phase.
     pub stop: Vec<(String, Stop)>,
+    /// The scheduler is killed (SIGKILL) at the start of the phase, before
+    /// its other steps, and started again on the same votes journal: what
+    /// was acknowledged must come back.
+    pub restart: bool,
 }
 
 /// The scheduler a workload scenario runs under (`vm-test --scheduler`).
@@ -177,6 +181,10 @@ pub struct Scenario {
     /// A regression control runs without the file's `cap`.
     #[serde(default)]
     pub scheduler_no_cap: bool,
+    /// A regression control restarts its scheduler without the votes
+    /// journal.
+    #[serde(default)]
+    pub scheduler_no_journal: bool,
     /// A workload scenario (`[[group]]`s, no election): it runs under any
     /// scheduler, and has a snapshot per scheduler.
     #[serde(default)]
@@ -220,6 +228,9 @@ impl Scenario {
         if self.scheduler_no_cap {
             name += "@no-cap";
         }
+        if self.scheduler_no_journal {
+            name += "@no-journal";
+        }
         name
     }
 
@@ -241,7 +252,7 @@ impl Scenario {
     /// Whether the scheduler runs with something else than the file says
     /// (a regression control, or `--mutant`).
     pub fn altered(&self) -> bool {
-        self.mutant.is_some() || self.scheduler_min_share.is_some() || self.scheduler_no_cap
+        self.mutant.is_some() || self.scheduler_min_share.is_some() || self.scheduler_no_cap || self.scheduler_no_journal
     }
 
     /// How the scheduler's run differs from the file (empty: it does not).
@@ -255,6 +266,9 @@ impl Scenario {
         }
         if self.scheduler_no_cap {
             parts.push("without --cap".into());
+        }
+        if self.scheduler_no_journal {
+            parts.push("without --votes-file".into());
         }
         parts.join(" ")
     }

@@ -156,3 +156,12 @@ fn a_workload_file_refuses_election_keys_and_bad_expectations() {
     let e = error_of(&format!("{GOOD}\n[[expect]]\ngroup = \"blue\"\nshare_vs_eevdf = 1.0\n"));
     assert!(e.contains("(field `expect`)"), "{e}");
 }
+
+#[test]
+fn a_restart_is_read_and_needs_an_election() {
+    let s = p(&format!("{GOOD}\n[[phase]]\nname = \"after a restart\"\nrestart = true\n")).unwrap();
+    assert_eq!(s.phases.iter().map(|p| p.restart).collect::<Vec<_>>(), [false, false, true]);
+    let fifo = "description = \"d\"\npolicy = \"fifo\"\n\n[[candidate]]\nname = \"blue\"\nworkers = [{ kind = \"burner\", count = 1 }]\n\n[[phase]]\nname = \"again\"\nrestart = true\n";
+    let e = format!("{:#}", p(fifo).unwrap_err());
+    assert!(e.contains("restart") && e.contains("election"), "{e}");
+}
