@@ -353,3 +353,5 @@ pub mod workload;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod recorded;
