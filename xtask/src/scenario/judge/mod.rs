@@ -353,5 +353,3 @@ pub mod workload;
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod recorded;

@@ -29,7 +29,7 @@ fn scenario_of(run: &str) -> Scenario {
 
 #[test]
 fn recorded_runs_judge_to_their_stored_snapshots() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scenario/judge/recorded");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scenario/judge/tests/recorded");
     let mut runs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     runs.sort();
     assert!(runs.len() >= 5, "recordings in {}", dir.display());
@@ -38,7 +38,7 @@ fn recorded_runs_judge_to_their_stored_snapshots() {
         let run = file.strip_suffix(".trace.json").unwrap_or_else(|| panic!("{file}: not NAME.trace.json"));
         let s = scenario_of(run);
         let t: Trace = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let text = super::snapshot(&s, &t);
+        let text = crate::scenario::judge::snapshot(&s, &t);
         let name = snapshot_for(&s, t.cpus);
         insta::with_settings!({
             snapshot_path => snapshot_dir(),

@@ -1,4 +1,5 @@
-//! Tests of the judge: buckets, tables and snapshots of made-up traces.
+//! Tests of the judge: buckets, tables and snapshots of made-up traces, and
+//! (`recorded`) of runs recorded in the VM.
 
 use crate::scenario::spec::{Count, Group, Join, Mode, Phase, Policy};
 use crate::scenario::trace::{PhaseRecord, Worker};
@@ -245,3 +246,5 @@ fn bucket_bounds_are_ordered() {
     assert_eq!(bucket(SHARE, 75.0), "three-quarters");
     assert_eq!(bucket(SHARE, 100.0), "most");
 }
+
+mod recorded;
