@@ -1,5 +1,8 @@
 //! Unit tests of the connector: argument layout, decoding, held decisions.
 
+use std::ffi::c_char;
+
+use super::init::set_ops_name;
 use super::*;
 
 #[test]

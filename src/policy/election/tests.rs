@@ -1,9 +1,12 @@
 //! The election policy's tests, on the fake dispatcher.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::election::membership::Seen;
-use crate::election::view::CandidateStanding;
+use crate::election::view::{CandidateStanding, Standing};
 use crate::sched::fake::{FakeDispatcher, task};
+use crate::sched::{DispatchedTask, RL_CPU_ANY, RL_PREEMPT_CPU};
 
 /// Records `tgid` as a scan sees the process of a fake task (comm
 /// "burn", SCHED_EXT), a member of `candidate`.
