@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use scx_ballot_api::{Candidate, Schedule, Tally};
-use crate::guest::scheduler::{Scheduler, api as api_at, online_cpus, state, uname_r};
+use crate::guest::scheduler::{Scheduler, api as api_at, cpu_ticks, online_cpus, state, uname_r};
 
 #[derive(Args, Debug)]
 pub struct DemoCmd {
@@ -182,14 +182,6 @@ struct Usage {
     sched: u64,
 }
 
-/// utime + stime, in clock ticks, of a `/proc/.../stat` line.
-fn stat_ticks(stat: &str) -> Option<u64> {
-    // Fields after the command's closing parenthesis; utime and stime are
-    // the 14th and 15th of the line.
-    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
-}
-
 /// `scx_ballot 3.10 s, membership 0.80 s, ...`: each thread's CPU time so
 /// far, most first (the policy loop is the process's first thread).
 fn threads_cpu(pid: u32) -> String {
@@ -200,7 +192,7 @@ fn threads_cpu(pid: u32) -> String {
         .filter_map(|e| {
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
             let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            Some((comm.trim().to_string(), stat_ticks(&stat)?))
+            Some((comm.trim().to_string(), cpu_ticks(&stat)?))
         })
         .collect();
     threads.sort_by_key(|t| std::cmp::Reverse(t.1));
@@ -218,7 +210,7 @@ impl Usage {
         // cpu  user nice system idle iowait irq softirq steal ...
         let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
         let busy = f.iter().take(8).sum::<u64>().checked_sub(*f.get(3)? + *f.get(4)?)?;
-        let sched = stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+        let sched = cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
         Some(Usage { at: Instant::now(), busy, sched })
     }
 
@@ -265,8 +257,8 @@ mod tests {
     #[test]
     fn cpu_ticks_are_read_past_a_command_with_spaces_and_parentheses() {
         let line = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 30 0 0 20 0 3 0 5 0 0";
-        assert_eq!(stat_ticks(line), Some(280));
-        assert_eq!(stat_ticks("42 (x) S 1"), None);
+        assert_eq!(cpu_ticks(line), Some(280));
+        assert_eq!(cpu_ticks("42 (x) S 1"), None);
     }
 
     #[test]

@@ -63,7 +63,25 @@ pub struct Scheduler {
     pub child: Child,
 }
 
+/// utime + stime, in clock ticks (USER_HZ, 100), of a `/proc/.../stat`
+/// line: its 14th and 15th fields, counted after the command's closing
+/// parenthesis (a command may hold spaces and parentheses).
+pub fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+}
+
 impl Scheduler {
+    /// The scheduler's own pid: the child of `timeout` when [`bounded`]
+    /// wraps it, else the process started.
+    pub fn pid(&self) -> u32 {
+        let wrapper = self.child.id();
+        std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .unwrap_or(wrapper)
+    }
+
     /// Runs `cmd` with its output in `log`, and waits until sched_ext is
     /// enabled: at most `attach`, or until `interrupted` is raised.
     pub fn start(mut cmd: Command, log: &Path, attach: Duration, interrupted: Option<&AtomicBool>) -> Result<Scheduler> {

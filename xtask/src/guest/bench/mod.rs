@@ -11,7 +11,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::guest::scheduler::{
-    Scheduler, online_cpus as cpus, state, wait_state,
+    Scheduler, cpu_ticks, online_cpus as cpus, state, wait_state,
 };
 
 mod workloads;
@@ -243,16 +243,7 @@ struct Sched(Scheduler);
 impl Sched {
     /// (peak RSS KiB, CPU seconds) of the scheduler process so far.
     fn footprint(&self) -> (Option<u64>, Option<f64>) {
-        // `timeout` wraps it: the scheduler is its child.
-        let wrapper = self.0.child.id();
-        let pid = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
-            .ok()
-            .and_then(|s| {
-                s.split_whitespace()
-                    .next()
-                    .and_then(|p| p.parse::<u32>().ok())
-            })
-            .unwrap_or(wrapper);
+        let pid = self.0.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let rss = status
             .lines()
@@ -260,17 +251,7 @@ impl Sched {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok());
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        // utime and stime are fields 14 and 15 (12 and 13 after the comm).
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-        let cpu = match (ticks(11), ticks(12)) {
-            (Some(u), Some(s)) => Some((u + s) as f64 / 100.0),
-            _ => None,
-        };
-        (rss, cpu)
+        (rss, cpu_ticks(&stat).map(|t| t as f64 / 100.0))
     }
 
     fn stop(mut self) -> Result<()> {

@@ -319,12 +319,11 @@ impl<'a> Runner<'a> {
     /// `scheduler.killed.log`.
     fn restart_scheduler(&mut self) -> Result<()> {
         let Some(mut sched) = self.sched.take() else { bail!("restart: no scheduler runs") };
-        let wrapper = sched.child.id();
-        let pid = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()))
-            .context("restart: finding the scheduler (the child of timeout)")?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        let pid = sched.pid();
+        if pid == sched.child.id() {
+            bail!("restart: the scheduler (the child of timeout) is not there");
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
             .context("restart: SIGKILL")?;
         let _ = sched.child.wait();
         if !wait_state("disabled", Duration::from_secs(30)) {
